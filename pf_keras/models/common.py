@@ -1,0 +1,187 @@
+"""Argument checks, input/preprocessing, head and weight loading shared by every family.
+
+Each family builder calls these in order: :func:`check_applications_args` (before any
+layer exists), :func:`make_inputs`, its own body, :func:`apply_classifier_head`, then
+:func:`finish_model`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import keras
+
+from pf_keras.imagenet import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
+from pf_keras.models.presets import PRESETS
+from pf_keras.weights.loading import check_weights_arg, load_weights_file, weights_dir
+from pf_keras.weights.torch_convert import NameMap
+
+POOLINGS = (None, "avg", "max")
+
+
+def check_applications_args(
+    *,
+    include_top: bool,
+    weights,
+    input_shape: Sequence | None,
+    pooling: str | None,
+    classes: int,
+    classifier_activation,
+    default_size: int,
+    min_size: int,
+    multiple_of: int | None = None,
+    preset_name: str | None = None,
+) -> tuple:
+    """Validates the keras.applications-style arguments and resolves the input shape.
+
+    Args:
+        include_top, weights, input_shape, pooling, classes, classifier_activation: as in
+            the family builders.
+        default_size: int. Side used when ``input_shape`` is None and ``include_top``.
+        min_size: int. Smallest spatial side the architecture allows.
+        multiple_of: int or None. Known sides must be multiples of it.
+        preset_name: str or None. Registry name when the configuration is a published one
+            (required for ``weights="imagenet"``).
+
+    Returns:
+        The resolved ``(height, width, channels)`` input shape (sides may be None).
+
+    Raises:
+        ValueError: with the rule, the allowed values and the received value.
+    """
+    check_weights_arg(weights)
+    if pooling not in POOLINGS:
+        raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
+    if include_top and pooling is not None:
+        raise ValueError(
+            "`pooling` applies only to feature extraction: pass include_top=False to use it, or drop "
+            f"`pooling` (the classifier head always averages). Received: pooling={pooling!r}, include_top=True"
+        )
+    if not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"`classes` must be a positive int. Received: classes={classes!r}")
+    if weights == "imagenet":
+        if preset_name is None:
+            raise ValueError(
+                "weights='imagenet' exists only for the published configurations (default depths, widths "
+                "and sizes); load your own weights file instead, or use weights=None. Received: weights='imagenet'"
+            )
+        if include_top and classes != NUM_CLASSES:
+            raise ValueError(
+                f"ImageNet weights have a {NUM_CLASSES}-class head: use classes={NUM_CLASSES}, or include_top=False "
+                f"to attach your own head. Received: classes={classes}"
+            )
+    if include_top:
+        try:
+            keras.activations.get(classifier_activation)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                "`classifier_activation` must be None, a Keras activation name or a callable. "
+                f"Received: classifier_activation={classifier_activation!r}"
+            ) from error
+
+    if input_shape is None:
+        input_shape = (default_size, default_size, 3) if include_top else (None, None, 3)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape}")
+    if weights is not None and input_shape[-1] != 3:
+        raise ValueError(f"Pretrained weights take 3-channel RGB input. Received: input_shape={input_shape}")
+    for side in input_shape[:2]:
+        if side is None:
+            continue
+        if side < min_size:
+            raise ValueError(
+                f"Input sides must be at least {min_size} pixels for this model. Received: input_shape={input_shape}"
+            )
+        if multiple_of and side % multiple_of:
+            raise ValueError(
+                f"Input sides of this model must be multiples of {multiple_of} (the reference fails otherwise); "
+                f"resize or crop to e.g. {side // multiple_of * multiple_of or multiple_of}. "
+                f"Received: input_shape={input_shape}"
+            )
+    return input_shape
+
+
+def make_inputs(input_tensor, input_shape: tuple, include_preprocessing: bool):
+    """Creates (or adopts) the model input and applies the optional preprocessing.
+
+    With ``include_preprocessing`` the model takes RGB in [0, 255] and a ``preprocessing``
+    layer (one multiply-add) turns it into ``(x / 255 - mean) / std``.
+
+    Returns:
+        ``(inputs, x)``: the Keras input tensor and the tensor the body starts from.
+    """
+    if input_tensor is None:
+        inputs = keras.Input(shape=input_shape, name="image")
+    elif not keras.backend.is_keras_tensor(input_tensor):
+        inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="image")
+    else:
+        inputs = input_tensor
+    x = inputs
+    if include_preprocessing:
+        x = keras.layers.Rescaling(
+            scale=[1.0 / (255.0 * s) for s in IMAGENET_STD],
+            offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
+            name="preprocessing",
+        )(x)
+    return inputs, x
+
+
+def apply_classifier_head(
+    x, *, include_top: bool, pooling: str | None, classes: int, classifier_activation, spatial_rank: int = 2
+):
+    """Global pooling and the ``predictions`` Dense layer, keras.applications style.
+
+    ``spatial_rank`` is 2 for (batch, h, w, c) maps and 1 for (batch, tokens, c) sequences.
+    Layer names: ``avg_pool`` / ``max_pool`` and ``predictions``.
+    """
+    avg = keras.layers.GlobalAveragePooling2D if spatial_rank == 2 else keras.layers.GlobalAveragePooling1D
+    mx = keras.layers.GlobalMaxPooling2D if spatial_rank == 2 else keras.layers.GlobalMaxPooling1D
+    if include_top:
+        x = avg(name="avg_pool")(x)
+        return keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    if pooling == "avg":
+        return avg(name="avg_pool")(x)
+    if pooling == "max":
+        return mx(name="max_pool")(x)
+    return x
+
+
+def resolve_imagenet_checkpoint(preset_name: str) -> str:
+    """Path of the official checkpoint for ``weights="imagenet"``, or a FileNotFoundError saying how to get it."""
+    path = os.path.join(weights_dir(), f"{preset_name}.pth")
+    if os.path.isfile(path):
+        return path
+    url = PRESETS[preset_name].checkpoint_url
+    where = f"download it from {url}" if url else "the authors published no checkpoint for this model; convert your own"
+    raise FileNotFoundError(
+        f"weights='imagenet' for {preset_name!r} needs the official checkpoint at {path}: {where} and save it "
+        "there (or set PF_KERAS_WEIGHTS_DIR), or pass the file itself as weights=PATH."
+    )
+
+
+def finish_model(
+    inputs,
+    outputs,
+    *,
+    input_tensor=None,
+    name: str,
+    weights,
+    name_map: NameMap,
+    preset_name: str | None,
+    head_prefixes: tuple[str, ...] = (),
+) -> keras.Model:
+    """Wraps the graph in a functional model and loads ``weights``.
+
+    ``head_prefixes`` name the PyTorch classifier keys, skipped when the model has no top.
+    """
+    if input_tensor is not None:
+        inputs = keras.utils.get_source_inputs(input_tensor)
+    model = keras.Model(inputs, outputs, name=name)
+    if weights == "imagenet":
+        weights = resolve_imagenet_checkpoint(preset_name)
+    if weights is not None:
+        has_head = any(layer.name == "predictions" for layer in model.layers)
+        load_weights_file(model, weights, name_map, ignore_prefixes=() if has_head else head_prefixes)
+    return model

@@ -1,0 +1,119 @@
+"""Copies a PyTorch state dict into a Keras model through an explicit name table.
+
+Each model family supplies a *name map*: a function from a Keras layer name to the PyTorch
+module prefix holding that layer's parameters (or None for layers without weights). The
+engine here turns each Keras variable into a PyTorch key with the fixed leaf table below,
+converts the layout, and checks the whole state dict before writing anything: every
+missing, unexpected and mis-shaped key is reported in one ValueError.
+
+Layouts: Conv2d (out, in, kh, kw) -> (kh, kw, in, out); depthwise (C*m, 1, kh, kw) ->
+(kh, kw, C, m); Linear (out, in) -> (in, out); position embeddings (1, C, h, w) -> (1, h, w, C).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+# Keras variable name -> PyTorch parameter/buffer name.
+LEAF_NAMES = {
+    "kernel": "weight",
+    "depthwise_kernel": "weight",
+    "bias": "bias",
+    "gamma": "weight",
+    "beta": "bias",
+    "moving_mean": "running_mean",
+    "moving_variance": "running_var",
+}
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+NameMap = Callable[[str], "str | None"]
+
+
+def _to_keras(leaf: str, array: np.ndarray, keras_shape: tuple) -> np.ndarray:
+    if leaf == "depthwise_kernel" and array.ndim == 4:
+        c_times_m, _, kh, kw = array.shape
+        channels, multiplier = keras_shape[2], keras_shape[3]
+        if c_times_m != channels * multiplier:
+            return array  # reported as mis-shaped by the caller
+        return array.reshape(channels, multiplier, kh, kw).transpose(2, 3, 0, 1)
+    if array.ndim == 4 and len(keras_shape) == 4:
+        if leaf == "kernel":
+            return array.transpose(2, 3, 1, 0)
+        return array.transpose(0, 2, 3, 1)  # (1, C, h, w) grid embeddings
+    if leaf == "kernel" and array.ndim == 2:
+        return array.T
+    return array
+
+
+def plan_torch_transfer(
+    model: keras.Model, state_dict: dict[str, np.ndarray], name_map: NameMap
+) -> list[tuple[keras.Variable, np.ndarray]]:
+    """Matches every Keras variable to a converted PyTorch array, or raises.
+
+    Args:
+        model: keras.Model. The model to fill.
+        state_dict: dict. PyTorch names to arrays in PyTorch layout.
+        name_map: callable. Keras layer name -> PyTorch module prefix (None: no weights).
+
+    Returns:
+        (variable, array) pairs, arrays already in Keras layout.
+
+    Raises:
+        ValueError: naming every missing, unexpected and mis-shaped key.
+    """
+    pairs, missing, misshaped, used = [], [], [], set()
+    for layer in model.layers:
+        variables = layer.weights
+        if not variables:
+            continue
+        prefix = name_map(layer.name)
+        if prefix is None:
+            raise ValueError(f"No PyTorch name for Keras layer {layer.name!r}; the name table is incomplete.")
+        for variable in variables:
+            # variable.path is "<layer>/<sublayer>/.../<leaf>"; sublayers map to dotted names.
+            parts = variable.path.split("/")[1:]
+            leaf = parts[-1]
+            torch_leaf = LEAF_NAMES.get(leaf, leaf)
+            key = ".".join(p for p in [prefix, *parts[:-1], torch_leaf] if p)
+            if key not in state_dict:
+                missing.append(key)
+                continue
+            used.add(key)
+            array = _to_keras(leaf, np.asarray(state_dict[key]), tuple(variable.shape))
+            if tuple(array.shape) != tuple(variable.shape):
+                misshaped.append(
+                    f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {_torch_shape(leaf, variable.shape)}"
+                )
+                continue
+            pairs.append((variable, array.astype(variable.dtype)))
+    unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(IGNORED_SUFFIXES))
+    if missing or unexpected or misshaped:
+        raise ValueError(
+            f"Checkpoint does not fit model {model.name!r}: "
+            f"{len(missing)} missing keys {missing}; {len(unexpected)} unexpected keys {unexpected}; "
+            f"{len(misshaped)} mis-shaped keys {misshaped}. Check that the model name and its "
+            "arguments (depths, width_mult, classes, include_top) match the checkpoint."
+        )
+    return pairs
+
+
+def _torch_shape(leaf: str, keras_shape) -> tuple:
+    shape = tuple(keras_shape)
+    if leaf == "depthwise_kernel" and len(shape) == 4:
+        return (shape[2] * shape[3], 1, shape[0], shape[1])
+    if leaf == "kernel" and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    if leaf == "kernel" and len(shape) == 2:
+        return (shape[1], shape[0])
+    if len(shape) == 4:
+        return (shape[0], shape[3], shape[1], shape[2])
+    return shape
+
+
+def load_torch_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray], name_map: NameMap) -> None:
+    """Checks the whole state dict against the model, then assigns every variable."""
+    for variable, array in plan_torch_transfer(model, state_dict, name_map):
+        variable.assign(array)

@@ -1,0 +1,33 @@
+"""Packaging for pf_keras. ``training/`` and ``export/`` are runnable front ends, not installed."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="pf-keras",
+    version="0.1.0",
+    description='Keras 3 port of "Learning Features with Parameter-Free Layers" (ICLR 2022)',
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["pf_keras", "pf_keras.*"]),
+    install_requires=[
+        "tensorflow>=2.19,<2.22",
+        "keras>=3.13",
+        "tensorflow-datasets>=4.9",
+        "absl-py>=2.0",
+        "numpy",
+    ],
+    extras_require={
+        "torch": ["torch>=2.0"],
+        "litert": ["ai-edge-litert>=2.0"],
+        "dev": ["pytest>=8", "ruff>=0.6", "ai-edge-litert>=2.0", "matplotlib>=3.7"],
+    },
+    entry_points={"console_scripts": ["pf-keras-convert=pf_keras.convert:main", "pf-keras-profile=pf_keras.profiling:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
