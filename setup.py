@@ -23,7 +23,9 @@ setup(
         "litert": ["ai-edge-litert>=2.0"],
         "dev": ["pytest>=8", "ruff>=0.6", "ai-edge-litert>=2.0", "matplotlib>=3.7"],
     },
-    entry_points={"console_scripts": ["pf-keras-convert=pf_keras.convert:main", "pf-keras-profile=pf_keras.profiling:main"]},
+    entry_points={
+        "console_scripts": ["pf-keras-convert=pf_keras.convert:main", "pf-keras-profile=pf_keras.profiling:main"]
+    },
     classifiers=[
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",

@@ -35,9 +35,7 @@ def preprocess_input(x, data_format: str | None = None):
         array([2.249, 2.429, 2.64 ], dtype=float32)
     """
     if data_format not in (None, "channels_last"):
-        raise ValueError(
-            f"pf_keras models are channels_last only. Received: data_format={data_format!r}"
-        )
+        raise ValueError(f"pf_keras models are channels_last only. Received: data_format={data_format!r}")
     if x.shape[-1] != 3:
         raise ValueError(f"preprocess_input expects RGB with 3 channels last. Received: shape={tuple(x.shape)}")
     mean = np.asarray(IMAGENET_MEAN, np.float32)

@@ -90,9 +90,7 @@ def profile(model: keras.Model | str, image_size: int | None = None, **create_kw
         model = _with_input_size(model, image_size)
         input_shape = tuple(model.input_shape[1:])
     if None in input_shape:
-        raise ValueError(
-            f"Profiling needs a known input size: pass image_size=... Received: input_shape={input_shape}"
-        )
+        raise ValueError(f"Profiling needs a known input size: pass image_size=... Received: input_shape={input_shape}")
     params = sum(math.prod(w.shape) for w in model.trainable_weights)
     macs = sum(_layer_macs(layer) for layer in model.layers)
     return Profile(model.name, input_shape, int(params), int(macs))

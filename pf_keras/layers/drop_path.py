@@ -20,7 +20,7 @@ class DropPath(keras.layers.Layer):
 
     Example:
         >>> layer = DropPath(0.1)
-        >>> layer(keras.ops.ones((2, 4)), training=False).shape
+        >>> tuple(layer(keras.ops.ones((2, 4)), training=False).shape)
         (2, 4)
     """
 

@@ -122,7 +122,7 @@ def make_inputs(input_tensor, input_shape: tuple, include_preprocessing: bool):
     if include_preprocessing:
         x = keras.layers.Rescaling(
             scale=[1.0 / (255.0 * s) for s in IMAGENET_STD],
-            offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
+            offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)],
             name="preprocessing",
         )(x)
     return inputs, x

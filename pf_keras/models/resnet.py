@@ -55,8 +55,12 @@ RESNET_SPECS = {
 }
 VARIANTS = {"max": "resnet50_max", "hybrid": "resnet50_hybrid"}
 
-_TORCH_MODULES = {"reduce": "reduction_block", "spatial": "conv_block", "expand": "expansion_block",
-                  "shortcut": "downsample"}
+_TORCH_MODULES = {
+    "reduce": "reduction_block",
+    "spatial": "conv_block",
+    "expand": "expansion_block",
+    "shortcut": "downsample",
+}
 _BLOCK_LAYER = re.compile(r"stage(\d+)_block(\d+)_(reduce|spatial|expand|shortcut)_(conv|bn)")
 
 
@@ -68,7 +72,7 @@ def _resolve_block_kinds(block_kinds, depths: Sequence[int]) -> list[list[str]]:
             f"`block_kinds` needs one entry per stage ({len(depths)}). Received: block_kinds={block_kinds!r}"
         )
     resolved = []
-    for stage, (kinds, depth) in enumerate(zip(block_kinds, depths), start=1):
+    for stage, (kinds, depth) in enumerate(zip(block_kinds, depths, strict=True), start=1):
         kinds = [kinds] * depth if isinstance(kinds, str) else list(kinds)
         if len(kinds) != depth:
             raise ValueError(
@@ -188,7 +192,7 @@ def ResNet(
     x = apply_conv_bn(x, STEM_FILTERS, 7, strides=2, name="stem")
     x = apply_max_pool_3x3(x, strides=2, name="stem_pool")  # input is post-ReLU: zero pad is exact
     total_blocks, block_index, efficient_blocks = sum(depths), 0, set()
-    for stage, (depth, stage_kinds) in enumerate(zip(depths, kinds), start=1):
+    for stage, (depth, stage_kinds) in enumerate(zip(depths, kinds, strict=True), start=1):
         filters = int(STAGE_FILTERS[stage - 1] * width_mult)
         for block in range(1, depth + 1):
             strides = 2 if stage > 1 and block == 1 else 1
@@ -196,8 +200,9 @@ def ResNet(
             if stage_kinds[block - 1] == "efficient" and strides == 2:
                 efficient_blocks.add(prefix)
             rate = drop_path_rate * block_index / max(total_blocks - 1, 1)
-            x = apply_bottleneck(x, filters, kind=stage_kinds[block - 1], strides=strides,
-                                 drop_path_rate=rate, name=prefix)
+            x = apply_bottleneck(
+                x, filters, kind=stage_kinds[block - 1], strides=strides, drop_path_rate=rate, name=prefix
+            )
             block_index += 1
     outputs = apply_classifier_head(
         x, include_top=include_top, pooling=pooling, classes=classes, classifier_activation=classifier_activation

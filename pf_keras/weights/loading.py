@@ -49,7 +49,11 @@ def load_weights_file(
     path = os.fspath(path)
     if path.endswith(TORCH_SUFFIXES):
         state_dict = read_state_dict(path)
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(ignore_prefixes)} if ignore_prefixes else state_dict
+        state_dict = (
+            {k: v for k, v in state_dict.items() if not k.startswith(ignore_prefixes)}
+            if ignore_prefixes
+            else state_dict
+        )
         load_torch_state_dict(model, state_dict, name_map)
     else:
         model.load_weights(path)

@@ -44,21 +44,27 @@ class _StorageType:
         self.name = name
 
 
-class _Placeholder:
-    """Stands in for any global the reader does not need; absorbs every use."""
+class Placeholder:
+    """Stands in for a global the reader does not need (a class or a function).
 
-    def __init__(self, qualname: str, *args, **kwargs):
-        self.qualname = qualname
+    Unpickling "calls" it (REDUCE) or instantiates it (NEWOBJ) with the pickled arguments;
+    both only store them. Nothing of the original implementation is imported or run.
+    """
+
+    qualname = "?"
+
+    def __init__(self, *args, **kwargs):
         self.args = args
-
-    def __call__(self, *args, **kwargs):
-        return _Placeholder(self.qualname, *args)
 
     def __setstate__(self, state):
         self.state = state
 
     def __repr__(self) -> str:
         return f"<unread {self.qualname}>"
+
+
+def _placeholder_class(qualname: str) -> type:
+    return type("Placeholder", (Placeholder,), {"qualname": qualname})
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *args, **kwargs) -> np.ndarray:
@@ -97,7 +103,7 @@ class _SafeUnpickler(pickle.Unpickler):
             return _SAFE_GLOBALS[(module, name)]
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        return _Placeholder(f"{module}.{name}")
+        return _placeholder_class(f"{module}.{name}")
 
     def persistent_load(self, pid):
         # ("storage", storage_type, key, location, numel)
@@ -160,7 +166,7 @@ def extract_state_dict(obj: Any, path: str = "<checkpoint>") -> dict[str, np.nda
             f"bare or under 'model' or 'state_dict'. Found: {keys}"
         )
     if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
 
 

@@ -1,0 +1,45 @@
+"""Shared test helpers: the PyTorch parity fixtures copied from the official code."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def load_fixture(name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, arrays) of ``tests/fixtures/<name>.{json,npz}``."""
+    with open(os.path.join(FIXTURES, f"{name}.json")) as f:
+        meta = json.load(f)
+    with np.load(os.path.join(FIXTURES, f"{name}.npz")) as data:
+        arrays = {k: data[k] for k in data.files}
+    return meta, arrays
+
+
+def state_dict_of(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The PyTorch state dict stored under ``sd/`` in a fixture."""
+    return {k[len("sd/") :]: v for k, v in arrays.items() if k.startswith("sd/")}
+
+
+def load_published_manifest(name: str) -> dict:
+    """Keys, shapes and parameter count of an official model (``tests/fixtures/published``)."""
+    with open(os.path.join(FIXTURES, "published", f"{name}.json")) as f:
+        return json.load(f)
+
+
+def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.transpose(x, (0, 2, 3, 1))
+
+
+@pytest.fixture(autouse=True)
+def _clear_keras_session():
+    import keras
+
+    keras.utils.clear_session()
+    yield
