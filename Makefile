@@ -1,0 +1,30 @@
+# pf-keras tasks. Each target sets up the virtualenv it needs (.venv, editable install).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Main job on the embedded default data, offline: train briefly, export, print a latency table.
+demo: $(STAMP)
+	bash scripts/demo.sh
+
+# Lint, then the whole test suite (full-size "large" checks included).
+test: $(STAMP)
+	$(VENV)/bin/ruff check pf_keras training export tests setup.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q --durations=15
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pf_keras training export tests setup.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info
