@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.10,<3.13",
+    python_requires=">=3.11,<3.13",  # keras>=3.13 itself requires Python>=3.11
     packages=find_packages(include=["pf_keras", "pf_keras.*"]),
     install_requires=[
         "tensorflow>=2.19,<2.22",
@@ -27,7 +27,6 @@ setup(
         "console_scripts": ["pf-keras-convert=pf_keras.convert:main", "pf-keras-profile=pf_keras.profiling:main"]
     },
     classifiers=[
-        "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
