@@ -7,14 +7,16 @@ Example:
 
 from pf_keras import layers
 from pf_keras.imagenet import decode_predictions, preprocess_input
-from pf_keras.models import PRESETS, PfResNet50, ResNet, ResNet50, create_model, list_models
+from pf_keras.models import PRESETS, PfPiT, PfResNet50, PfViT, ResNet, ResNet50, create_model, list_models
 from pf_keras.profiling import profile
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "PfPiT",
     "PfResNet50",
+    "PfViT",
     "ResNet",
     "ResNet50",
     "create_model",

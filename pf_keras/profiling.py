@@ -39,7 +39,7 @@ def _layer_macs(layer) -> int:
     if hasattr(layer, "count_macs"):
         return int(layer.count_macs(tuple(layer.input.shape)))
     if isinstance(layer, keras.layers.DepthwiseConv2D):
-        kh, kw, _, multiplier = layer.depthwise_kernel.shape
+        kh, kw, _, multiplier = layer.kernel.shape  # Keras 3 names the depthwise kernel "kernel"
         return _per_position(layer.output.shape) * int(layer.output.shape[-1]) * kh * kw
     if isinstance(layer, keras.layers.Conv2D):
         kh, kw, cin_per_group, cout = layer.kernel.shape

@@ -1,7 +1,9 @@
 """Copies a PyTorch state dict into a Keras model through an explicit name table.
 
 Each model family supplies a *name map*: a function from a Keras layer name to the PyTorch
-module prefix holding that layer's parameters (or None for layers without weights). The
+module prefix holding that layer's parameters (or None for layers without weights). Layers
+with sublayers (transformer blocks) may also answer for deeper paths such as
+``"block1/mixer"`` or for a whole variable path (see :func:`_torch_key`). The
 engine here turns each Keras variable into a PyTorch key with the fixed leaf table below,
 converts the layout, and checks the whole state dict before writing anything: every
 missing, unexpected and mis-shaped key is reported in one ValueError.
@@ -74,10 +76,11 @@ def plan_torch_transfer(
             raise ValueError(f"No PyTorch name for Keras layer {layer.name!r}; the name table is incomplete.")
         for variable in variables:
             # variable.path is "<layer>/<sublayer>/.../<leaf>"; sublayers map to dotted names.
-            parts = variable.path.split("/")[1:]
+            parts = [layer.name, *variable.path.split("/")[1:]]
             leaf = parts[-1]
-            torch_leaf = LEAF_NAMES.get(leaf, leaf)
-            key = ".".join(p for p in [prefix, *parts[:-1], torch_leaf] if p)
+            key = _torch_key(parts, name_map)
+            if leaf == "kernel" and isinstance(layer, keras.layers.DepthwiseConv2D):
+                leaf = "depthwise_kernel"  # Keras 3 names the depthwise kernel "kernel"
             if key not in state_dict:
                 missing.append(key)
                 continue
@@ -98,6 +101,26 @@ def plan_torch_transfer(
             "arguments (depths, width_mult, classes, include_top) match the checkpoint."
         )
     return pairs
+
+
+def _torch_key(parts: list[str], name_map: NameMap) -> str:
+    """PyTorch key of the Keras variable path ``parts`` ([layer, *sublayers, leaf]).
+
+    ``name_map`` is asked about the whole variable path first (an answer is the complete
+    key, for bare ``nn.Parameter``s such as ``pos_embed``), then about the module paths
+    ``layer/sub/...`` from the deepest to the layer itself; the first answer is the module
+    prefix, and the remaining sublayer names and the leaf (through LEAF_NAMES) are appended.
+    Families whose layers have no sublayers only ever answer for the layer name.
+    """
+    full = name_map("/".join(parts))
+    if full is not None:
+        return full
+    leaf = parts[-1]
+    for cut in range(len(parts) - 1, 0, -1):
+        prefix = name_map("/".join(parts[:cut]))
+        if prefix is not None:
+            return ".".join(p for p in [prefix, *parts[cut:-1], LEAF_NAMES.get(leaf, leaf)] if p)
+    raise AssertionError("unreachable: the layer name has a prefix")  # checked by the caller
 
 
 def _torch_shape(leaf: str, keras_shape) -> tuple:
