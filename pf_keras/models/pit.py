@@ -57,7 +57,7 @@ from pf_keras.models.common import (
     finish_model,
     make_inputs,
 )
-from pf_keras.models.registry import register_model
+from pf_keras.models.registry import register_model, resolve_variant
 from pf_keras.models.vit import block_torch_name
 
 DEFAULT_SIZE = 224
@@ -339,9 +339,7 @@ def PfPiT(variant: str = "s", **kwargs) -> keras.Model:
         >>> model.name, model.output_shape
         ('pit_ti_max', (None, 10))
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {sorted(VARIANTS)}. Received: variant={variant!r}")
-    return _published(VARIANTS[variant], **kwargs)
+    return _published(resolve_variant(VARIANTS, variant), **kwargs)
 
 
 __all__ = ["PIT_SPECS", "PfPiT", "PiT", "pit_b_max", "pit_s_max", "pit_ti_max", "stage_output_names"]

@@ -39,6 +39,13 @@ def get_builder(name: str) -> Callable[..., keras.Model]:
     return _REGISTRY[name]
 
 
+def resolve_variant(variants: dict[str, str], variant: str) -> str:
+    """Registry name of an applications-style ``variant``; ValueError listing the valid ones."""
+    if variant not in variants:
+        raise ValueError(f"`variant` must be one of {sorted(variants)}. Received: variant={variant!r}")
+    return variants[variant]
+
+
 def create_model(name: str, **kwargs) -> keras.Model:
     """Builds the registered model ``name`` with keyword overrides.
 

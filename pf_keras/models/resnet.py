@@ -41,7 +41,7 @@ from pf_keras.models.common import (
     finish_model,
     make_inputs,
 )
-from pf_keras.models.registry import register_model
+from pf_keras.models.registry import register_model, resolve_variant
 
 STEM_FILTERS = 64
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -270,9 +270,7 @@ def PfResNet50(variant: str = "hybrid", **kwargs) -> keras.Model:
         >>> model.name
         'resnet50_max'
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {sorted(VARIANTS)}. Received: variant={variant!r}")
-    return _published(VARIANTS[variant], **kwargs)
+    return _published(resolve_variant(VARIANTS, variant), **kwargs)
 
 
 __all__ = ["EXPANSION", "PfResNet50", "RESNET_SPECS", "ResNet", "ResNet50", "stage_output_names"]

@@ -45,7 +45,7 @@ from pf_keras.models.common import (
     finish_model,
     make_inputs,
 )
-from pf_keras.models.registry import register_model
+from pf_keras.models.registry import register_model, resolve_variant
 
 DEFAULT_SIZE = 224
 
@@ -288,9 +288,7 @@ def PfViT(variant: str = "s", **kwargs) -> keras.Model:
         >>> model.name, model.output_shape
         ('vit_ti_max', (None, 10))
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {sorted(VARIANTS)}. Received: variant={variant!r}")
-    return _published(VARIANTS[variant], **kwargs)
+    return _published(resolve_variant(VARIANTS, variant), **kwargs)
 
 
 __all__ = ["BLOCK_TORCH_NAMES", "PfViT", "VIT_SPECS", "ViT", "vit_b_max", "vit_s_max", "vit_ti_max"]
