@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections import Counter
 
 import keras
 
@@ -56,4 +58,43 @@ def load_weights_file(
         )
         load_torch_state_dict(model, state_dict, name_map)
     else:
-        model.load_weights(path)
+        load_keras_weights(model, path)
+
+
+def load_keras_weights(model: keras.Model, path: str) -> None:
+    """Loads a Keras ``.weights.h5`` file, failing unless it sets every weight of ``model``.
+
+    Keras itself only warns when a file leaves layers at their initial values (R50-max weights
+    load "fine" into R50-hybrid), so the file's arrays are checked against the model first and
+    a Keras warning about skipped layers is an error too.
+
+    Raises:
+        ValueError: naming the mismatch, when the file is for another model, size or head.
+    """
+    import h5py
+
+    hint = "Build the model with the name and arguments the file was saved from."
+    try:
+        with h5py.File(path, "r") as f:
+            stored: Counter = Counter()
+            f.visititems(lambda _, item: stored.update([tuple(item.shape)]) if isinstance(item, h5py.Dataset) else None)
+    except OSError as error:
+        raise ValueError(f"`weights` must be a Keras .weights.h5 file ({error}). Received: weights={path!r}") from error
+    expected = Counter(tuple(w.shape) for w in model.weights)
+    if stored != expected:
+        only_model = dict(list((expected - stored).items())[:4])
+        only_file = dict(list((stored - expected).items())[:4])
+        raise ValueError(
+            f"The weights file does not fit model {model.name!r}: it holds {sum(stored.values())} arrays, the model "
+            f"has {sum(expected.values())} weights (shapes only in the model: {only_model}; only in the file: "
+            f"{only_file}). {hint} Received: weights={path!r}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*(Skipping|retain their freshly-initialized).*")
+            model.load_weights(path)
+    except Exception as error:  # Keras raises assorted types (ValueError, KeyError, UserWarning) on a mismatch.
+        raise ValueError(
+            f"The weights file does not fit model {model.name!r} ({type(error).__name__}: {error}). {hint} "
+            f"Received: weights={path!r}"
+        ) from error

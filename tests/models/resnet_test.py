@@ -95,6 +95,17 @@ class TestResNetCheckpointErrors:
         assert "1 unexpected keys ['layer9.0.extra.weight']" in message
         assert "fc.weight: checkpoint (11, 256) vs model (10, 256)" in message
 
+    def test_keras_weights_file_of_other_variant_is_refused(self, tmp_path):
+        path = str(tmp_path / "max.weights.h5")
+        source = pf_keras.PfResNet50("max", **SMALL)
+        source.save_weights(path)
+        loaded = pf_keras.PfResNet50("max", weights=path, **SMALL)
+        for a, b in zip(source.get_weights(), loaded.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+        # Keras alone would only warn and leave the hybrid's extra convs at their initial values.
+        with pytest.raises(ValueError, match="does not fit model 'resnet50_hybrid'.*Received: weights="):
+            pf_keras.PfResNet50("hybrid", weights=path, **SMALL)
+
     def test_checkpoint_of_other_variant_fails_at_build(self):
         meta, _ = load_fixture("resnet_max_small")
         with pytest.raises(ValueError, match=r"missing keys \['layer1.0.conv_block.0.weight'"):

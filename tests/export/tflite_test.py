@@ -1,0 +1,72 @@
+"""Tests of export/tflite.py and export/saved_model.py: formats, int8 types, the serving signature."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+from export import saved_model as saved_model_lib
+from export.build import build_model
+from export.images import procedural_images
+from export.tflite import FORMATS, check_formats, export_tflite
+
+
+class TestTflite:
+    def test_int8_float_io_and_sizes(self, tmp_path, small_resnet_kwargs):
+        model = build_model("resnet50_max", model_kwargs=small_resnet_kwargs, image_size=64)
+        images = procedural_images(8, 64)
+        path = export_tflite(model, str(tmp_path / "m_int8.tflite"), "int8", calibration_images=images,
+                             int8_input_type="float", int8_output_type="float")
+        interpreter = Interpreter(model_path=path)
+        assert interpreter.get_input_details()[0]["dtype"] == np.float32
+        assert interpreter.get_output_details()[0]["dtype"] == np.float32
+        assert list(interpreter.get_input_details()[0]["shape"]) == [1, 64, 64, 3]  # batch 1, static
+        fp32 = export_tflite(model, str(tmp_path / "m_fp32.tflite"), "fp32")
+        fp16 = export_tflite(model, str(tmp_path / "m_fp16.tflite"), "fp16")
+        assert os.path.getsize(fp16) < 0.6 * os.path.getsize(fp32)
+
+    def test_errors(self, tmp_path, small_resnet_kwargs):
+        model = build_model("resnet50_max", model_kwargs=small_resnet_kwargs, image_size=64)
+        with pytest.raises(ValueError, match=r"`formats` must be a non-empty subset of .*Received: formats=\['int4'\]"):
+            export_tflite(model, str(tmp_path / "m.tflite"), "int4")
+        with pytest.raises(ValueError, match=r"int8 export needs calibration images"):
+            export_tflite(model, str(tmp_path / "m.tflite"), "int8")
+        with pytest.raises(ValueError, match=r"uint8 input needs the normalisation inside the model"):
+            export_tflite(model, str(tmp_path / "m.tflite"), "fp32", input_type="uint8")
+        assert check_formats("fp32, int8,fp32") == ["fp32", "int8"] and set(FORMATS) == set(check_formats(FORMATS))
+
+
+class TestSavedModel:
+    def test_signature(self, tmp_path, small_resnet_kwargs):
+        model = build_model("resnet50_max", model_kwargs=small_resnet_kwargs, image_size=64, input_type="uint8")
+        path = saved_model_lib.export_saved_model(model, str(tmp_path / "sm"), input_type="uint8")
+        serve = saved_model_lib.load_serving_fn(path)
+        spec = serve.structured_input_signature[1]["image"]
+        assert spec.dtype.name == "uint8" and spec.shape.as_list() == [None, 64, 64, 3]
+        pixels = procedural_images(2, 64)
+        out = serve(image=pixels)["predictions"].numpy()
+        np.testing.assert_allclose(out, model(pixels.astype(np.float32)), atol=1e-5)
+
+    def test_unknown_size(self):
+        import pf_keras
+
+        model = pf_keras.create_model("resnet50_max", depths=(1, 1, 1, 1), width_mult=0.125, include_top=False)
+        with pytest.raises(ValueError, match=r"known input size .*Received: input_shape=\(None, None, None, 3\)"):
+            saved_model_lib.export_saved_model(model, "/tmp/unused")
+
+
+class TestInt8Rewrite:
+    def test_average_pools_become_exact_depthwise_convs(self, small_resnet_kwargs):
+        from export.tflite import average_pools_as_depthwise
+
+        model = build_model("resnet50_hybrid", model_kwargs=small_resnet_kwargs, image_size=64)
+        rewritten, names = average_pools_as_depthwise(model)
+        assert len(names) == 3 and all(rewritten.get_layer(n).__class__.__name__ == "DepthwiseConv2D" for n in names)
+        x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
+        np.testing.assert_allclose(rewritten(x), model(x), atol=1e-6)
+        same, none = average_pools_as_depthwise(build_model("resnet50_max", model_kwargs=small_resnet_kwargs,
+                                                            image_size=64))
+        assert none == [] and same.name == "resnet50_max"
