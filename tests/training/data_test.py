@@ -1,0 +1,218 @@
+"""Input pipeline: bad files, CMYK/PNG decoding, determinism and resume skipping, augmentations."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from etils import epath
+
+from training import data, recipes
+
+CTX = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1)
+
+
+def _image(seed: int, h: int = 48, w: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, h * w * 3).reshape(h, w, 3)
+    return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def bad_folder(tmp_path, images):
+    """A folder dataset whose train and val splits hold a truncated JPEG, an empty file, a PNG
+    named .JPEG and a CMYK JPEG among normal JPEGs."""
+    root = tmp_path / "bad"
+    for split in ("train", "val"):
+        for label, name in enumerate(("a", "b")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(6):
+                (folder / f"good_{i}.JPEG").write_bytes(images.jpeg(_image(100 * label + i)))
+        folder = root / split / "a"
+        (folder / "truncated.JPEG").write_bytes(images.truncated_jpeg(_image(7)))
+        (folder / "empty.JPEG").write_bytes(b"")
+        (folder / "png.JPEG").write_bytes(images.png(_image(8)))
+        (folder / "cmyk.JPEG").write_bytes(images.jpeg(_image(9), mode="CMYK"))
+    return str(root)
+
+
+class TestDecoding:
+    def test_cmyk_and_png_decode_to_rgb(self, images):
+        import io
+
+        from PIL import Image
+
+        array = _image(3)
+        cmyk = images.jpeg(array, mode="CMYK")
+        expected = np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB"), np.float32)
+        decoded = data.decode_full(tf.constant(cmyk)).numpy().astype(np.float32)
+        assert decoded.shape == array.shape
+        assert np.abs(decoded - expected).mean() < 2.0
+        png = data.decode_full(tf.constant(images.png(array))).numpy()
+        np.testing.assert_array_equal(png, array)
+        crop = data.decode_random_crop(tf.constant(images.png(array)), tf.constant([1, 2], tf.int64), (0.08, 1.0),
+                                       (0.75, 4 / 3))
+        assert crop.shape[-1] == 3 and crop.shape[0] <= array.shape[0]
+
+    def test_partial_decode_equals_full_decode_crop(self, images):
+        jpeg = tf.constant(images.jpeg(_image(4)))
+        seed = tf.constant([5, 6], tf.int64)
+        window = data.sample_crop(tf.image.extract_jpeg_shape(jpeg)[:2], seed, (0.08, 1.0), (0.75, 4 / 3)).numpy()
+        y, x, h, w = window
+        full = tf.io.decode_jpeg(jpeg, channels=3).numpy()[y:y + h, x:x + w]
+        partial = data.decode_random_crop(jpeg, seed, (0.08, 1.0), (0.75, 4 / 3)).numpy()
+        diff = np.abs(partial.astype(int) - full.astype(int))
+        assert partial.shape == full.shape
+        assert diff.mean() < 1.0 and diff.max() <= 16  # chroma upsampling differs only at the crop border
+
+    def test_bad_files_are_skipped_and_counted(self, bad_folder):
+        cfg = recipes.DataConfig(dataset=f"folder:{bad_folder}", global_batch_size=4, image_size=32)
+        source = data.resolve_source(cfg)
+        assert source.eval_examples == 16
+        fn = data.make_eval_dataset_fn(source, cfg, interpolation="bilinear")
+        batches = list(fn(CTX))
+        assert len(batches) == data.eval_steps(source, cfg) == 4
+        weights = sum(float(tf.reduce_sum(b["weights"])) for b in batches)
+        skipped = sum(int(tf.reduce_sum(b["skipped"])) for b in batches)
+        assert (weights, skipped) == (14.0, 2)  # the PNG and the CMYK file are used, 2 files dropped
+        for b in batches:
+            assert np.isfinite(b["images"].numpy()).all()
+        def train(skip_steps):
+            fn = data.make_train_dataset_fn(source, cfg, seed=0, epoch=0, steps_per_epoch=8, skip_steps=skip_steps,
+                                            label_smoothing=0.1, interpolation="bilinear")
+            return list(fn(CTX))
+
+        batches = train(0)
+        assert len(batches) == 8
+        assert sum(int(tf.reduce_sum(b["skipped"])) for b in batches) >= 2
+        np.testing.assert_allclose(batches[0]["targets"].numpy().sum(-1), 1.0, rtol=1e-6)
+        for a, b in zip(batches[5:], train(5), strict=True):  # resuming past dropped files is exact
+            np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
+            np.testing.assert_array_equal(a["skipped"].numpy(), b["skipped"].numpy())
+
+
+class TestDeterminism:
+    def _cfg(self, shapes_dir, **kw) -> recipes.DataConfig:
+        return recipes.DataConfig(dataset=f"folder:{shapes_dir}", global_batch_size=8, image_size=32,
+                                  color_jitter=0.4, randaugment_magnitude=9, randaugment_magnitude_std=0.5,
+                                  mixup_alpha=0.8, cutmix_alpha=1.0, random_erasing=0.25, **kw)
+
+    def test_stream_is_a_function_of_seed_epoch_and_step(self, shapes_dir):
+        cfg = self._cfg(shapes_dir)
+        source = data.resolve_source(cfg)
+
+        def stream(epoch, skip, seed=0, clean_prefix=False):
+            fn = data.make_train_dataset_fn(source, cfg, seed=seed, epoch=epoch, steps_per_epoch=5, skip_steps=skip,
+                                            label_smoothing=0.1, interpolation="bilinear", clean_prefix=clean_prefix)
+            return [b for b in fn(CTX)]
+
+        full = stream(0, 0)
+        again = stream(0, 0)
+        assert len(full) == 5
+        for a, b in zip(full, again, strict=True):
+            np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
+        for clean_prefix in (False, True):  # decode-and-discard, or skip files before decoding
+            resumed = stream(0, 3, clean_prefix=clean_prefix)
+            assert len(resumed) == 2
+            for a, b in zip(full[3:], resumed, strict=True):
+                np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
+                np.testing.assert_array_equal(a["targets"].numpy(), b["targets"].numpy())
+        other_epoch = stream(1, 0)
+        assert not np.array_equal(full[0]["labels"].numpy(), other_epoch[0]["labels"].numpy())
+
+    def test_hosts_get_disjoint_shards(self, shapes_dir):
+        cfg = recipes.DataConfig(dataset=f"folder:{shapes_dir}", global_batch_size=4, image_size=32)
+        source = data.resolve_source(cfg)
+        fn = data.make_eval_dataset_fn(source, cfg, interpolation="bilinear")
+        seen = []
+        for host in range(2):
+            ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=host, num_replicas_in_sync=2)
+            batches = list(fn(ctx))
+            assert len(batches) == data.eval_steps(source, cfg)  # every host runs the same number of steps
+            seen.append(sum(float(tf.reduce_sum(b["weights"])) for b in batches))
+        assert sum(seen) == source.eval_examples
+
+
+class TestAugmentations:
+    def test_rand_augment_differs_per_image(self):
+        image = tf.constant(_image(1, 32, 32), tf.float32) / 255.0
+        outs = [data.rand_augment(image, tf.constant([i, 0], tf.int64), magnitude=9, num_ops=2, prob=1.0).numpy()
+                for i in range(8)]
+        distinct = {np.round(o, 3).tobytes() for o in outs}
+        assert len(distinct) >= 6
+        for o in outs:
+            assert o.shape == (32, 32, 3) and np.isfinite(o).all() and o.min() >= 0 and o.max() <= 1
+
+    def test_mix_batch_keeps_targets_normalised(self):
+        cfg = recipes.DataConfig(mixup_alpha=0.8, cutmix_alpha=1.0)
+        images = tf.random.stateless_normal([6, 16, 16, 3], [1, 2])
+        targets = tf.one_hot([0, 1, 2, 3, 4, 5], 10)
+        for i in range(4):
+            mixed, t = data.mix_batch(images, targets, tf.constant([i, 9], tf.int64), cfg)
+            assert mixed.shape == images.shape
+            np.testing.assert_allclose(t.numpy().sum(-1), 1.0, rtol=1e-5)
+
+    def test_eval_transform_size(self):
+        image = tf.constant(_image(2, 300, 400))
+        out = data.eval_transform(image, 224, 0.875, "bicubic")
+        assert out.shape == (224, 224, 3)
+
+
+class PfTinyImages(tfds.core.GeneratorBasedBuilder):
+    """A real (tiny) TFDS dataset built locally: JPEG-encoded images, 3 classes."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = epath.Path(__file__)  # TFDS's default lookup fails for modules pytest imports by path
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "label": tfds.features.ClassLabel(num_classes=3)}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(0, 24), "validation": self._generate_examples(1, 9)}
+
+    def _generate_examples(self, split, n):
+        for i in range(n):
+            rng = np.random.default_rng([split, i])
+            yield i, {"image": rng.integers(0, 255, (36, 40, 3), dtype=np.uint8), "label": i % 3}
+
+
+class TestSources:
+    def test_tfds_source_partial_decode_resume_and_eval(self, tmp_path):
+        PfTinyImages(data_dir=str(tmp_path)).download_and_prepare()
+        cfg = recipes.DataConfig(dataset="pf_tiny_images", data_dir=str(tmp_path), global_batch_size=4,
+                                 image_size=32, shuffle_buffer=16)
+        source = data.resolve_source(cfg)
+        assert (source.kind, source.num_classes, source.train_examples, source.eval_examples) == ("tfds", 3, 24, 9)
+
+        def train(skip):
+            return list(data.make_train_dataset_fn(source, cfg, seed=0, epoch=0, steps_per_epoch=6, skip_steps=skip,
+                                                   label_smoothing=0.0, interpolation="bilinear")(CTX))
+
+        full, resumed = train(0), train(2)
+        assert len(full) == 6 and len(resumed) == 4
+        for a, b in zip(full[2:], resumed, strict=True):
+            np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
+        batches = list(data.make_eval_dataset_fn(source, cfg, interpolation="bilinear")(CTX))
+        assert len(batches) == 3 and sum(float(tf.reduce_sum(b["weights"])) for b in batches) == 9.0
+
+    def test_missing_tfds_dataset_explains_manual_download(self, tmp_path):
+        cfg = recipes.DataConfig(dataset="imagenet2012", data_dir=str(tmp_path))
+        with pytest.raises(ValueError, match=r"ILSVRC2012_img_train.tar.*downloads/manual.*tfds build imagenet2012"):
+            data.resolve_source(cfg)
+
+    def test_missing_folder(self, tmp_path):
+        with pytest.raises(ValueError, match=r"train/<class>.*Received: dataset='folder:"):
+            data.resolve_source(recipes.DataConfig(dataset=f"folder:{tmp_path}"))
+
+    def test_builtin_is_generated(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("PF_KERAS_CACHE", str(tmp_path))
+        from training import builtin_data
+
+        root = builtin_data.generate(os.path.join(str(tmp_path), "b"), train_per_class=2, val_per_class=1)
+        assert sorted(os.listdir(os.path.join(root, "train"))) == sorted(builtin_data.CLASSES)

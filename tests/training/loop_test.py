@@ -1,0 +1,119 @@
+"""One strategy.run loop under one_device, mirrored (2 logical CPUs) and multi_worker (2 processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from training import loop, recipes, train
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_worker.py")
+
+
+def _losses(model_dir: str) -> list[float]:
+    return [r["loss"] for r in loop.read_metrics(model_dir, "train")]
+
+
+def _decreased(losses: list[float]) -> bool:
+    return float(np.mean(losses[-2:])) < float(np.mean(losses[:2]))
+
+
+class TestTrainer:
+    def test_one_device_learns_and_writes_outputs(self, shapes_dir, make_recipe, tmp_path):
+        recipe = make_recipe(f"folder:{shapes_dir}", **{"schedule.epochs": 3})
+        model_dir = str(tmp_path / "run")
+        summary = train.run(recipe, model_dir, strategy=loop.create_strategy("one_device"), verbose=False)
+        assert summary["status"] == "completed" and summary["step"] == 18
+        losses = _losses(model_dir)
+        assert len(losses) == 9 and _decreased(losses)  # 3 loops per epoch + 1 more at each checkpoint step
+        for name in ("final.weights.h5", "model.json", "recipe.json", "metrics.jsonl", "tb", "checkpoints"):
+            assert os.path.exists(os.path.join(model_dir, name)), name
+        evals = loop.read_metrics(model_dir, "eval")
+        assert [e["epoch"] for e in evals] == [1, 2, 3]
+        assert {"val_top1", "val_top5", "step"} <= set(evals[-1])
+        assert {"epoch", "step", "loss", "images_per_sec"} <= set(loop.read_metrics(model_dir, "train")[0])
+        with open(os.path.join(model_dir, "model.json")) as f:
+            info = json.load(f)
+        assert info["name"] == "resnet50_hybrid" and info["kwargs"]["classes"] == 10
+        # Rerunning the same command resumes: nothing left to do, same step.
+        again = train.run(recipe, model_dir, strategy=loop.create_strategy("one_device"), verbose=False)
+        assert again["step"] == 18 and len(_losses(model_dir)) == 9
+
+    def test_mirrored_two_cpu_replicas_stay_identical(self, shapes_dir, make_recipe, tmp_path, mirrored_strategy):
+        strategy = mirrored_strategy
+        assert strategy.num_replicas_in_sync == 2
+        recipe = make_recipe(f"folder:{shapes_dir}", **{"schedule.epochs": 3, "data.eval_examples": 16})
+        summary = train.run(recipe, str(tmp_path / "run"), strategy=strategy, verbose=False, return_trainer=True)
+        trainer = summary["trainer"]
+        losses = _losses(str(tmp_path / "run"))
+        assert _decreased(losses)
+        variables = list(trainer.model.weights) + list(trainer.optimizer.variables)
+        for per_replica in loop.replica_values(strategy, variables):
+            assert len(per_replica) == 2
+            np.testing.assert_array_equal(per_replica[0], per_replica[1])
+
+    def test_mirrored_sync_batchnorm_trains(self, shapes_dir, make_recipe, tmp_path, mirrored_strategy):
+        import keras
+
+        strategy = mirrored_strategy
+        recipe = make_recipe(f"folder:{shapes_dir}", **{"model.sync_bn": "true", "schedule.epochs": 1,
+                                                        "data.eval_examples": 16})
+        summary = train.run(recipe, str(tmp_path / "run"), strategy=strategy, verbose=False, return_trainer=True)
+        bns = [layer for layer in summary["trainer"].model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        assert bns and all(layer.synchronized for layer in bns)
+        assert np.isfinite(summary["loss"])
+
+    def test_multi_worker_two_processes(self, shapes_dir, make_recipe, tmp_path, port_picker):
+        recipe = make_recipe(f"folder:{shapes_dir}", **{"schedule.epochs": 3, "data.eval_examples": 16})
+        ports = [port_picker(), port_picker()]
+        cluster = {"worker": [f"localhost:{p}" for p in ports]}
+        procs = []
+        for index in range(2):
+            spec = {"recipe": recipes.to_dict(recipe), "model_dir": str(tmp_path / "run"), "strategy": "multi_worker",
+                    "weights_out": str(tmp_path / f"w{index}.npz")}
+            spec_path = tmp_path / f"spec{index}.json"
+            spec_path.write_text(json.dumps(spec))
+            tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+            procs.append(subprocess.Popen([sys.executable, WORKER, str(spec_path)], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        outputs = []
+        for p in procs:
+            out, _ = p.communicate(timeout=240)
+            outputs.append(out)
+            assert p.returncode == 0, out[-3000:]
+        summaries = [json.loads(o.split("SUMMARY ", 1)[1].splitlines()[0]) for o in outputs]
+        assert [s["step"] for s in summaries] == [18, 18]
+        losses = _losses(str(tmp_path / "run"))  # written by the chief only
+        assert len(losses) == 9 and _decreased(losses)
+        with np.load(tmp_path / "w0.npz") as w0, np.load(tmp_path / "w1.npz") as w1:
+            assert len(w0.files) > 10
+            for key in w0.files:
+                np.testing.assert_array_equal(w0[key], w1[key])
+        assert os.path.exists(tmp_path / "run" / "final.weights.h5")
+
+
+class TestStrategyErrors:
+    def test_unknown_strategy(self):
+        with pytest.raises(ValueError, match=r"Valid strategies: .*Received: strategy='horovod'"):
+            loop.create_strategy("horovod")
+
+    def test_num_replicas_needs_mirrored(self):
+        with pytest.raises(ValueError, match=r"only applies to the mirrored strategy. Received: strategy='one_device'"):
+            loop.create_strategy("one_device", num_replicas=2)
+
+    def test_multi_worker_needs_tf_config(self, monkeypatch):
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+        with pytest.raises(ValueError, match=r"TF_CONFIG"):
+            loop.create_strategy("multi_worker")
+
+    def test_batch_not_divisible_by_replicas(self, shapes_dir, make_recipe, tmp_path, mirrored_strategy):
+        recipe = make_recipe(f"folder:{shapes_dir}", **{"data.global_batch_size": 15})
+        message = r"divisible by the number of replicas \(2\). Received: data.global_batch_size=15"
+        with pytest.raises(ValueError, match=message):
+            train.run(recipe, str(tmp_path), strategy=mirrored_strategy, verbose=False)

@@ -1,0 +1,48 @@
+"""Subprocess entry of the training tests: ``python run_worker.py SPEC.json``.
+
+SPEC: {"recipe": recipes.to_dict(...), "model_dir", "strategy", "deterministic",
+"pause_at_step" (optional: write "marker" there and wait until the test, having sent SIGTERM,
+deletes it),
+"weights_out" (optional: this process's final weights as .npz)}. Exits 143 when preempted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import numpy as np  # noqa: E402
+
+from training import recipes, train  # noqa: E402
+
+
+def main(spec_path: str) -> int:
+    with open(spec_path) as f:
+        spec = json.load(f)
+    recipe = recipes.from_dict(spec["recipe"])
+    pause = spec.get("pause_at_step")
+
+    def hook(metrics: dict) -> None:
+        if pause is not None and metrics["step"] == pause:
+            with open(spec["marker"], "w") as f:
+                f.write(str(os.getpid()))
+            deadline = time.time() + 60
+            while os.path.exists(spec["marker"]) and time.time() < deadline:
+                time.sleep(0.05)  # the test sends SIGTERM, then deletes the marker
+
+    summary = train.run(recipe, spec["model_dir"], strategy_name=spec.get("strategy", "one_device"),
+                        deterministic=spec.get("deterministic", False), loop_end_hook=hook,
+                        return_trainer=True, verbose=True)
+    trainer = summary.pop("trainer")
+    if spec.get("weights_out"):
+        np.savez(spec["weights_out"], *[w.numpy() for w in trainer.model.weights])
+    print("SUMMARY " + json.dumps(summary), flush=True)
+    return train.PREEMPTED_EXIT_CODE if summary["status"] == "preempted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,126 @@
+"""train.run end to end: bad files, the builtin dataset learning, flags and impossible settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+
+from training import loop, recipes, train
+
+
+@pytest.fixture
+def bad_folder(tmp_path, images, shapes_dir):
+    """The shapes dataset's first two classes plus, in train and val, a truncated JPEG, an empty
+    file, a PNG named .JPEG and a CMYK JPEG."""
+    from PIL import Image
+
+    root = tmp_path / "bad"
+    for split in ("train", "val"):
+        for name in ("circle", "square"):
+            src = os.path.join(shapes_dir, split, name)
+            (root / split / name).mkdir(parents=True)
+            for file in sorted(os.listdir(src)):
+                (root / split / name / file).write_bytes(open(os.path.join(src, file), "rb").read())
+        sample = np.asarray(Image.open(os.path.join(shapes_dir, split, "circle", sorted(os.listdir(
+            os.path.join(shapes_dir, split, "circle")))[0])))
+        folder = root / split / "circle"
+        (folder / "x_truncated.JPEG").write_bytes(images.truncated_jpeg(sample))
+        (folder / "x_empty.JPEG").write_bytes(b"")
+        (folder / "x_png.JPEG").write_bytes(images.png(sample))
+        (folder / "x_cmyk.JPEG").write_bytes(images.jpeg(sample, mode="CMYK"))
+    return str(root)
+
+
+class TestRun:
+    def test_bad_files_are_skipped_and_reported(self, bad_folder, make_recipe, tmp_path, capsys):
+        recipe = make_recipe(f"folder:{bad_folder}", **{"data.global_batch_size": 8, "schedule.steps_per_epoch": 0})
+        summary = train.run(recipe, str(tmp_path / "run"), strategy=loop.create_strategy("one_device"))
+        assert summary["status"] == "completed"
+        assert summary["step"] == 2 * (52 // 8)  # 2 x 24 good + 4 odd files per split
+        assert summary["skipped"] >= 2  # the empty and the truncated file, each time they are read
+        evals = loop.read_metrics(str(tmp_path / "run"), "eval")
+        assert evals[-1]["val_skipped"] == 2 and evals[-1]["val_examples"] == 10  # 8 good + PNG + CMYK
+        assert loop.read_metrics(str(tmp_path / "run"), "train")[-1]["skipped_total"] == summary["skipped"]
+        out = capsys.readouterr().out
+        assert "2 skipped" in out and "skipped files" in out
+
+    def test_builtin_dataset_learns(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("PF_KERAS_CACHE", str(tmp_path / "cache"))
+        recipe = recipes.apply_overrides(recipes.get_recipe("demo"), {"schedule.epochs": "3"})
+        summary = train.run(recipe, str(tmp_path / "run"), strategy=loop.create_strategy("one_device"), verbose=False)
+        assert summary["val_top1"] > 0.4, summary  # 10 classes: chance is 0.1
+        assert os.path.exists(tmp_path / "run" / "final.weights.h5")
+
+    def test_model_dir_with_another_recipe_is_refused(self, shapes_dir, make_recipe, tmp_path):
+        model_dir = str(tmp_path / "run")
+        recipe = make_recipe(f"folder:{shapes_dir}", **{"schedule.epochs": 1, "data.eval_examples": 8})
+        train.run(recipe, model_dir, strategy=loop.create_strategy("one_device"), verbose=False, max_steps=2)
+        changed = recipes.apply_overrides(recipe, {"optim.base_lr": "0.5"})
+        with pytest.raises(ValueError, match=r"another recipe.*\['optim.base_lr'\]. Received: model_dir="):
+            train.run(changed, model_dir, strategy=loop.create_strategy("one_device"), verbose=False)
+
+    def test_impossible_settings(self, shapes_dir, make_recipe, tmp_path):
+        one = loop.create_strategy("one_device")
+        big = make_recipe(f"folder:{shapes_dir}", **{"data.global_batch_size": 512, "schedule.steps_per_epoch": 0})
+        with pytest.raises(ValueError, match=r"smaller than one global batch. Received: data.global_batch_size=512"):
+            train.run(big, str(tmp_path / "a"), strategy=one, verbose=False)
+        with pytest.raises(ValueError, match=r"Received: mixed_precision='float8'"):
+            train.run(big, str(tmp_path / "b"), strategy=one, mixed_precision="float8")
+        reserved = make_recipe(f"folder:{shapes_dir}", **{"model.kwargs": "input_shape=[64,64,3]"})
+        with pytest.raises(ValueError, match=r"Received: model kwargs \['input_shape'\]"):
+            train.run(reserved, str(tmp_path / "c"), strategy=one, verbose=False)
+
+
+class TestFlags:
+    def _flags(self, **kw):
+        values = {key: None for key in train._SHORTCUTS}
+        values.update(recipe="resnet90", sync_bn=False, set=[], model_kwargs="")
+        values.update(kw)
+        return types.SimpleNamespace(**values)
+
+    def test_shortcuts_set_and_model_kwargs(self):
+        recipe = train.recipe_from_flags(self._flags(
+            model="resnet50_max", epochs=2, warmup_epochs=0.5, batch_size=64, dataset="builtin",
+            set=["optim.momentum=0.95"], model_kwargs='{"depths": [1, 1, 1, 1]}', sync_bn=True))
+        assert (recipe.model.name, recipe.schedule.epochs, recipe.data.global_batch_size) == ("resnet50_max", 2, 64)
+        assert recipe.optim.momentum == 0.95 and recipe.model.sync_bn
+        assert recipe.model.kwargs == {"depths": [1, 1, 1, 1]}
+        assert json.loads(recipes.dumps(recipe))["model"]["kwargs"] == {"depths": [1, 1, 1, 1]}
+
+    def test_bad_set_item(self):
+        with pytest.raises(ValueError, match=r"section.field=value. Received: set='momentum'"):
+            train.recipe_from_flags(self._flags(set=["momentum"]))
+        with pytest.raises(ValueError, match=r"Unknown field in recipe section 'optim'"):
+            train.recipe_from_flags(self._flags(set=["optim.momentun=0.9"]))
+
+
+class TestCommandLine:
+    def test_train_then_evaluate_scripts(self, shapes_dir, tmp_path):
+        import subprocess
+        import sys
+
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+        env.pop("TF_CONFIG", None)
+        model_dir = str(tmp_path / "run")
+        cmd = [sys.executable, "training/train.py", "--recipe", "demo", "--model", "resnet50_max",
+               "--model_kwargs", "depths=[1,1,1,1],width_mult=0.125", "--dataset", f"folder:{shapes_dir}",
+               "--strategy", "mirrored", "--num_replicas", "2", "--batch_size", "16", "--epochs", "1",
+               "--steps_per_epoch", "3", "--set", "data.eval_examples=16", "--model_dir", model_dir]
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "MirroredStrategy: 2 replicas" in done.stdout and "img/s" in done.stdout and "ETA" in done.stdout
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        assert summary["status"] == "completed" and summary["step"] == 3
+        output = str(tmp_path / "eval.json")
+        cmd = [sys.executable, "training/evaluate.py", "--model_dir", model_dir, "--dataset", f"folder:{shapes_dir}",
+               "--batch_size", "8", "--output", output]
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        with open(output) as f:
+            result = json.load(f)
+        assert result["model"] == "resnet50_max" and result["examples"] == 40 and 0 <= result["top1"] <= 1

@@ -1,0 +1,596 @@
+"""The tf.data input pipelines: sources, ImageNet transforms, per-host sharding.
+
+Sources (``DataConfig.dataset``): a TFDS name (``imagenet2012``; raw JPEG bytes through
+``SkipDecoding`` so the train crop is decoded partially), ``folder:PATH``
+(``PATH/train/<class>/*``, ``PATH/val/<class>/*``, any format ``tf.io.decode_image`` reads),
+``builtin`` (:mod:`builtin_data`, generated on first use) and ``synthetic`` (random tensors,
+for throughput).
+
+Determinism: the training stream of one epoch is a pure function of (seed, epoch, host):
+the file order is a permutation seeded by (seed, epoch) (TFDS: file and buffer shuffles
+seeded the same way), and every random choice of the transforms uses stateless ops seeded by
+(seed, epoch, element index) or (seed, epoch, batch index). A resumed run rebuilds the epoch's
+stream and skips the batches it already consumed, so it sees exactly the batches an
+uninterrupted run sees. If no file was dropped in the consumed part of the epoch (the
+checkpoint counts drops per epoch), the consumed files are skipped before decoding;
+otherwise they are decoded again and their batches discarded (exact either way).
+
+Bad files: a file that fails to decode (empty, truncated, not an image) is dropped by
+``ignore_errors`` and counted: each element carries its position in the stream, and the gap
+to the previous surviving element is the number of files dropped in between
+(``skipped``). A truncated JPEG whose random crop lies wholly inside the intact part decodes
+correctly and is used. PNG (or any non-JPEG) content under a ``.JPEG`` name is decoded in
+full and then cropped; CMYK JPEGs decode to RGB.
+
+Every train/eval dataset yields batches of per-replica size as dicts: train
+``{"images", "targets" (soft labels), "labels", "skipped"}``, eval ``{"images", "labels",
+"weights" (0 for padding), "skipped"}``. The eval stream of every host is padded to the same
+number of batches so that multi-worker collectives stay in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+import pf_keras
+from training import builtin_data
+from training.recipes import DataConfig
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A resolved dataset: where the examples are and how many there are."""
+
+    kind: str  # "tfds" | "folder" | "synthetic"
+    num_classes: int
+    train_examples: int
+    eval_examples: int
+    name: str = ""
+    data_dir: str | None = None
+    train_files: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
+    eval_files: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
+    class_names: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _list_folder(root: str, split: str, class_names: tuple[str, ...] | None) -> tuple[tuple, tuple, tuple]:
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+        raise ValueError(
+            f"A folder dataset needs PATH/train/<class>/... and PATH/val/<class>/...; {split_dir} is missing. "
+            f"Received: dataset='folder:{root}'"
+        )
+    names = tuple(sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))))
+    if class_names is not None and names != class_names:
+        raise ValueError(
+            f"The train and val class folders must be the same. Train classes: {list(class_names)}. "
+            f"Received: val classes={list(names)}"
+        )
+    if not names:
+        raise ValueError(f"No class folders found in {split_dir}. Received: dataset='folder:{root}'")
+    paths, labels = [], []
+    for label, name in enumerate(names):
+        folder = os.path.join(split_dir, name)
+        for file in sorted(os.listdir(folder)):
+            full = os.path.join(folder, file)
+            if os.path.isfile(full) and not file.startswith("."):
+                paths.append(full)
+                labels.append(label)
+    return tuple(paths), tuple(labels), names
+
+
+def _subset(paths: tuple, labels: tuple, count: int) -> tuple[tuple, tuple]:
+    """A fixed pseudo-random subset of ``count`` files (all classes represented), in listing order."""
+    if not count or count >= len(paths):
+        return paths, labels
+    keep = np.sort(np.random.default_rng(1234).permutation(len(paths))[:count])
+    return tuple(paths[i] for i in keep), tuple(labels[i] for i in keep)
+
+
+def _tfds_builder(name: str, data_dir: str | None):
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # unknown name
+        raise ValueError(
+            f"Unknown dataset. Use a TFDS name (e.g. imagenet2012), folder:PATH, builtin or synthetic ({e}). "
+            f"Received: dataset={name!r}"
+        ) from None
+    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+        manual = os.path.join(data_dir or os.path.expanduser("~/tensorflow_datasets"), "downloads", "manual")
+        raise ValueError(
+            f"TFDS dataset {name!r} is not prepared in {builder.data_dir}. ImageNet needs a manual download: put "
+            f"ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) into {manual}, then run "
+            f"`tfds build {name} --data_dir {data_dir or '~/tensorflow_datasets'}` (see docs/training.md). "
+            f"Received: dataset={name!r}, data_dir={data_dir!r}"
+        )
+    return builder
+
+
+def resolve_source(cfg: DataConfig) -> Source:
+    """Finds the dataset named by ``cfg.dataset``; ValueError with instructions if it is missing."""
+    dataset = cfg.dataset
+    if dataset == "synthetic":
+        return Source("synthetic", pf_keras.imagenet.NUM_CLASSES, cfg.train_examples or 1_281_167,
+                      cfg.eval_examples or 50_000, name="synthetic")
+    if dataset == "builtin" or dataset.startswith("folder:"):
+        root = builtin_data.ensure() if dataset == "builtin" else dataset[len("folder:"):]
+        if not root:
+            raise ValueError(f"`folder:` needs a path, as in folder:/data/my_images. Received: dataset={dataset!r}")
+        train_paths, train_labels, names = _list_folder(root, "train", None)
+        eval_paths, eval_labels, _ = _list_folder(root, "val", names)
+        train_paths, train_labels = _subset(train_paths, train_labels, cfg.train_examples)
+        eval_paths, eval_labels = _subset(eval_paths, eval_labels, cfg.eval_examples)
+        return Source("folder", len(names), len(train_paths), len(eval_paths), name=dataset, data_dir=root,
+                      train_files=(train_paths, train_labels), eval_files=(eval_paths, eval_labels), class_names=names)
+    builder = _tfds_builder(dataset, cfg.data_dir)
+    splits = builder.info.splits
+    eval_split = "validation" if "validation" in splits else "test"
+    train_n = cfg.train_examples or splits["train"].num_examples
+    eval_n = cfg.eval_examples or splits[eval_split].num_examples
+    return Source("tfds", builder.info.features["label"].num_classes, train_n, eval_n, name=dataset,
+                  data_dir=cfg.data_dir)
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def _seed(*parts) -> tf.Tensor:
+    """A stateless seed (shape [2] int64) folded from integers / scalar tensors."""
+    seed = tf.constant([0x5EED, 0], tf.int64)
+    for p in parts:
+        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(p, tf.int64))
+    return seed
+
+
+# ---------------------------------------------------------------- decoding and crops
+
+
+def sample_crop(shape_hw: tf.Tensor, seed: tf.Tensor, scale: tuple[float, float],
+                ratio: tuple[float, float], attempts: int = 10) -> tf.Tensor:
+    """RandomResizedCrop window [y, x, h, w] (int32) for an image of ``shape_hw``.
+
+    Area uniform in ``scale`` of the image, log-aspect uniform in ``ratio``; the first of
+    ``attempts`` candidates that fits wins, else a centre crop with the ratio clamped.
+    """
+    h = tf.cast(shape_hw[0], tf.float32)
+    w = tf.cast(shape_hw[1], tf.float32)
+    u = tf.random.stateless_uniform([attempts, 4], seed)
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * u[:, 0])
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    r = tf.exp(log_r)
+    cw = tf.round(tf.sqrt(area * r))
+    ch = tf.round(tf.sqrt(area / r))
+    fits = (cw <= w) & (ch <= h) & (cw >= 1) & (ch >= 1)
+    i = tf.argmax(tf.cast(fits, tf.int32))
+    in_ratio = w / h
+    fb_w = tf.where(in_ratio < ratio[0], w, tf.where(in_ratio > ratio[1], tf.round(h * ratio[1]), w))
+    fb_h = tf.where(in_ratio < ratio[0], tf.round(w / ratio[0]), h)
+    any_fit = tf.reduce_any(fits)
+    ch = tf.where(any_fit, ch[i], fb_h)
+    cw = tf.where(any_fit, cw[i], fb_w)
+    y = tf.where(any_fit, tf.floor(u[i, 2] * (h - ch + 1)), tf.floor((h - ch) / 2))
+    x = tf.where(any_fit, tf.floor(u[i, 3] * (w - cw + 1)), tf.floor((w - cw) / 2))
+    return tf.cast(tf.stack([y, x, ch, cw]), tf.int32)
+
+
+def decode_random_crop(image_bytes: tf.Tensor, seed: tf.Tensor, scale: tuple[float, float],
+                       ratio: tuple[float, float]) -> tf.Tensor:
+    """Decodes only the sampled crop of a JPEG (decode_and_crop_jpeg); other formats in full, then crops."""
+
+    def jpeg():
+        window = sample_crop(tf.image.extract_jpeg_shape(image_bytes)[:2], seed, scale, ratio)
+        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+    def other():
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        window = sample_crop(tf.shape(image)[:2], seed, scale, ratio)
+        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+
+    return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+
+
+def decode_full(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Decodes any image format to uint8 RGB (CMYK and greyscale JPEGs included)."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float, interpolation: str) -> tf.Tensor:
+    """Resize the shorter side to floor(image_size / crop_fraction), centre crop, normalise.
+
+    With image_size 224: resize 256, crop 224, ``(x / 255 - mean) / std`` (what the official
+    checkpoints expect). Antialiased resizing approximates PIL's, which timm uses.
+    """
+    resize = int(math.floor(image_size / crop_fraction))
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    factor = resize / tf.reduce_min(shape)
+    new = tf.cast(tf.round(shape * factor), tf.int32)
+    new = tf.maximum(new, resize)
+    image = tf.image.resize(tf.cast(image, tf.float32), new, method=interpolation, antialias=True)
+    top = (new[0] - image_size) // 2
+    left = (new[1] - image_size) // 2
+    image = tf.slice(image, [top, left, 0], [image_size, image_size, 3])
+    return normalize(image)
+
+
+def normalize(image_255: tf.Tensor) -> tf.Tensor:
+    """RGB in [0, 255] -> ``(x / 255 - mean) / std`` (float32)."""
+    mean = tf.constant(pf_keras.imagenet.IMAGENET_MEAN, tf.float32)
+    std = tf.constant(pf_keras.imagenet.IMAGENET_STD, tf.float32)
+    return (tf.cast(image_255, tf.float32) / 255.0 - mean) / std
+
+
+# ---------------------------------------------------------------- train augmentations
+
+
+def color_jitter(image: tf.Tensor, strength: float, seed: tf.Tensor) -> tf.Tensor:
+    """Brightness, contrast and saturation factors uniform in [1 - strength, 1 + strength]; image in [0, 1]."""
+    lo, hi = max(0.0, 1 - strength), 1 + strength
+    f = tf.random.stateless_uniform([3], seed, lo, hi)
+    image = image * f[0]
+    mean = tf.reduce_mean(tf.image.rgb_to_grayscale(image))
+    image = (image - mean) * f[1] + mean
+    grey = tf.image.rgb_to_grayscale(image)
+    image = (image - grey) * f[2] + grey
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def _blend(a: tf.Tensor, b: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    return tf.clip_by_value(b + factor * (a - b), 0.0, 1.0)
+
+
+def _affine(image: tf.Tensor, transform: list) -> tf.Tensor:
+    """Projective transform (8 params, output->input map), constant grey fill."""
+    shape = tf.shape(image)[:2]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=tf.cast(tf.stack(transform)[None], tf.float32), output_shape=shape,
+        fill_value=0.5, interpolation="BILINEAR", fill_mode="CONSTANT",
+    )
+    return out[0]
+
+
+def _equalize(image: tf.Tensor) -> tf.Tensor:
+    q = tf.cast(tf.round(image * 255.0), tf.int32)
+    channels = []
+    for c in range(3):
+        ch = q[..., c]
+        hist = tf.math.bincount(tf.reshape(ch, [-1]), minlength=256, maxlength=256, dtype=tf.float32)
+        cdf = tf.cumsum(hist)
+        cdf_min = tf.reduce_min(tf.where(hist > 0, cdf, tf.reduce_max(cdf)))
+        total = tf.reduce_max(cdf)
+        lut = (cdf - cdf_min) / tf.maximum(total - cdf_min, 1.0)
+        eq = tf.gather(tf.clip_by_value(lut, 0.0, 1.0), ch)
+        channels.append(tf.where(total - cdf_min > 0, eq, image[..., c]))
+    return tf.stack(channels, -1)
+
+
+def rand_augment(image: tf.Tensor, seed: tf.Tensor, *, magnitude: float, magnitude_std: float = 0.0,
+                 num_ops: int = 2, prob: float = 0.5) -> tf.Tensor:
+    """RandAugment on one image in [0, 1] (timm's "rand-m{M}-mstd{S}-inc1" op set, stateless).
+
+    Each of ``num_ops`` rounds picks one of 15 ops uniformly and applies it with probability
+    ``prob``, at a magnitude drawn from N(magnitude, magnitude_std) clipped to [0, 10]. Being
+    applied inside the per-example map, every image draws its own ops (Keras's RandAugment
+    layer draws once per call, i.e. once per batch).
+    """
+    for k in range(num_ops):
+        image = _rand_augment_round(image, _seed(seed[0], seed[1], 1000 + k), magnitude, magnitude_std, prob)
+    return image
+
+
+def _rand_augment_round(image: tf.Tensor, s: tf.Tensor, magnitude: float, magnitude_std: float,
+                        prob: float) -> tf.Tensor:
+    """One RandAugment round: a uniformly chosen op, applied with probability ``prob``."""
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    u = tf.random.stateless_uniform([3], s)
+    op = tf.random.stateless_uniform([], _seed(s[0], s[1], 1), 0, 15, dtype=tf.int32)
+    m = magnitude + magnitude_std * tf.random.stateless_normal([], _seed(s[0], s[1], 2))
+    m = tf.clip_by_value(m, 0.0, 10.0) / 10.0
+    sign = tf.where(u[1] < 0.5, -1.0, 1.0)
+    level = m * sign
+    angle = level * 30.0 * math.pi / 180.0
+    cy, cx = (size[0] - 1) / 2, (size[1] - 1) / 2
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    rotate = [cos, -sin, cx - cx * cos + cy * sin, sin, cos, cy - cx * sin - cy * cos, 0.0, 0.0]
+    blurred = tf.nn.depthwise_conv2d(
+        image[None], tf.tile(tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32)[:, :, None, None] / 13.0,
+                             [1, 1, 3, 1]), [1, 1, 1, 1], "SAME")[0]
+    grey = tf.image.rgb_to_grayscale(image)
+    lo = tf.reduce_min(image, axis=[0, 1], keepdims=True)
+    hi = tf.reduce_max(image, axis=[0, 1], keepdims=True)
+    bits = 8 - tf.cast(m * 4.0, tf.int32)
+    shift = tf.cast(8 - bits, tf.int32)
+    ops = [
+        lambda: tf.clip_by_value((image - lo) / tf.maximum(hi - lo, 1e-3), 0.0, 1.0),  # AutoContrast
+        lambda: _equalize(image),  # Equalize
+        lambda: 1.0 - image,  # Invert
+        lambda: _affine(image, rotate),  # Rotate
+        lambda: tf.cast(tf.bitwise.left_shift(tf.bitwise.right_shift(  # Posterize
+            tf.cast(image * 255.0, tf.int32), shift), shift), tf.float32) / 255.0,
+        lambda: tf.where(image >= 1.0 - m, 1.0 - image, image),  # Solarize (increasing)
+        lambda: tf.where(image < 0.5, tf.minimum(image + 110.0 / 255.0 * m, 1.0), image),  # SolarizeAdd
+        lambda: _blend(image, grey, 1.0 + 0.9 * level),  # Color
+        lambda: _blend(image, tf.reduce_mean(grey), 1.0 + 0.9 * level),  # Contrast
+        lambda: _blend(image, tf.zeros_like(image), 1.0 + 0.9 * level),  # Brightness
+        lambda: _blend(image, blurred, 1.0 + 0.9 * level),  # Sharpness
+        lambda: _affine(image, [1.0, level * 0.3, -level * 0.3 * cy, 0.0, 1.0, 0.0, 0.0, 0.0]),  # ShearX
+        lambda: _affine(image, [1.0, 0.0, 0.0, level * 0.3, 1.0, -level * 0.3 * cx, 0.0, 0.0]),  # ShearY
+        lambda: _affine(image, [1.0, 0.0, level * 0.45 * size[1], 0.0, 1.0, 0.0, 0.0, 0.0]),  # TranslateX
+        lambda: _affine(image, [1.0, 0.0, 0.0, 0.0, 1.0, level * 0.45 * size[0], 0.0, 0.0]),  # TranslateY
+    ]
+    augmented = tf.switch_case(op, ops)
+    augmented = tf.ensure_shape(augmented, image.shape)
+    return tf.where(u[0] < prob, augmented, image)
+
+
+def random_erasing(image: tf.Tensor, seed: tf.Tensor, prob: float, attempts: int = 10) -> tf.Tensor:
+    """Erases one rectangle (area 2-33 %, aspect 0.3-3.3) with N(0, 1) noise, on the normalised image."""
+    shape = tf.shape(image)
+    h = tf.cast(shape[0], tf.float32)
+    w = tf.cast(shape[1], tf.float32)
+    u = tf.random.stateless_uniform([attempts + 1, 4], seed)
+    area = h * w * (0.02 + (1 / 3 - 0.02) * u[1:, 0])
+    r = tf.exp(math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * u[1:, 1])
+    eh = tf.round(tf.sqrt(area * r))
+    ew = tf.round(tf.sqrt(area / r))
+    fits = (eh < h) & (ew < w) & (eh >= 1) & (ew >= 1)
+    i = tf.argmax(tf.cast(fits, tf.int32))
+    top = tf.floor(u[1 + i, 2] * (h - eh[i] + 1))
+    left = tf.floor(u[1 + i, 3] * (w - ew[i] + 1))
+    ys = tf.range(h)[:, None]
+    xs = tf.range(w)[None, :]
+    box = (ys >= top) & (ys < top + eh[i]) & (xs >= left) & (xs < left + ew[i])
+    apply = (u[0, 0] < prob) & tf.reduce_any(fits)
+    noise = tf.random.stateless_normal(shape, _seed(seed[0], seed[1], 7), dtype=image.dtype)
+    return tf.where(apply & box[..., None], noise, image)
+
+
+def mix_batch(images: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, cfg: DataConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mixup / CutMix on a batch (pairs image i with image B-1-i, as timm does)."""
+    u = tf.random.stateless_uniform([4], seed)
+    if cfg.cutmix_alpha > 0 and cfg.mixup_alpha > 0:
+        use_cutmix = u[1] < cfg.mix_switch_prob
+        alpha = tf.where(use_cutmix, cfg.cutmix_alpha, cfg.mixup_alpha)
+    else:
+        use_cutmix = cfg.cutmix_alpha > 0
+        alpha = tf.constant(max(cfg.cutmix_alpha, cfg.mixup_alpha), tf.float32)
+    use_cutmix = tf.convert_to_tensor(use_cutmix)
+    g = tf.random.stateless_gamma([2], _seed(seed[0], seed[1], 3), alpha=tf.stack([alpha, alpha]))
+    lam = g[0] / tf.maximum(g[0] + g[1], 1e-12)
+    flipped = tf.reverse(images, [0])
+    # CutMix box of area (1 - lam), clipped to the image; lam is corrected to the real area.
+    shape = tf.shape(images)
+    h = tf.cast(shape[1], tf.float32)
+    w = tf.cast(shape[2], tf.float32)
+    cut = tf.sqrt(1.0 - lam)
+    cy, cx = u[2] * h, u[3] * w
+    y0, y1 = tf.clip_by_value(tf.round(cy - cut * h / 2), 0, h), tf.clip_by_value(tf.round(cy + cut * h / 2), 0, h)
+    x0, x1 = tf.clip_by_value(tf.round(cx - cut * w / 2), 0, w), tf.clip_by_value(tf.round(cx + cut * w / 2), 0, w)
+    ys = tf.range(h)[:, None]
+    xs = tf.range(w)[None, :]
+    box = tf.cast((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1), images.dtype)[None, :, :, None]
+    cut_lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+    mixed = tf.where(use_cutmix, images * (1 - box) + flipped * box, lam * images + (1 - lam) * flipped)
+    lam = tf.where(use_cutmix, cut_lam, lam)
+    do_mix = u[0] < cfg.mix_prob
+    images = tf.where(do_mix, mixed, images)
+    lam = tf.where(do_mix, lam, 1.0)
+    targets = lam * targets + (1 - lam) * tf.reverse(targets, [0])
+    return images, targets
+
+
+def train_example(image_bytes: tf.Tensor, seed: tf.Tensor, cfg: DataConfig, interpolation: str) -> tf.Tensor:
+    """The ImageNet train transform of one encoded image: crop, resize, flip, jitter, RandAugment, erase."""
+    image = decode_random_crop(image_bytes, _seed(seed[0], seed[1], 0), (cfg.crop_scale_min, 1.0),
+                               (cfg.crop_ratio_min, cfg.crop_ratio_max))
+    image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, [cfg.image_size, cfg.image_size],
+                            method=interpolation, antialias=True)
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    if cfg.hflip:
+        image = tf.image.stateless_random_flip_left_right(image, _seed(seed[0], seed[1], 1))
+    if cfg.color_jitter > 0:
+        image = color_jitter(image, cfg.color_jitter, _seed(seed[0], seed[1], 2))
+    if cfg.randaugment_magnitude > 0:
+        image = rand_augment(image, _seed(seed[0], seed[1], 3), magnitude=cfg.randaugment_magnitude,
+                             magnitude_std=cfg.randaugment_magnitude_std, num_ops=cfg.randaugment_num_ops)
+    image = normalize(image * 255.0)
+    if cfg.random_erasing > 0:
+        image = random_erasing(image, _seed(seed[0], seed[1], 4), cfg.random_erasing)
+    return image
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def _options(cfg: DataConfig) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = True
+    options.experimental_optimization.map_parallelization = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return options
+
+
+def _count_gaps(ds: tf.data.Dataset, start: int = 0) -> tf.data.Dataset:
+    """After ignore_errors: adds ``skipped`` = files dropped since the previous surviving element
+    (the stream's first index is ``start``)."""
+
+    def step(last, element):
+        index = element["index"]
+        element = dict(element)
+        element["skipped"] = tf.cast(index - last - 1, tf.int32)
+        del element["index"]
+        return index, element
+
+    return ds.scan(tf.constant(start - 1, tf.int64), step)
+
+
+def _encoded_stream(source: Source, split: str, ctx: tf.distribute.InputContext, seed: int, epoch: int,
+                    cfg: DataConfig, *, training: bool) -> tf.data.Dataset:
+    """(image bytes, label) of this host's shard, in the epoch's order; train streams repeat forever."""
+    if source.kind == "folder":
+        paths, labels = source.train_files if split == "train" else source.eval_files
+        order = np.arange(len(paths))
+        if training:
+            order = np.random.default_rng([seed, epoch, 77]).permutation(len(paths))
+        order = order[ctx.input_pipeline_id::ctx.num_input_pipelines]
+        ds = tf.data.Dataset.from_tensor_slices(
+            (np.asarray(paths, dtype=object)[order].astype(str), np.asarray(labels, np.int64)[order]))
+        if training:
+            ds = ds.repeat()
+        return ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=AUTOTUNE)
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder(source.name, source.data_dir)
+    splits = builder.info.splits
+    tfds_split = "train" if split == "train" else ("validation" if "validation" in splits else "test")
+    if split == "train" and cfg.train_examples:
+        tfds_split = f"train[:{cfg.train_examples}]"
+    if split != "train" and cfg.eval_examples:
+        tfds_split = f"{tfds_split}[:{cfg.eval_examples}]"
+    read_config = tfds.ReadConfig(input_context=ctx, shuffle_seed=int(seed * 100_003 + epoch), try_autocache=False)
+    ds = builder.as_dataset(split=tfds_split, shuffle_files=training, read_config=read_config,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda e: (e["image"], tf.cast(e["label"], tf.int64)))
+    if training:
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=int(seed * 7919 + epoch), reshuffle_each_iteration=False).repeat()
+    return ds
+
+
+def local_batches_per_step(ctx: tf.distribute.InputContext) -> int:
+    """Batches one host produces per global step: one per local replica."""
+    return ctx.num_replicas_in_sync // ctx.num_input_pipelines
+
+
+def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: int, steps_per_epoch: int,
+                          skip_steps: int, label_smoothing: float, interpolation: str, clean_prefix: bool = False
+                          ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """The dataset function of one training epoch (for ``distribute_datasets_from_function``).
+
+    Yields exactly ``steps_per_epoch - skip_steps`` steps of per-replica batches: the
+    stream of the epoch with the first ``skip_steps`` steps dropped. ``clean_prefix``
+    (no file was dropped on any host in those steps) skips the consumed files before
+    decoding; otherwise the consumed part is decoded again and its batches discarded. Both
+    give the same stream.
+    """
+    num_classes = source.num_classes
+    interpolation = interpolation or "bilinear"
+
+    def targets_of(labels):
+        one_hot = tf.one_hot(labels, num_classes)
+        return one_hot * (1 - label_smoothing) + label_smoothing / num_classes
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        batch = ctx.get_per_replica_batch_size(cfg.global_batch_size)
+        per_step = local_batches_per_step(ctx)
+        total = steps_per_epoch * per_step
+        if source.kind == "synthetic":
+            rng = np.random.default_rng([seed, ctx.input_pipeline_id])
+            images = rng.standard_normal((batch, cfg.image_size, cfg.image_size, 3), np.float32)
+            labels = rng.integers(0, num_classes, batch)
+            element = {"images": images, "targets": targets_of(labels), "labels": labels.astype(np.int64),
+                       "skipped": np.zeros([batch], np.int32)}
+            return tf.data.Dataset.from_tensors(element).repeat(total - skip_steps * per_step)
+        skip_batches = skip_steps * per_step
+        fast_skip = clean_prefix and skip_batches > 0
+        ds = _encoded_stream(source, "train", ctx, seed, epoch, cfg, training=True).enumerate()
+        if fast_skip:  # indices (and so the augmentation seeds) are kept: enumerate came first
+            ds = ds.skip(skip_batches * batch)
+
+        def example(index, pair):
+            image_bytes, label = pair
+            s = _seed(seed, epoch, ctx.input_pipeline_id, index)
+            return {"images": train_example(image_bytes, s, cfg, interpolation), "labels": label, "index": index}
+
+        parallel = AUTOTUNE if cfg.parallel_calls < 0 else cfg.parallel_calls
+        ds = ds.map(example, num_parallel_calls=parallel, deterministic=True).ignore_errors(log_warning=True)
+        ds = _count_gaps(ds, start=skip_batches * batch if fast_skip else 0)
+        if fast_skip:
+            ds = ds.batch(batch, drop_remainder=True).enumerate(start=skip_batches).take(total - skip_batches)
+        else:
+            ds = ds.batch(batch, drop_remainder=True).enumerate().take(total).skip(skip_batches)
+
+        def finish(batch_index, b):
+            b = dict(b)
+            targets = targets_of(b["labels"])
+            if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
+                b["images"], targets = mix_batch(b["images"], targets, _seed(seed, epoch, ctx.input_pipeline_id,
+                                                                           batch_index, 99), cfg)
+            b["targets"] = targets
+            return b
+
+        ds = ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True)
+        return ds.prefetch(AUTOTUNE).with_options(_options(cfg))
+
+    return dataset_fn
+
+
+def eval_steps(source: Source, cfg: DataConfig) -> int:
+    """Global eval steps covering the whole validation split (the last one padded)."""
+    return max(1, math.ceil(source.eval_examples / cfg.global_batch_size))
+
+
+def make_eval_dataset_fn(source: Source, cfg: DataConfig, *, interpolation: str
+                         ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """The validation dataset function: every host yields ``eval_steps`` steps; padding has weight 0."""
+    interpolation = interpolation or "bilinear"
+    steps = eval_steps(source, cfg)
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        batch = ctx.get_per_replica_batch_size(cfg.global_batch_size)
+        count = steps * local_batches_per_step(ctx) * batch
+        pad = {"images": tf.zeros([cfg.image_size, cfg.image_size, 3]), "labels": tf.constant(0, tf.int64),
+               "weights": tf.constant(0.0), "skipped": tf.constant(0, tf.int32)}
+        if source.kind == "synthetic":
+            rng = np.random.default_rng([1, ctx.input_pipeline_id])
+            n = min(count, source.eval_examples)
+            ds = tf.data.Dataset.from_tensor_slices({
+                "images": rng.standard_normal((min(n, 256), cfg.image_size, cfg.image_size, 3), np.float32),
+                "labels": rng.integers(0, source.num_classes, min(n, 256)).astype(np.int64),
+            }).repeat().take(n).map(lambda e: dict(e, weights=tf.constant(1.0), skipped=tf.constant(0, tf.int32)))
+        else:
+            ds = _encoded_stream(source, "val", ctx, 0, 0, cfg, training=False).enumerate()
+
+            def example(index, pair):
+                image_bytes, label = pair
+                image = eval_transform(decode_full(image_bytes), cfg.image_size, cfg.crop_fraction, interpolation)
+                return {"images": image, "labels": label, "weights": tf.constant(1.0), "index": index}
+
+            ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+            ds = _count_gaps(ds)
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat()).take(count)
+        return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options(cfg))
+
+    return dataset_fn
+
+
+def input_pipeline_throughput(source: Source, cfg: DataConfig, *, num_batches: int, threads: int,
+                              interpolation: str = "bilinear") -> float:
+    """Images/s of the train pipeline on one host with a private thread pool of ``threads``."""
+    import time
+
+    fn = make_train_dataset_fn(source, cfg, seed=0, epoch=0, steps_per_epoch=num_batches + 2, skip_steps=0,
+                               label_smoothing=0.0, interpolation=interpolation)
+    ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    ds = fn(ctx).with_options(options)
+    it = iter(ds)
+    next(it)  # warm-up (graph building, file open)
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        next(it)
+    return num_batches * cfg.global_batch_size / (time.perf_counter() - start)

@@ -1,0 +1,423 @@
+"""The distributed training loop: one ``strategy.run`` code path for every strategy.
+
+Orbit-style: :meth:`Trainer.train_loop_begin` (eager) resets the host-side timers;
+:meth:`Trainer.train_loop` is one ``tf.function`` that runs ``num_steps`` steps, each a
+``strategy.run`` of the per-replica step; :meth:`Trainer.train_loop_end` (eager) turns the
+sums into metrics. Checkpoint, eval, logging and preemption decisions happen on the host
+between inner loops. Inside ``train_loop`` only TensorFlow ops and variable updates run:
+the learning rate of each step is computed in-graph from the global step.
+
+Per replica, the loss is ``sum(per-example loss) / global_batch``; the optimizer
+all-reduces (sums) the gradients, so the update equals single-device training on the
+global batch. SGD weight decay is an L2 term in the loss (as torch's coupled
+``weight_decay``), AdamW's is decoupled; neither touches norms, biases or position
+embeddings (:func:`decay_variables`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from training import recipes as recipes_lib
+from training.recipes import Recipe
+
+STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
+
+
+# ---------------------------------------------------------------- strategies
+
+
+def configure_cpu_replicas(num_replicas: int) -> None:
+    """Splits the host CPU into ``num_replicas`` logical devices (before TensorFlow starts).
+
+    Raises:
+        ValueError: if TensorFlow already started with fewer logical CPUs.
+    """
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * num_replicas)
+    except RuntimeError:
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have < num_replicas:
+            raise ValueError(
+                f"TensorFlow was initialised before the CPU could be split into {num_replicas} logical devices; "
+                f"call configure_cpu_replicas first. Logical CPUs available: {have}. "
+                f"Received: num_replicas={num_replicas}"
+            ) from None
+
+
+def create_strategy(name: str, *, num_replicas: int = 0, tpu: str = "") -> tf.distribute.Strategy:
+    """Builds a strategy by name.
+
+    Args:
+        name: str. One of ``one_device``, ``mirrored``, ``multi_worker``, ``tpu``.
+        num_replicas: int. ``mirrored`` on a host without GPUs: split the CPU into this many
+            logical devices (0 = one). With GPUs: use the first ``num_replicas`` GPUs (0 = all).
+        tpu: str. TPU name or address for ``tpu`` ("" = local / from the environment).
+
+    Raises:
+        ValueError: for an unknown name, or ``multi_worker`` without ``TF_CONFIG``.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown strategy. Valid strategies: {list(STRATEGIES)}. Received: strategy={name!r}")
+    if num_replicas and name not in ("mirrored",):
+        raise ValueError(
+            f"`num_replicas` only applies to the mirrored strategy. "
+            f"Received: strategy={name!r}, num_replicas={num_replicas}"
+        )
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "The multi_worker strategy reads the cluster from the TF_CONFIG environment variable, "
+                "which is not set. "
+                "Received: strategy='multi_worker', TF_CONFIG=None"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if gpus:
+        devices = [f"/gpu:{i}" for i in range(num_replicas or len(gpus))]
+        if len(devices) > len(gpus):
+            raise ValueError(f"Only {len(gpus)} GPUs are visible. Received: num_replicas={num_replicas}")
+        return tf.distribute.MirroredStrategy(devices)
+    count = max(num_replicas, 1)
+    configure_cpu_replicas(count)
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(count)])
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Hosts in the run (1 unless multi-worker)."""
+    return getattr(strategy.extended, "_num_workers", 1) or 1
+
+
+# ---------------------------------------------------------------- optimizer
+
+
+def decay_variables(model: keras.Model) -> tuple[list, list]:
+    """(decayed, not decayed) trainable variables: norms, biases (rank <= 1) and position embeddings are exempt."""
+    decay, no_decay = [], []
+    for v in model.trainable_variables:
+        name = v.path.lower()
+        if len(v.shape) <= 1 or "pos_embed" in name or "position" in name:
+            no_decay.append(v)
+        else:
+            decay.append(v)
+    return decay, no_decay
+
+
+def build_optimizer(recipe: Recipe, model: keras.Model, *, mixed_precision: str) -> keras.optimizers.Optimizer:
+    """SGD or AdamW from ``recipe.optim``; wrapped for loss scaling under mixed_float16."""
+    o = recipe.optim
+    clip = {"global_clipnorm": o.clip_norm} if o.clip_norm > 0 else {}
+    if o.name == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=0.0, momentum=o.momentum, nesterov=o.nesterov, **clip)
+    else:
+        optimizer = keras.optimizers.AdamW(learning_rate=0.0, weight_decay=o.weight_decay, beta_1=o.beta_1,
+                                           beta_2=o.beta_2, epsilon=o.epsilon, **clip)
+        _, no_decay = decay_variables(model)
+        optimizer.exclude_from_weight_decay(var_list=no_decay)
+    if mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def lr_at(recipe: Recipe, step: tf.Tensor, steps_per_epoch: int) -> tf.Tensor:
+    """In-graph twin of :func:`recipes.learning_rate`."""
+    s = recipe.schedule
+    peak = recipes_lib.scaled_lr(recipe)
+    epoch = tf.cast(step, tf.float32) / steps_per_epoch
+    warm = s.warmup_init_lr + (peak - s.warmup_init_lr) * epoch / max(s.warmup_epochs, 1e-8)
+    if s.decay == "step":
+        after = peak * tf.pow(s.step_factor, tf.floor(epoch / s.step_epochs))
+    elif s.decay == "cosine":
+        progress = tf.minimum((epoch - s.warmup_epochs) / max(s.epochs - s.warmup_epochs, 1e-8), 1.0)
+        after = s.min_lr + 0.5 * (peak - s.min_lr) * (1 + tf.cos(math.pi * progress))
+    else:
+        after = tf.constant(peak, tf.float32)
+    return tf.where(epoch < s.warmup_epochs, warm, after)
+
+
+# ---------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Train and eval loops of one model under one strategy (create it inside ``strategy.scope()``).
+
+    Args:
+        strategy: tf.distribute.Strategy.
+        model: keras.Model returning logits.
+        optimizer: keras optimizer, already built.
+        recipe: Recipe.
+        steps_per_epoch: int.
+        jit_compile: bool. XLA-compile the forward/backward pass (not the all-reduce and update).
+    """
+
+    def __init__(self, *, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, recipe: Recipe,
+                 steps_per_epoch: int, jit_compile: bool = False) -> None:
+        self.strategy = strategy
+        self.model = model
+        self.optimizer = optimizer
+        self.recipe = recipe
+        self.steps_per_epoch = steps_per_epoch
+        self.global_batch = recipe.data.global_batch_size
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.skipped_files = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_files",
+                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.evaluated_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="evaluated_epoch",
+                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.epoch_skipped_files = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_skipped_files",
+                                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.ema_decay = recipe.model.ema_decay
+        self.ema = [tf.Variable(w.value, trainable=False, name=f"ema_{i}") for i, w in enumerate(model.weights)
+                    ] if self.ema_decay > 0 else []
+        decay, _ = decay_variables(model)
+        self._l2_vars = decay if recipe.optim.name == "sgd" and recipe.optim.weight_decay > 0 else []
+        # Keras 3 updates BatchNorm moving statistics per replica (MirroredVariables with no
+        # aggregation), so replicas drift apart; averaging them after every step keeps them
+        # identical (and equals updating with the replicas' mean batch statistics).
+        # Synchronized BN computes identical statistics on every replica already.
+        self._replica_stats = [
+            v for v in model.non_trainable_variables if v.dtype in ("float32", "float16", "bfloat16", "float64")
+        ] if strategy.num_replicas_in_sync > 1 and not recipe.model.sync_bn else []
+        self._grads = tf.function(self._compute_grads, jit_compile=True) if jit_compile else self._compute_grads
+        self._start = 0.0
+        self.train_loop = tf.function(self._train_loop)
+        self.evaluator = Evaluator(strategy, model)
+
+    # -- train
+
+    def _compute_grads(self, images, targets):
+        num_replicas = self.strategy.num_replicas_in_sync
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.model(images, training=True), tf.float32)
+            per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+            loss = tf.reduce_sum(per_example) / self.global_batch
+            total = loss
+            if self._l2_vars:
+                l2 = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in self._l2_vars])
+                total = total + 0.5 * self.recipe.optim.weight_decay * l2 / num_replicas
+            if self.model.losses:
+                total = total + tf.add_n(self.model.losses) / num_replicas
+            scaled = self.optimizer.scale_loss(total)
+        grads = tape.gradient(scaled, variables)
+        return loss, logits, grads
+
+    def _replica_step(self, batch):
+        loss, logits, grads = self._grads(batch["images"], batch["targets"])
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
+        if self._replica_stats:
+            context = tf.distribute.get_replica_context()
+            stats = [tf.identity(v.value) for v in self._replica_stats]
+            means = context.all_reduce(tf.distribute.ReduceOp.MEAN, stats)
+            for v, mean in zip(self._replica_stats, means, strict=True):
+                v.assign(mean)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), batch["labels"]), tf.float32))
+        return loss, correct, tf.reduce_sum(tf.cast(batch["skipped"], tf.int64))
+
+    def _train_loop(self, iterator, num_steps: tf.Tensor):
+        """Runs ``num_steps`` steps; returns (summed mean loss, correct, skipped). Traced once."""
+        strategy = self.strategy
+        sum_ = tf.distribute.ReduceOp.SUM
+        loss_sum = tf.constant(0.0)
+        correct = tf.constant(0.0)
+        skipped = tf.constant(0, tf.int64)
+        for _ in tf.range(num_steps):
+            self.optimizer.learning_rate = lr_at(self.recipe, self.global_step, self.steps_per_epoch)
+            loss, c, s = strategy.run(self._replica_step, args=(next(iterator),))
+            loss_sum += strategy.reduce(sum_, loss, axis=None)
+            correct += strategy.reduce(sum_, c, axis=None)
+            skipped += strategy.reduce(sum_, s, axis=None)
+            if self.ema:
+                d = self.ema_decay
+                for e, w in zip(self.ema, self.model.weights, strict=True):
+                    e.assign(d * e + (1 - d) * tf.cast(w.value, e.dtype))
+            self.global_step.assign_add(1)
+        self.skipped_files.assign_add(skipped)
+        self.epoch_skipped_files.assign_add(skipped)
+        return loss_sum, correct, skipped
+
+    def train_loop_begin(self) -> None:
+        """Eager: starts the timer of one inner loop."""
+        self._start = time.perf_counter()
+
+    def train_loop_end(self, outputs, num_steps: int) -> dict:
+        """Eager: metrics of the inner loop just run (loss, train top-1, images/s, lr, skipped)."""
+        loss_sum, correct, skipped = (float(x) for x in outputs)
+        seconds = time.perf_counter() - self._start
+        images = num_steps * self.global_batch
+        step = int(self.global_step.numpy())
+        return {
+            "step": step,
+            "epoch": step / self.steps_per_epoch,
+            "loss": loss_sum / num_steps,
+            "train_top1": correct / images,
+            "lr": recipes_lib.learning_rate(self.recipe, step - 1, self.steps_per_epoch),
+            "images_per_sec": images / max(seconds, 1e-9),
+            "skipped": int(skipped),
+        }
+
+    # -- eval
+
+    def evaluate(self, dataset_fn, num_steps: int, *, use_ema: bool = False) -> dict:
+        """Top-1/top-5/loss over the eval stream (the EMA weights if ``use_ema``)."""
+        if use_ema and not self.ema:
+            raise ValueError("EMA evaluation needs model.ema_decay > 0. Received: use_ema=True, ema_decay=0")
+        if not use_ema:
+            return self.evaluator.evaluate(dataset_fn, num_steps)
+        backup = [tf.identity(w.value) for w in self.model.weights]
+        for w, e in zip(self.model.weights, self.ema, strict=True):
+            w.assign(tf.cast(e, w.dtype))
+        try:
+            return self.evaluator.evaluate(dataset_fn, num_steps)
+        finally:
+            for w, b in zip(self.model.weights, backup, strict=True):
+                w.assign(b)
+
+
+class Evaluator:
+    """Top-1 / top-5 / loss of a model over a distributed eval stream (padding has weight 0)."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model) -> None:
+        self.strategy = strategy
+        self.model = model
+        self.eval_loop = tf.function(self._eval_loop)
+
+    def _eval_replica(self, batch):
+        logits = tf.cast(self.model(batch["images"], training=False), tf.float32)
+        labels = batch["labels"]
+        w = batch["weights"]
+        k = min(5, logits.shape[-1])
+        top1 = tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32)
+        top5 = tf.cast(tf.math.in_top_k(tf.cast(labels, tf.int32), logits, k), tf.float32)
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        return (tf.reduce_sum(top1 * w), tf.reduce_sum(top5 * w), tf.reduce_sum(loss * w), tf.reduce_sum(w),
+                tf.reduce_sum(tf.cast(batch["skipped"], tf.float32)))
+
+    def _eval_loop(self, iterator, num_steps: tf.Tensor):
+        totals = [tf.constant(0.0)] * 5
+        for _ in tf.range(num_steps):
+            values = self.strategy.run(self._eval_replica, args=(next(iterator),))
+            totals = [t + self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                      for t, v in zip(totals, values, strict=True)]
+        return totals
+
+    def evaluate(self, dataset_fn, num_steps: int) -> dict:
+        """Runs ``num_steps`` global eval steps of ``dataset_fn``'s stream; returns the metrics."""
+        dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
+        top1, top5, loss, count, skipped = (float(x) for x in self.eval_loop(iter(dataset), tf.constant(num_steps)))
+        count = max(count, 1.0)
+        return {"val_top1": top1 / count, "val_top5": top5 / count, "val_loss": loss / count,
+                "val_examples": int(count), "val_skipped": int(skipped)}
+
+
+# ---------------------------------------------------------------- host-side logging
+
+
+def format_seconds(seconds: float) -> str:
+    """``H:MM:SS``."""
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """A one-line progress bar with loss, images/s and ETA (redrawn in place on a terminal)."""
+
+    def __init__(self, total_steps: int, *, enabled: bool = True, stream=None) -> None:
+        self.total = total_steps
+        self.enabled = enabled
+        self.stream = stream or sys.stdout
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._rate = None
+
+    def update(self, metrics: dict, steps_per_epoch: int, epochs: int, global_batch: int) -> None:
+        """Redraws the line from one inner loop's metrics (smoothed images/s for the ETA)."""
+        if not self.enabled:
+            return
+        step = metrics["step"]
+        rate = metrics["images_per_sec"]
+        self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+        eta = (self.total - step) * global_batch / max(self._rate, 1e-9)
+        frac = step / max(self.total, 1)
+        bar = "=" * int(20 * frac) + ">" + "." * (20 - int(20 * frac))
+        epoch = min((step - 1) // steps_per_epoch + 1, epochs)
+        line = (f"epoch {epoch}/{epochs} [{bar[:21]}] step {step}/{self.total} loss {metrics['loss']:.4f} "
+                f"lr {metrics['lr']:.3g} {rate:.0f} img/s ETA {format_seconds(eta)}")
+        if metrics.get("skipped"):
+            line += f" skipped {metrics['skipped']}"
+        self.stream.write(("\r" + line) if self.tty else line + "\n")
+        self.stream.flush()
+
+    def newline(self) -> None:
+        """Ends the in-place line before other output."""
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+
+
+def _scalar_metadata() -> bytes:
+    """The "scalars" plugin tag: events load as scalars (tf.summary.scalar needs the tensorboard package)."""
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    return metadata.SerializeToString()
+
+
+_SCALAR_METADATA = _scalar_metadata()
+
+
+class MetricsLogger:
+    """JSON lines (``metrics.jsonl``) and TensorBoard scalars (``tb/``); writes nothing when not chief."""
+
+    def __init__(self, model_dir: str, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = os.path.join(model_dir, "metrics.jsonl")
+        self._writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb")) if enabled else None
+
+    def write(self, record: dict, *, kind: str) -> None:
+        """Appends ``record`` (tagged ``kind``) to metrics.jsonl and its numbers to TensorBoard."""
+        if not self.enabled:
+            return
+        record = {"kind": kind, "time": time.time(), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        with self._writer.as_default(step=int(record.get("step", 0))):
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "time"):
+                    tf.summary.write(f"{kind}/{key}", tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+        self._writer.flush()
+
+
+def read_metrics(model_dir: str, kind: str | None = None) -> list[dict]:
+    """The records of ``model_dir/metrics.jsonl`` (of one ``kind``: train, eval, final)."""
+    path = os.path.join(model_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def replica_values(strategy: tf.distribute.Strategy, variables: Sequence) -> list[list]:
+    """For each variable, its value on every local replica (NumPy); for identity checks."""
+    values = []
+    for var in variables:
+        raw = var.value if isinstance(var, keras.Variable) else var  # the tf.distribute variable inside
+        values.append([v.numpy() for v in strategy.experimental_local_results(raw)])
+    return values
