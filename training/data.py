@@ -112,7 +112,7 @@ def _tfds_builder(name: str, data_dir: str | None):
         raise ValueError(
             f"TFDS dataset {name!r} is not prepared in {builder.data_dir}. ImageNet needs a manual download: put "
             f"ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) into {manual}, then run "
-            f"`tfds build {name} --data_dir {data_dir or '~/tensorflow_datasets'}` (see docs/training.md). "
+            f"`tfds build {name} --data_dir {data_dir or '~/tensorflow_datasets'}` (README: 'Preparing ImageNet'). "
             f"Received: dataset={name!r}, data_dir={data_dir!r}"
         )
     return builder

@@ -1,7 +1,7 @@
 """Evaluates a pf_keras model (top-1 / top-5) with the training pipeline's eval transform.
 
 Reproducing the published 77.1 % top-1 of R50-hybrid from the official PyTorch checkpoint
-(ImageNet val prepared with TFDS, see docs/training.md):
+(ImageNet val prepared with TFDS, see the README, "Training on tf.distribute"):
 
     python training/evaluate.py --model resnet50_hybrid --weights resnet50_hybrid.pth \\
         --dataset imagenet2012 --data_dir ~/tensorflow_datasets --output r50_hybrid_eval.json

@@ -6,7 +6,7 @@ a base with ``dataclasses.replace``. Every field can be overridden from the comm
 ``section.field=value`` (``--set optim.base_lr=0.1``); unknown keys and values of the wrong
 type fail with a ValueError. The resolved recipe is written to ``model_dir/recipe.json``.
 
-Recipes (numbers from the paper's training setups, see docs/training.md):
+Recipes (numbers from the paper's training setups, see the README, "Training on tf.distribute"):
 
 - ``resnet90``: SGD momentum 0.9, lr 0.2 per 1024 images, wd 1e-4, 90 epochs, step x0.1
   every 30 epochs, 3 warm-up epochs, colour jitter 0.4 (timm's ResNet recipe).

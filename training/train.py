@@ -11,7 +11,7 @@ Examples (from the repository root):
         --model_dir runs/r50_hybrid
 
 Rerunning the same command resumes from ``model_dir``. SIGTERM saves a checkpoint at the
-current step and exits with status 143; see docs/training.md.
+current step and exits with status 143; see the README, "Training on tf.distribute".
 """
 
 from __future__ import annotations
@@ -394,7 +394,7 @@ def recipe_from_flags(flag_values) -> Recipe:
 
 
 def define_flags() -> None:
-    """Defines the absl flags of the command line (see docs/training.md for the table)."""
+    """Defines the absl flags of the command line (see the README, "Training on tf.distribute" for the table)."""
     from absl import flags
 
     flags.DEFINE_string("model_dir", None, "Run folder (checkpoints, logs, final weights).")

@@ -33,7 +33,7 @@ reference's ``F.interpolate(mode="bicubic")`` is matched to float32 rounding (me
 most on unit-variance values).
 ``tf.image.resize(method="bicubic")`` would not be: it uses ``a = -0.5`` and renormalised
 borders (measured 27x27 -> 31x31: max deviation 0.29 on unit-variance noise, 0.009 on a
-smooth grid of std 0.64; see docs/transformers.md).
+smooth grid of std 0.64; see the README, "Transformers").
 
 Deviations from the reference: none in eval outputs.
 

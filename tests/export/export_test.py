@@ -17,7 +17,7 @@ from export.export import export_model
 from export.validate import TOLERANCES, run_tflite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Ops XNNPACK has no int8 kernel for in this LiteRT (documented in docs/export.md); the hybrid's
+# Ops XNNPACK has no int8 kernel for in this LiteRT (documented in the README, "Export"); the hybrid's
 # int8 average pools are rewritten as depthwise convs, so the int8 ResNets are fully delegated.
 INT8_RESNET_CPU_OPS: set[str] = set()
 INT8_TRANSFORMER_CPU_OPS = {"ADD", "BATCH_MATMUL", "GELU", "RSQRT", "SOFTMAX", "SQUARED_DIFFERENCE"}
