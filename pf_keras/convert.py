@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         model_kwargs = json.loads(args.model_kwargs)
     except json.JSONDecodeError as error:
         parser.error(f"--model_kwargs must be a JSON object: {error}")
-    model = convert(args.model, args.checkpoint, args.output, model_kwargs=model_kwargs)
+    try:
+        model = convert(args.model, args.checkpoint, args.output, model_kwargs=model_kwargs)
+    except (ValueError, FileNotFoundError) as error:  # user errors: the message says what to change
+        parser.exit(2, f"error: {error}\n")
     params = sum(int(w.numpy().size) for w in model.trainable_weights)
     print(f"Wrote {args.output}: {model.name}, {params:,} trainable params from {args.checkpoint}")
 
