@@ -33,6 +33,14 @@ def load_published_manifest(name: str) -> dict:
         return json.load(f)
 
 
+def randomised(model, seed: int = 0, std: float = 0.1):
+    """Assigns seeded normal weights (variances shifted to stay positive) and returns ``model``."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        w.assign(rng.normal(0, std, w.shape).astype("float32") + (1.0 if "variance" in w.path else 0.0))
+    return model
+
+
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.transpose(x, (0, 2, 3, 1))
 

@@ -7,7 +7,7 @@ import doctest
 import keras
 import numpy as np
 import pytest
-from conftest import load_fixture, load_published_manifest, nchw_to_nhwc, state_dict_of
+from conftest import load_fixture, load_published_manifest, nchw_to_nhwc, randomised, state_dict_of
 from litert_utils import convert_to_tflite, non_builtin_ops, op_names, run_tflite
 from torch_save_writer import save_state_dict
 
@@ -43,12 +43,6 @@ def _fixture_model(**kwargs) -> tuple[keras.Model, dict]:
             variable.assign(value)
     return model, {"meta": meta, **arrays}
 
-
-def _randomised(model: keras.Model) -> keras.Model:
-    rng = np.random.default_rng(0)
-    for w in model.weights:
-        w.assign(rng.normal(0, 0.1, w.shape).astype("float32"))
-    return model
 
 
 class TestPiTParity:
@@ -144,7 +138,7 @@ class TestPiTExport:
     def test_keras_round_trip_and_saved_model_reproduce_outputs(self, tmp_path):
         import tensorflow as tf
 
-        model = _randomised(pf_keras.PfPiT("ti", drop_path_rate=0.1, input_shape=(None, None, 3), **SMALL))
+        model = randomised(pf_keras.PfPiT("ti", drop_path_rate=0.1, input_shape=(None, None, 3), **SMALL))
         x = np.random.default_rng(1).normal(size=(2, 72, 56, 3)).astype("float32")
         expected = model.predict(x, verbose=0)
         model.save(tmp_path / "m.keras")

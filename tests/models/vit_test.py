@@ -8,7 +8,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import FIXTURES, load_fixture, load_published_manifest, nchw_to_nhwc, state_dict_of
+from conftest import FIXTURES, load_fixture, load_published_manifest, nchw_to_nhwc, randomised, state_dict_of
 from litert_utils import convert_to_tflite, non_builtin_ops, op_names, run_tflite
 from torch_save_writer import save_state_dict
 
@@ -41,12 +41,6 @@ def _fixture_model(**kwargs) -> tuple[keras.Model, dict]:
             variable.assign(value)
     return model, {"meta": meta, **arrays}
 
-
-def _randomised(model: keras.Model) -> keras.Model:
-    rng = np.random.default_rng(0)
-    for w in model.weights:
-        w.assign(rng.normal(0, 0.1, w.shape).astype("float32"))
-    return model
 
 
 class TestViTParity:
@@ -130,7 +124,7 @@ class TestViTExport:
     def test_keras_round_trip_and_saved_model_reproduce_outputs(self, tmp_path):
         import tensorflow as tf
 
-        model = _randomised(pf_keras.PfViT("s", drop_path_rate=0.1, **SMALL))
+        model = randomised(pf_keras.PfViT("s", drop_path_rate=0.1, **SMALL))
         x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
         expected = model.predict(x, verbose=0)
         model.save(tmp_path / "m.keras")
@@ -204,7 +198,7 @@ class TestViTBuilder:
         np.testing.assert_allclose(model(x, training=False), model(x, training=False))
 
     def test_include_preprocessing(self):
-        model = _randomised(vit.ViT(**SMALL, include_preprocessing=True))
+        model = randomised(vit.ViT(**SMALL, include_preprocessing=True))
         plain = vit.ViT(**SMALL)
         plain.set_weights(model.get_weights())
         x = np.random.default_rng(0).uniform(0, 255, size=(1, 32, 32, 3)).astype("float32")

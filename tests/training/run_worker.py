@@ -4,6 +4,8 @@ SPEC: {"recipe": recipes.to_dict(...), "model_dir", "strategy", "deterministic",
 "pause_at_step" (optional: write "marker" there and wait until the test, having sent SIGTERM,
 deletes it),
 "weights_out" (optional: this process's final weights as .npz)}. Exits 143 when preempted.
+The printed summary adds "first_loop_step": the global step after this process's first inner
+loop (shows where a resumed run started, also on non-chief workers, which print no log).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ def main(spec_path: str) -> int:
         spec = json.load(f)
     recipe = recipes.from_dict(spec["recipe"])
     pause = spec.get("pause_at_step")
+    seen: list[int] = []
 
     def hook(metrics: dict) -> None:
+        seen.append(metrics["step"])
         if pause is not None and metrics["step"] == pause:
             with open(spec["marker"], "w") as f:
                 f.write(str(os.getpid()))
@@ -38,6 +42,7 @@ def main(spec_path: str) -> int:
                         deterministic=spec.get("deterministic", False), loop_end_hook=hook,
                         return_trainer=True, verbose=True)
     trainer = summary.pop("trainer")
+    summary["first_loop_step"] = seen[0] if seen else None
     if spec.get("weights_out"):
         np.savez(spec["weights_out"], *[w.numpy() for w in trainer.model.weights])
     print("SUMMARY " + json.dumps(summary), flush=True)
