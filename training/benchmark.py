@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make `training` importable fro
 import keras
 import tensorflow as tf
 
+from training import cli_main
 from training import data as data_lib
 from training import loop as loop_lib
 from training import recipes as recipes_lib
@@ -126,4 +127,4 @@ if __name__ == "__main__":
     flags.DEFINE_bool("randaugment", False, "Include RandAugment m9 in the pipeline benchmark.")
     flags.DEFINE_integer("pipeline_batches", 20, "Batches timed in the pipeline benchmark.")
     flags.DEFINE_string("output", "", "Also write the numbers as JSON here.")
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(cli_main(main, argv)))

@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make `training` importable fro
 import tensorflow as tf
 
 import pf_keras
+from training import cli_main
 from training import data as data_lib
 from training import loop as loop_lib
 from training.recipes import DataConfig, parse_kwargs
@@ -143,4 +144,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_replicas", 0, "mirrored: logical CPU devices / GPUs.")
     flags.DEFINE_string("tpu", "", "TPU address.")
     flags.DEFINE_string("output", "", "Write the result as JSON here.")
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(cli_main(main, argv)))

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 import pf_keras
 from training import checkpoint as checkpoint_lib
+from training import cli_main
 from training import data as data_lib
 from training import loop as loop_lib
 from training import recipes as recipes_lib
@@ -449,4 +450,4 @@ if __name__ == "__main__":
     from absl import app
 
     define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(cli_main(main, argv)))
