@@ -19,9 +19,11 @@ setup(
         "numpy",
     ],
     extras_require={
-        "torch": ["torch>=2.0"],
+        "torch": ["torch>=2.0"],  # only to re-create the torch.save test fixtures; reading .pth needs no torch
         "litert": ["ai-edge-litert>=2.0"],
-        "dev": ["pytest>=8", "ruff>=0.6", "ai-edge-litert>=2.0", "matplotlib>=3.7"],
+        # What the training/ and export/ front ends need beyond the library.
+        "tools": ["ai-edge-litert>=2.0", "matplotlib>=3.7", "pillow>=10"],
+        "dev": ["pytest>=8", "ruff>=0.6", "ai-edge-litert>=2.0", "matplotlib>=3.7", "pillow>=10"],
     },
     entry_points={
         "console_scripts": ["pf-keras-convert=pf_keras.convert:main", "pf-keras-profile=pf_keras.profiling:main"]
