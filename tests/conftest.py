@@ -51,3 +51,32 @@ def _clear_keras_session():
 
     keras.utils.clear_session()
     yield
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on its own 256 KiB tmpfs, to provoke ENOSPC for real (needs root, as here and in CI).
+
+    Fill it with :func:`fill_disk` to leave a chosen number of bytes free.
+    """
+    import subprocess
+
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_disk(folder, leave: int = 0) -> None:
+    """Fills the file system of ``folder`` until about ``leave`` bytes are free."""
+    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+    with open(os.path.join(folder, "filler.bin"), "wb") as f:
+        try:
+            f.write(b"\0" * max(free - leave, 0))
+        except OSError:
+            pass

@@ -1,0 +1,162 @@
+"""Atomic result files: written to a temporary name in the same folder, flushed, then renamed.
+
+Every result pf_keras and its front ends write (weights, converted checkpoints, exported
+files, reports, summaries) goes through this module, so a crash, a kill or a full disk
+never leaves a partial file under the final name and never damages the previous version:
+the rename is the only step that touches the final name, and a rename within one folder is
+atomic on POSIX file systems.
+
+A failed write (ENOSPC, EIO, EROFS, a permission error, ...) raises :class:`WriteError`, a
+``ValueError`` whose message is one line naming the file and the reason, after the
+temporary file has been removed.
+
+HDF5 (used by Keras weight files) can crash the process when the disk fills under it, so
+:func:`save_weights` serialises the weights in memory and writes the bytes with plain
+Python I/O, which reports a full disk as an ordinary error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+TEMP_MARK = ".pf-tmp-"  # every temporary name contains this (cleanup tools look for it)
+
+
+class WriteError(ValueError):
+    """A result file could not be written; the previous version (if any) is intact."""
+
+
+def _describe(error: OSError) -> str:
+    name = errno.errorcode.get(error.errno or 0, type(error).__name__)
+    return f"{name}: {error.strerror or error}"
+
+
+def _fsync_dir(folder: str) -> None:
+    with contextlib.suppress(OSError):  # not every file system can sync a directory
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _temp_name(path: str, suffix: str) -> str:
+    folder, base = os.path.split(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=f".{base}{TEMP_MARK}", suffix=suffix, dir=folder)
+    os.close(fd)
+    return temp
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str | None = None, directory: bool = False) -> Iterator[str]:
+    """Yields a temporary path next to ``path``; renames it over ``path`` when the block succeeds.
+
+    Args:
+        path: str. The final file (or folder, with ``directory=True``).
+        suffix: str or None. Ending of the temporary name (writers that check the extension,
+            e.g. ``".weights.h5"``). Defaults to the final name's extension.
+        directory: bool. The block writes a folder (e.g. a SavedModel); the previous folder is
+            replaced only after the new one is complete.
+
+    Raises:
+        WriteError: on any OS error while writing or renaming; the temporary file is removed.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if suffix is None:
+        suffix = os.path.splitext(path)[1] if not directory else ""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        temp = _temp_name(path, suffix)
+        if directory:
+            os.remove(temp)
+    except OSError as error:
+        raise WriteError(f"cannot write {path} ({_describe(error)})") from error
+    try:
+        yield temp
+        if directory:
+            _replace_dir(temp, path)
+        else:
+            with open(temp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+        _fsync_dir(folder)
+    except OSError as error:
+        _remove(temp)
+        message = f"cannot write {path} ({_describe(error)}); the previous version, if any, is intact"
+        raise WriteError(message) from error
+    except BaseException:
+        _remove(temp)
+        raise
+
+
+def _replace_dir(temp: str, path: str) -> None:
+    if not os.path.exists(path):
+        os.replace(temp, path)
+        return
+    old = _temp_name(path, ".old")
+    os.remove(old)
+    os.replace(path, old)
+    try:
+        os.replace(temp, path)
+    except OSError:
+        os.replace(old, path)  # put the previous version back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as temp, open(temp, "wb") as f:
+        f.write(data)
+        f.flush()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
+    """Writes ``obj`` as JSON to ``path`` atomically (the file ends with a newline)."""
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def weights_bytes(model) -> bytes:
+    """The Keras ``.weights.h5`` content of ``model``, serialised in memory."""
+    from keras.src.saving import saving_lib  # noqa: PLC0415 (Keras' own writer; no public in-memory API)
+
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+    store.close()
+    return buffer.getvalue()
+
+
+def save_weights(model, path: str | os.PathLike) -> None:
+    """``model.save_weights(path)``, atomic and safe on a full disk.
+
+    Raises:
+        ValueError: if ``path`` does not end in ``.weights.h5`` (Keras' rule).
+        WriteError: if the file cannot be written; the previous file is intact.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".weights.h5"):
+        raise ValueError(f"A Keras weights file name must end in '.weights.h5'. Received: path={path!r}")
+    write_bytes(path, weights_bytes(model))
