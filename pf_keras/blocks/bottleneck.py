@@ -1,14 +1,31 @@
-"""ResNet bottlenecks: regular, max (parameter-free) and efficient (hybrid).
+"""ResNet bottlenecks with any spatial op of the paper's layer-level study.
 
-All three come from one builder, :func:`apply_bottleneck`; they differ only in the spatial
-op between the 1x1 reduction and the 1x1 expansion. The stride sits on that spatial op
-(ResNet v1.5, as in torchvision and the PfLayer reference), never on the 1x1 reduction.
+Every kind comes from one builder, :func:`apply_bottleneck`; the kinds differ only in the
+spatial op between the 1x1 reduction and the 1x1 expansion (the paper's study swaps exactly
+that op). The stride sits on that spatial op (ResNet v1.5, as in torchvision and the PfLayer
+reference), never on the 1x1 reduction.
 
-Layer names inside a block with prefix ``P``:
-``P_reduce_{conv,bn,relu}``, the spatial op (``P_spatial_{pad,conv,bn,relu}`` for a conv,
-``P_spatial_pool`` for the max-pool, ``P_spatial_avgpool`` + ``P_spatial_{conv,bn,relu}`` for
-the efficient stride-2 op), ``P_expand_{conv,bn}``, ``P_shortcut_{conv,bn}`` when the shape
-changes, ``P_drop_path`` when stochastic depth is on, ``P_add`` and ``P_out`` (final ReLU).
+Kinds (``BLOCK_KINDS``); "trainable" ops carry weights, the others are parameter-free:
+
+- ``"regular"``: 3x3 Conv-BN-ReLU (ResNet-50). Trainable.
+- ``"depthwise"``: 3x3 depthwise Conv-BN-ReLU (PyTorch ``groups=C``). Trainable.
+- ``"max"``: 3x3 max-pool, padding 1, no BN/ReLU after it (R50-max).
+- ``"average"``: 3x3 average pool, padding 1, zeros counted in the border windows (PyTorch
+  ``AvgPool2d(3, s, 1)`` with its default ``count_include_pad=True``), no BN/ReLU.
+- ``"identity"``: no spatial op. At stride 2 it subsamples (keeps pixel ``(2i, 2j)``, as a
+  1x1 stride-2 op or PyTorch ``x[:, :, ::2, ::2]`` does), so the block still downsamples
+  and matches its 1x1/2 shortcut.
+- ``"efficient"``: max-pool at stride 1; at stride 2, 2x2 avg-pool then 3x3 Conv-BN-ReLU
+  (R50-hybrid). Trainable at stride 2.
+
+Layer names inside a block with prefix ``P`` (stable: the PyTorch name table reads them):
+``P_reduce_{conv,bn,relu}``; the spatial op: ``P_spatial_{pad,conv,bn,relu}`` (regular),
+``P_spatial_{pad,dwconv,bn,relu}`` (depthwise), ``P_spatial_pool`` (+ ``P_spatial_pool_pad``
+at stride 2) for max, ``P_spatial_pool_pad`` + ``P_spatial_pool`` for average,
+``P_spatial_identity`` / ``P_spatial_subsample`` (stride 2) for identity,
+``P_spatial_avgpool`` + ``P_spatial_{conv,bn,relu}`` for the efficient stride-2 op;
+``P_expand_{conv,bn}``, ``P_shortcut_{conv,bn}`` when the shape changes, ``P_drop_path`` when
+stochastic depth is on, ``P_add`` and ``P_out`` (final ReLU).
 """
 
 from __future__ import annotations
@@ -17,17 +34,28 @@ import functools
 
 import keras
 
-from pf_keras.blocks.conv import apply_conv_bn, apply_max_pool_3x3
+from pf_keras.blocks.conv import apply_avg_pool_3x3, apply_conv_bn, apply_max_pool_3x3
 from pf_keras.layers.drop_path import DropPath
 
 EXPANSION = 4
-BLOCK_KINDS = ("regular", "max", "efficient")
+BLOCK_KINDS = ("regular", "depthwise", "max", "average", "identity", "efficient")
+# Kinds whose spatial op has weights at the given stride (the rest are parameter-free there).
+TRAINABLE_KINDS = {1: ("regular", "depthwise"), 2: ("regular", "depthwise", "efficient")}
 
 
 def _apply_spatial(x, filters: int, *, kind: str, strides: int, name: str):
     """The 3x3 spatial op of a bottleneck."""
     if kind == "regular":
         return apply_conv_bn(x, filters, 3, strides=strides, name=name)
+    if kind == "depthwise":
+        return apply_conv_bn(x, filters, 3, strides=strides, depthwise=True, name=name)
+    if kind == "average":
+        return apply_avg_pool_3x3(x, strides=strides, name=f"{name}_pool")
+    if kind == "identity":
+        if strides == 1:
+            return keras.layers.Identity(name=f"{name}_identity")(x)
+        # A 1x1 "pool" with stride 2 keeps pixel (2i, 2j): ceil(side / 2), like the 1x1/2 shortcut.
+        return keras.layers.MaxPooling2D(1, strides=strides, padding="valid", name=f"{name}_subsample")(x)
     if kind == "max" or strides == 1:  # the efficient block is a max block at stride 1
         return apply_max_pool_3x3(x, strides=strides, name=f"{name}_pool")
     # Efficient block at stride 2: 2x2 average pool (floors odd sides) -> 3x3 conv stride 1.
@@ -46,17 +74,15 @@ def apply_bottleneck(
 ):
     """A bottleneck residual block.
 
-    ``kind`` selects the spatial op:
-
-    - ``"regular"``: 3x3 Conv-BN-ReLU with the block's stride (ResNet-50).
-    - ``"max"``: 3x3 max-pool with the block's stride, no BN/ReLU after it (R50-max).
-    - ``"efficient"``: max-pool at stride 1; at stride 2, 2x2 avg-pool then 3x3 Conv-BN-ReLU
-      (R50-hybrid).
+    ``kind`` selects the spatial op (see the module docstring): "regular" (3x3 conv),
+    "depthwise" (3x3 depthwise conv), "max" (3x3 max-pool), "average" (3x3 average pool),
+    "identity" (none; strided subsampling at stride 2) or "efficient" (max-pool at stride 1,
+    2x2 avg-pool + 3x3 conv at stride 2). Every op takes the block's stride.
 
     Args:
         x: tensor. NHWC input.
         filters: int. Width of the bottleneck; the block outputs ``4 * filters`` channels.
-        kind: str. One of "regular", "max", "efficient". Defaults to "regular".
+        kind: str. One of ``BLOCK_KINDS``. Defaults to "regular".
         strides: int. 1 or 2. Defaults to 1.
         drop_path_rate: float. Stochastic-depth rate of the residual branch. Defaults to 0.
         name: str. Prefix of every layer name, e.g. "stage2_block1".
@@ -66,6 +92,11 @@ def apply_bottleneck(
 
     Raises:
         ValueError: for an unknown ``kind`` or a stride other than 1 or 2.
+
+    Example:
+        >>> inputs = keras.Input((8, 8, 64))
+        >>> keras.Model(inputs, apply_bottleneck(inputs, 16, kind="average", strides=2, name="b")).output_shape
+        (None, 4, 4, 64)
     """
     if kind not in BLOCK_KINDS:
         raise ValueError(f"Bottleneck kind must be one of {BLOCK_KINDS}. Received: kind={kind!r}")

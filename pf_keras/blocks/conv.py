@@ -22,19 +22,22 @@ def apply_conv_bn(
     *,
     strides: int = 1,
     activation: str | None = "relu",
+    depthwise: bool = False,
     name: str,
 ):
     """Conv2D (no bias) -> BatchNorm -> optional ReLU, padded like PyTorch.
 
-    Layers: ``{name}_pad`` (strided kernels > 1 only), ``{name}_conv``, ``{name}_bn`` and,
-    with an activation, ``{name}_relu``.
+    Layers: ``{name}_pad`` (strided kernels > 1 only), ``{name}_conv`` (``{name}_dwconv``
+    for a depthwise conv), ``{name}_bn`` and, with an activation, ``{name}_relu``.
 
     Args:
         x: tensor. NHWC input.
-        filters: int. Output channels.
+        filters: int. Output channels; must equal the input channels when ``depthwise``.
         kernel_size: int. Odd square kernel size.
         strides: int. 1 or 2. Defaults to 1.
         activation: str or None. "relu" or None. Defaults to "relu".
+        depthwise: bool. A depthwise conv (one ``k x k`` filter per channel, PyTorch
+            ``groups=C``) instead of a full conv. Defaults to False.
         name: str. Prefix of every layer name.
 
     Returns:
@@ -47,9 +50,18 @@ def apply_conv_bn(
     else:
         # Stride 1 with an odd kernel: "same" pads (k-1)/2 on both sides, as PyTorch does.
         padding = "same"
-    x = keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=f"{name}_conv"
-    )(x)
+    if depthwise:
+        if filters != x.shape[-1]:
+            raise ValueError(
+                f"A depthwise conv keeps the channel count ({x.shape[-1]}). Received: filters={filters}"
+            )
+        x = keras.layers.DepthwiseConv2D(
+            kernel_size, strides=strides, padding=padding, use_bias=False, name=f"{name}_dwconv"
+        )(x)
+    else:
+        x = keras.layers.Conv2D(
+            filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=f"{name}_conv"
+        )(x)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     if activation is not None:
         x = keras.layers.Activation(activation, name=f"{name}_relu")(x)
@@ -76,3 +88,22 @@ def apply_max_pool_3x3(x, *, strides: int = 1, name: str):
         return keras.layers.MaxPooling2D(3, strides=1, padding="same", name=name)(x)
     x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
     return keras.layers.MaxPooling2D(3, strides=strides, padding="valid", name=name)(x)
+
+
+def apply_avg_pool_3x3(x, *, strides: int = 1, name: str):
+    """3x3 average pool, PyTorch ``AvgPool2d(3, strides, padding=1)`` (``count_include_pad=True``).
+
+    PyTorch's default divides every window by 9, border windows included (the zero padding
+    counts). Keras "same" average pooling divides by the number of valid pixels instead, so
+    this pads explicitly with zeros (layer ``{name}_pad``) and pools "valid" at every stride.
+
+    Args:
+        x: tensor. NHWC input (any sign: the zero border is part of PyTorch's average too).
+        strides: int. 1 or 2. Defaults to 1.
+        name: str. Name of the pooling layer (and prefix of its pad layer).
+
+    Returns:
+        The pooled tensor, ``ceil(side / strides)`` on each side.
+    """
+    x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+    return keras.layers.AveragePooling2D(3, strides=strides, padding="valid", name=name)(x)

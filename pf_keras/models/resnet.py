@@ -132,8 +132,10 @@ def ResNet(
     Args:
         depths: sequence of 4 ints. Blocks per stage. Defaults to (3, 4, 6, 3).
         block_kinds: str, or one entry per stage (a str or a list with one kind per block).
-            Kinds: "regular" (3x3 conv), "max" (3x3 max-pool), "efficient" (max-pool, or
-            avg-pool + 3x3 conv in stride-2 blocks). Defaults to "regular".
+            Kinds (:data:`pf_keras.blocks.BLOCK_KINDS`): "regular" (3x3 conv), "depthwise"
+            (3x3 depthwise conv), "max" (3x3 max-pool), "average" (3x3 avg-pool), "identity"
+            (none; subsampling in stride-2 blocks), "efficient" (max-pool, or avg-pool + 3x3
+            conv in stride-2 blocks). Defaults to "regular".
         width_mult: float. Multiplier of the stage widths (not the 64-channel stem). Defaults to 1.
         drop_path_rate: float. Stochastic depth, rising linearly to this value over the
             blocks. Defaults to 0 (no DropPath layers in the graph).
@@ -219,17 +221,19 @@ def ResNet(
     )
 
 
-def _published(preset_name: str, *, depths=None, width_mult: float = 1.0, name: str | None = None, **kwargs):
+def _published(preset_name: str, *, depths=None, block_kinds=None, width_mult: float = 1.0,
+               name: str | None = None, **kwargs):
+    # `block_kinds` may override the spec's kind (the layer-level study: training/study.py).
     spec_depths, kind = RESNET_SPECS[preset_name]
-    return ResNet(depths or spec_depths, kind, width_mult=width_mult, name=name or preset_name, **kwargs)
+    return ResNet(depths or spec_depths, block_kinds or kind, width_mult=width_mult, name=name or preset_name, **kwargs)
 
 
 @register_model("resnet50")
 def ResNet50(**kwargs) -> keras.Model:
     """ResNet-50 v1.5, the paper's baseline (25.56M params, 4.11 GMACs, 76.2 % top-1).
 
-    Takes every keyword argument of :func:`ResNet` except ``block_kinds``; ``depths`` and
-    ``width_mult`` may be overridden for small experiments.
+    Takes every keyword argument of :func:`ResNet`; ``depths``, ``width_mult`` and
+    ``block_kinds`` may be overridden for small experiments and the layer-level study.
 
     Example:
         >>> ResNet50(weights=None, depths=(1, 1, 1, 1), width_mult=0.125, input_shape=(64, 64, 3)).count_params() > 0
