@@ -9,9 +9,10 @@ the learning rate of each step is computed in-graph from the global step.
 
 Per replica, the loss is ``sum(per-example loss) / global_batch``; the optimizer
 all-reduces (sums) the gradients, so the update equals single-device training on the
-global batch. SGD weight decay is an L2 term in the loss (as torch's coupled
-``weight_decay``), AdamW's is decoupled; neither touches norms, biases or position
-embeddings (:func:`decay_variables`).
+global batch (as DDP's gradient mean). The optimizers follow torch's update rules
+(:mod:`training.optim`): SGD's weight decay is coupled (added to the gradient), AdamW's
+decoupled; neither touches norms, biases or position embeddings (:func:`decay_variables`,
+timm's no-decay group). A step equals timm's (tests/training/step_parity_test.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from training import optim as optim_lib
 from training import recipes as recipes_lib
 from training.recipes import Recipe
 
@@ -108,11 +110,12 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
 
 
 def decay_variables(model: keras.Model) -> tuple[list, list]:
-    """(decayed, not decayed) trainable variables: norms, biases (rank <= 1) and position embeddings are exempt."""
+    """(decayed, not decayed) trainable variables, as timm's ``add_weight_decay``: 1-D parameters
+    (norms), biases and the models' ``no_weight_decay()`` set (position embeddings) are exempt."""
     decay, no_decay = [], []
     for v in model.trainable_variables:
         name = v.path.lower()
-        if len(v.shape) <= 1 or "pos_embed" in name or "position" in name:
+        if len(v.shape) <= 1 or name.endswith("bias") or "pos_embed" in name or "position" in name:
             no_decay.append(v)
         else:
             decay.append(v)
@@ -120,16 +123,17 @@ def decay_variables(model: keras.Model) -> tuple[list, list]:
 
 
 def build_optimizer(recipe: Recipe, model: keras.Model, *, mixed_precision: str) -> keras.optimizers.Optimizer:
-    """SGD or AdamW from ``recipe.optim``; wrapped for loss scaling under mixed_float16."""
+    """timm's optimizer from ``recipe.optim`` (torch update rules); wrapped for loss scaling under mixed_float16."""
     o = recipe.optim
     clip = {"global_clipnorm": o.clip_norm} if o.clip_norm > 0 else {}
     if o.name == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate=0.0, momentum=o.momentum, nesterov=o.nesterov, **clip)
+        optimizer = optim_lib.TorchSGD(learning_rate=0.0, momentum=o.momentum, nesterov=o.nesterov,
+                                       weight_decay=o.weight_decay, **clip)
     else:
-        optimizer = keras.optimizers.AdamW(learning_rate=0.0, weight_decay=o.weight_decay, beta_1=o.beta_1,
-                                           beta_2=o.beta_2, epsilon=o.epsilon, **clip)
-        _, no_decay = decay_variables(model)
-        optimizer.exclude_from_weight_decay(var_list=no_decay)
+        optimizer = optim_lib.TorchAdamW(learning_rate=0.0, weight_decay=o.weight_decay, beta_1=o.beta_1,
+                                         beta_2=o.beta_2, epsilon=o.epsilon, **clip)
+    _, no_decay = decay_variables(model)
+    optimizer.exclude_from_weight_decay(var_list=no_decay)
     if mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
@@ -137,19 +141,22 @@ def build_optimizer(recipe: Recipe, model: keras.Model, *, mixed_precision: str)
 
 
 def lr_at(recipe: Recipe, step: tf.Tensor, steps_per_epoch: int) -> tf.Tensor:
-    """In-graph twin of :func:`recipes.learning_rate`."""
+    """In-graph twin of :func:`recipes.learning_rate` (timm's schedulers)."""
     s = recipe.schedule
     peak = recipes_lib.scaled_lr(recipe)
     epoch = tf.cast(step, tf.float32) / steps_per_epoch
-    warm = s.warmup_init_lr + (peak - s.warmup_init_lr) * epoch / max(s.warmup_epochs, 1e-8)
+    if not s.per_step:
+        epoch = tf.floor(epoch)
+    t = tf.maximum(epoch - s.lag_epochs, 0.0)
+    warm = s.warmup_init_lr + (peak - s.warmup_init_lr) * t / max(s.warmup_epochs, 1e-8)
     if s.decay == "step":
-        after = peak * tf.pow(s.step_factor, tf.floor(epoch / s.step_epochs))
+        after = peak * tf.pow(s.step_factor, tf.floor(t / s.step_epochs))
     elif s.decay == "cosine":
-        progress = tf.minimum((epoch - s.warmup_epochs) / max(s.epochs - s.warmup_epochs, 1e-8), 1.0)
-        after = s.min_lr + 0.5 * (peak - s.min_lr) * (1 + tf.cos(math.pi * progress))
+        after = tf.where(t < s.epochs, s.min_lr + 0.5 * (peak - s.min_lr) * (1 + tf.cos(math.pi * t / s.epochs)),
+                         s.min_lr)
     else:
         after = tf.constant(peak, tf.float32)
-    return tf.where(epoch < s.warmup_epochs, warm, after)
+    return tf.where(t < s.warmup_epochs, warm, after)
 
 
 # ---------------------------------------------------------------- trainer
@@ -186,8 +193,6 @@ class Trainer:
         self.ema_decay = recipe.model.ema_decay
         self.ema = [tf.Variable(w.value, trainable=False, name=f"ema_{i}") for i, w in enumerate(model.weights)
                     ] if self.ema_decay > 0 else []
-        decay, _ = decay_variables(model)
-        self._l2_vars = decay if recipe.optim.name == "sgd" and recipe.optim.weight_decay > 0 else []
         # Keras 3 updates BatchNorm moving statistics per replica (MirroredVariables with no
         # aggregation), so replicas drift apart; averaging them after every step keeps them
         # identical (and equals updating with the replicas' mean batch statistics).
@@ -210,9 +215,6 @@ class Trainer:
             per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
             loss = tf.reduce_sum(per_example) / self.global_batch
             total = loss
-            if self._l2_vars:
-                l2 = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in self._l2_vars])
-                total = total + 0.5 * self.recipe.optim.weight_decay * l2 / num_replicas
             if self.model.losses:
                 total = total + tf.add_n(self.model.losses) / num_replicas
             scaled = self.optimizer.scale_loss(total)

@@ -6,15 +6,21 @@ a base with ``dataclasses.replace``. Every field can be overridden from the comm
 ``section.field=value`` (``--set optim.base_lr=0.1``); unknown keys and values of the wrong
 type fail with a ValueError. The resolved recipe is written to ``model_dir/recipe.json``.
 
-Recipes (numbers from the paper's training setups, see the README, "Training on tf.distribute"):
+Recipes, written field by field from the sources (the README's "Recipes" table gives the
+file and line of every value):
 
-- ``resnet90``: SGD momentum 0.9, lr 0.2 per 1024 images, wd 1e-4, 90 epochs, step x0.1
-  every 30 epochs, 3 warm-up epochs, colour jitter 0.4 (timm's ResNet recipe).
-  ``python training/train.py --recipe resnet90 --model resnet50_hybrid --strategy mirrored``
-  is the setting behind the published 77.1 % top-1 of R50-hybrid.
-- ``deit300``: AdamW lr 5e-4 per 512, wd 0.05, cosine to 1e-5, 300 epochs, 5 warm-up epochs
-  from 1e-6, label smoothing 0.1, RandAugment m9 (mstd 0.5), Mixup 0.8, CutMix 1.0, random
-  erasing 0.25, drop-path 0.1, EMA (the DeiT recipe used for ViT/PiT-max).
+- ``resnet90``: the official README's command for R50-hybrid (77.1 %): timm's ``train.py
+  --opt sgd --lr 0.2 --weight-decay 1e-4 --batch-size 256 (x4 GPUs) --sched step --epochs 90
+  --decay-epochs 30 --warmup-epochs 3 --smoothing 0 --amp`` with timm 0.5.4's defaults for
+  everything else: Nesterov SGD 0.9, warm-up from 1e-4, lr stepped per epoch, random
+  bilinear/bicubic train resize, colour jitter 0.4, no RandAugment/Mixup/erasing/EMA.
+- ``deit300``: DeiT's ``main.py`` defaults (``--model vit_s_max --batch-size 256`` x4 GPUs,
+  DeiT pins timm 0.3.2): AdamW 5e-4 x batch/512, wd 0.05, eps 1e-8, cosine to 1e-5 over 300
+  epochs from a 5-epoch warm-up at 1e-6, stepped per epoch one epoch late (DeiT calls
+  ``lr_scheduler.step(epoch)`` after epoch ``epoch``), bicubic train resize, RandAugment
+  rand-m9-mstd0.5-inc1 (no colour jitter: timm drops it when auto-augment is on), Mixup 0.8
+  / CutMix 1.0 / switch 0.5 / batch mode, label smoothing 0.1 inside the mixed targets,
+  random erasing 0.25 (pixel mode), drop-path 0.1, EMA 0.99996, repeated augmentation x3.
 - ``demo``: the builtin dataset, a tiny R50-hybrid at 32x32 and AdamW, 20 epochs: about 99 %
   val top-1 (chance 10 %) in 1-3 minutes on 2 CPU cores.
 """
@@ -46,6 +52,7 @@ class DataConfig:
     image_size: int = 224
     crop_fraction: float = 0.875  # eval: resize to image_size / crop_fraction, centre crop
     interpolation: str = ""  # eval resize; "" = the model's preset (bilinear / bicubic)
+    train_interpolation: str = ""  # train resize: "" = as eval, "random" = bilinear or bicubic per image (timm)
     crop_scale_min: float = 0.08  # RandomResizedCrop area range [crop_scale_min, 1]
     crop_ratio_min: float = 3 / 4
     crop_ratio_max: float = 4 / 3
@@ -58,7 +65,8 @@ class DataConfig:
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0  # probability that a batch is mixed at all
     mix_switch_prob: float = 0.5  # with both on: probability of CutMix instead of Mixup
-    random_erasing: float = 0.0  # per-image probability
+    random_erasing: float = 0.0  # per-image probability (timm's "pixel" mode: N(0, 1) noise, one box)
+    repeated_augment: int = 1  # DeiT's RASampler: each sampled image this many times per epoch (deit300: 3)
     train_examples: int = 0  # 0 = the dataset's size; > 0 = first N files (folder/builtin)
     eval_examples: int = 0  # 0 = the whole validation split
     shuffle_buffer: int = 16384  # TFDS only (folder datasets shuffle the file list)
@@ -85,11 +93,11 @@ class OptimConfig:
     base_lr: float = 0.2
     base_batch_size: int = 1024
     momentum: float = 0.9
-    nesterov: bool = False
+    nesterov: bool = True  # timm's "sgd" is Nesterov SGD ("momentum" is the plain one)
     beta_1: float = 0.9
     beta_2: float = 0.999
     epsilon: float = 1e-8
-    weight_decay: float = 1e-4  # never applied to norms, biases or position embeddings
+    weight_decay: float = 1e-4  # SGD: coupled (torch L2), AdamW: decoupled; never on norms, biases, pos_embed
     label_smoothing: float = 0.0
     clip_norm: float = 0.0  # 0 = no clipping
 
@@ -100,11 +108,13 @@ class ScheduleConfig:
 
     epochs: int = 90
     warmup_epochs: float = 3.0
-    warmup_init_lr: float = 0.0  # absolute lr at step 0 of the warm-up
+    warmup_init_lr: float = 0.0  # absolute lr at step 0 of the warm-up (timm's --warmup-lr)
     decay: str = "step"  # "step" | "cosine" | "constant"
     step_epochs: int = 30  # "step": multiply by step_factor every step_epochs
     step_factor: float = 0.1
-    min_lr: float = 0.0  # "cosine": final absolute lr
+    min_lr: float = 0.0  # "cosine": lr at t = epochs (cos(pi t / epochs), t counted from 0, warm-up included)
+    per_step: bool = False  # False: the lr changes once per epoch (timm's default); True: every step
+    lag_epochs: int = 0  # epoch e uses the schedule's value at e - lag (DeiT: 1)
     steps_per_epoch: int = 0  # 0 = train_examples // global_batch_size
 
 
@@ -149,28 +159,33 @@ def get_recipe(name: str) -> Recipe:
 
 @register_recipe
 def resnet90() -> Recipe:
-    """timm's ResNet recipe: SGD 0.9, lr 0.2/1024, wd 1e-4, 90 epochs, step x0.1 every 30."""
+    """timm 0.5.4 train.py with the official R50-hybrid command (see the module docstring)."""
     return Recipe(
         name="resnet90",
-        data=DataConfig(global_batch_size=1024, color_jitter=0.4),
+        data=DataConfig(global_batch_size=1024, train_interpolation="random", color_jitter=0.4),
         model=ModelConfig(name="resnet50_hybrid"),
-        optim=OptimConfig(name="sgd", base_lr=0.2, base_batch_size=1024, momentum=0.9, weight_decay=1e-4),
-        schedule=ScheduleConfig(epochs=90, warmup_epochs=3, decay="step", step_epochs=30, step_factor=0.1),
+        optim=OptimConfig(name="sgd", base_lr=0.2, base_batch_size=1024, momentum=0.9, nesterov=True,
+                          weight_decay=1e-4, label_smoothing=0.0),
+        schedule=ScheduleConfig(epochs=90, warmup_epochs=3, warmup_init_lr=1e-4, decay="step", step_epochs=30,
+                                step_factor=0.1, per_step=False),
     )
 
 
 @register_recipe
 def deit300() -> Recipe:
-    """DeiT recipe: AdamW 5e-4/512, wd 0.05, cosine, 300 epochs, strong augmentation, EMA."""
+    """DeiT's main.py defaults with the official ViT/PiT command (see the module docstring)."""
     return Recipe(
         name="deit300",
         data=DataConfig(
-            global_batch_size=1024, randaugment_magnitude=9, randaugment_magnitude_std=0.5, mixup_alpha=0.8,
-            cutmix_alpha=1.0, random_erasing=0.25,
+            global_batch_size=1024, train_interpolation="bicubic", color_jitter=0.0, randaugment_magnitude=9,
+            randaugment_magnitude_std=0.5, randaugment_num_ops=2, mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0,
+            mix_switch_prob=0.5, random_erasing=0.25, repeated_augment=3,
         ),
         model=ModelConfig(name="vit_s_max", drop_path_rate=0.1, ema_decay=0.99996),
-        optim=OptimConfig(name="adamw", base_lr=5e-4, base_batch_size=512, weight_decay=0.05, label_smoothing=0.1),
-        schedule=ScheduleConfig(epochs=300, warmup_epochs=5, warmup_init_lr=1e-6, decay="cosine", min_lr=1e-5),
+        optim=OptimConfig(name="adamw", base_lr=5e-4, base_batch_size=512, weight_decay=0.05, beta_1=0.9,
+                          beta_2=0.999, epsilon=1e-8, label_smoothing=0.1),
+        schedule=ScheduleConfig(epochs=300, warmup_epochs=5, warmup_init_lr=1e-6, decay="cosine", min_lr=1e-5,
+                                per_step=False, lag_epochs=1),
     )
 
 
@@ -182,11 +197,13 @@ def demo() -> Recipe:
         base,
         name="demo",
         data=dataclasses.replace(
-            base.data, dataset="builtin", global_batch_size=64, image_size=32, crop_scale_min=0.35, color_jitter=0.0
+            base.data, dataset="builtin", global_batch_size=64, image_size=32, crop_scale_min=0.35, color_jitter=0.0,
+            train_interpolation="",
         ),
         model=dataclasses.replace(base.model, kwargs={"depths": (1, 1, 1, 1), "width_mult": 0.25}),
         optim=dataclasses.replace(base.optim, name="adamw", base_lr=2e-3, base_batch_size=64, weight_decay=0.05),
-        schedule=dataclasses.replace(base.schedule, epochs=20, warmup_epochs=1, decay="cosine", min_lr=1e-5),
+        schedule=dataclasses.replace(base.schedule, epochs=20, warmup_epochs=1, warmup_init_lr=0.0, decay="cosine",
+                                     min_lr=1e-5, per_step=True),
         steps_per_loop=10,
         checkpoint_every_steps=200,
     )
@@ -322,6 +339,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 def validate(recipe: Recipe) -> None:
     """Checks value ranges; raises ValueError with the rule and the value received."""
+    for section in [recipe, *(getattr(recipe, f.name) for f in dataclasses.fields(recipe))]:
+        if not dataclasses.is_dataclass(section):
+            continue
+        prefix = "" if section is recipe else next(f.name for f in dataclasses.fields(recipe)
+                                                   if getattr(recipe, f.name) is section) + "."
+        for f in dataclasses.fields(section):  # NaN passes every range check below: refuse it first
+            value = getattr(section, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"`{prefix}{f.name}` must be a finite number. Received: {prefix}{f.name}={value}")
     d, o, s = recipe.data, recipe.optim, recipe.schedule
     if d.global_batch_size < 1:
         raise ValueError(
@@ -335,6 +361,15 @@ def validate(recipe: Recipe) -> None:
         raise ValueError(
             f"`data.interpolation` must be one of '', 'bilinear', 'bicubic', 'nearest', 'area'. "
             f"Received: data.interpolation={d.interpolation!r}"
+        )
+    if d.train_interpolation not in ("", "random", "bilinear", "bicubic", "nearest", "area"):
+        raise ValueError(
+            f"`data.train_interpolation` must be one of '', 'random', 'bilinear', 'bicubic', 'nearest', 'area'. "
+            f"Received: data.train_interpolation={d.train_interpolation!r}"
+        )
+    if not 1 <= d.repeated_augment <= 16:
+        raise ValueError(
+            f"`data.repeated_augment` must be in [1, 16]. Received: data.repeated_augment={d.repeated_augment}"
         )
     if not 0 < d.crop_scale_min <= 1:
         raise ValueError(f"`data.crop_scale_min` must be in (0, 1]. Received: data.crop_scale_min={d.crop_scale_min}")
@@ -361,6 +396,8 @@ def validate(recipe: Recipe) -> None:
         raise ValueError(
             f"`schedule.decay` must be 'step', 'cosine' or 'constant'. Received: schedule.decay={s.decay!r}"
         )
+    if s.lag_epochs < 0:
+        raise ValueError(f"`schedule.lag_epochs` must be >= 0. Received: schedule.lag_epochs={s.lag_epochs}")
     if s.epochs < 1 or s.warmup_epochs < 0 or s.warmup_epochs > s.epochs:
         raise ValueError(
             f"`schedule.epochs` must be >= 1 and 0 <= `schedule.warmup_epochs` <= epochs. "
@@ -391,17 +428,27 @@ def steps_per_epoch(recipe: Recipe, train_examples: int) -> int:
 
 
 def learning_rate(recipe: Recipe, step: float, steps_per_epoch_: int) -> float:
-    """The schedule's learning rate at (fractional) global ``step``; plain Python for tests and logs."""
+    """The learning rate of global ``step``; plain Python for tests and logs.
+
+    timm's schedulers (``StepLRScheduler``/``CosineLRScheduler._get_lr``) at ``t``: the epoch
+    (an integer unless ``per_step``) minus ``lag_epochs``: warm-up ``init + t (peak - init) /
+    warmup`` for ``t < warmup``, then ``peak * factor ** (t // step_epochs)`` or ``min + (peak
+    - min) (1 + cos(pi t / epochs)) / 2`` (``min`` from ``t = epochs`` on).
+    """
     peak = scaled_lr(recipe)
     s = recipe.schedule
     epoch = step / steps_per_epoch_
-    if epoch < s.warmup_epochs:
-        return s.warmup_init_lr + (peak - s.warmup_init_lr) * epoch / s.warmup_epochs
+    if not s.per_step:
+        epoch = math.floor(epoch)
+    t = max(epoch - s.lag_epochs, 0)
+    if t < s.warmup_epochs:
+        return s.warmup_init_lr + (peak - s.warmup_init_lr) * t / s.warmup_epochs
     if s.decay == "step":
-        return peak * s.step_factor ** math.floor(epoch / s.step_epochs)
+        return peak * s.step_factor ** math.floor(t / s.step_epochs)
     if s.decay == "cosine":
-        progress = (epoch - s.warmup_epochs) / max(s.epochs - s.warmup_epochs, 1e-8)
-        return s.min_lr + 0.5 * (peak - s.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if t >= s.epochs:
+            return s.min_lr
+        return s.min_lr + 0.5 * (peak - s.min_lr) * (1 + math.cos(math.pi * t / s.epochs))
     return peak
 
 
