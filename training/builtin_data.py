@@ -9,6 +9,9 @@ runs end to end with no download and visibly learns (chance is 10 %).
 
 Every image is a pure function of (class, split, index) through a seeded NumPy generator,
 so two machines generate the same images (JPEG bytes can differ across Pillow versions).
+:func:`example` returns one image with the bounding box of its shape (the Grad-CAM test uses
+it): the box of the drawn mask for the six shape classes (``LOCALISABLE``), None for the four
+textures, which fill the whole image.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ IMAGE_SIZE = 40
 VERSION = 1
 DEFAULT_TRAIN_PER_CLASS = 300
 DEFAULT_VAL_PER_CLASS = 50
+LOCALISABLE = ("circle", "square", "triangle", "plus", "ring", "cross")  # one shape, not a texture
+SPLITS = {"train": 0, "val": 1}
 
 
 def default_root() -> str:
@@ -34,8 +39,8 @@ def default_root() -> str:
     return os.path.join(cache, f"builtin_v{VERSION}")
 
 
-def _draw(label: int, rng: np.random.Generator) -> np.ndarray:
-    """One (IMAGE_SIZE, IMAGE_SIZE, 3) uint8 image of class ``label``."""
+def _draw(label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One (IMAGE_SIZE, IMAGE_SIZE, 3) uint8 image of class ``label`` and its boolean shape mask."""
     n = IMAGE_SIZE
     bg = rng.uniform(0, 255, 3)
     fg = rng.uniform(0, 255, 3)
@@ -73,7 +78,36 @@ def _draw(label: int, rng: np.random.Generator) -> np.ndarray:
         mask = ((np.abs(dy - dx) <= w * 1.2) | (np.abs(dy + dx) <= w * 1.2)) & (np.abs(dy) <= r) & (np.abs(dx) <= r)
     image = np.where(mask[..., None], fg, bg)
     image = image + rng.normal(0, 12, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def example(label: int, *, split: str = "val", index: int = 0, seed: int = 0
+            ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """The image ``generate`` writes as ``<split>/<class>/<class>_<index>.jpg``, before JPEG coding.
+
+    Args:
+        label: int. Class index into ``CLASSES``.
+        split: str. "train" or "val". Defaults to "val".
+        index: int. Image number within the class. Defaults to 0.
+        seed: int. Generator seed of the dataset. Defaults to 0.
+
+    Returns:
+        ``(image, box)``: (IMAGE_SIZE, IMAGE_SIZE, 3) uint8 RGB and the shape's inclusive pixel
+        box ``(y0, x0, y1, x1)`` for the ``LOCALISABLE`` classes, None for the textures.
+
+    Example:
+        >>> image, box = example(CLASSES.index("square"), index=3)
+        >>> image.shape, len(box)
+        ((40, 40, 3), 4)
+    """
+    if split not in SPLITS or not 0 <= label < len(CLASSES):
+        raise ValueError(f"split must be one of {list(SPLITS)} and label in [0, {len(CLASSES)}). "
+                         f"Received: split={split!r}, label={label}")
+    image, mask = _draw(label, np.random.default_rng([seed, SPLITS[split], label, index]))
+    if CLASSES[label] not in LOCALISABLE:
+        return image, None
+    ys, xs = np.nonzero(mask)
+    return image, (int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max()))
 
 
 def generate(root: str, *, train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
@@ -102,13 +136,13 @@ def generate(root: str, *, train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".builtin_tmp_", dir=parent)
-    for split, count, split_id in (("train", train_per_class, 0), ("val", val_per_class, 1)):
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
         for label, name in enumerate(CLASSES):
             folder = os.path.join(tmp, split, name)
             os.makedirs(folder)
             for i in range(count):
-                rng = np.random.default_rng([seed, split_id, label, i])
-                Image.fromarray(_draw(label, rng)).save(os.path.join(folder, f"{name}_{i:05d}.jpg"), quality=92)
+                image, _ = example(label, split=split, index=i, seed=seed)
+                Image.fromarray(image).save(os.path.join(folder, f"{name}_{i:05d}.jpg"), quality=92)
     with open(os.path.join(tmp, "COMPLETE"), "w") as f:
         f.write(f"builtin v{VERSION}: {len(CLASSES)} classes, {train_per_class}/{val_per_class} per class\n")
     try:

@@ -1,0 +1,262 @@
+"""Grad-CAM class-activation heatmaps for the port's CNNs and transformers, and a command for images.
+
+Grad-CAM (Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391): the feature map
+``A`` of a layer is weighted per channel by the spatial mean of d(score)/dA, summed over
+channels, passed through a ReLU, upsampled bilinearly to the input size and scaled to [0, 1]
+per image. The score is the class logit: when the model ends in a softmax Dense layer, the
+logit is recomputed from that layer's input and weights.
+
+Layer (``layer=None``): the last layer with a (batch, h, w, C) output, i.e. the last spatial
+stage: ``stage4_block{n}_out`` in the port's ResNets, ``conv5_block3_out`` in
+keras.applications ResNet50, ``feature_map`` (the final LayerNorm-ed tokens of the last block
+on the (H/16, W/16) patch grid) in ViT-max and ``norm`` in PiT-max. A layer with token output
+(batch, tokens, C), such as ViT's ``block11``, is reshaped to its grid (row-major tokens; the
+grid's aspect follows the input's).
+
+Needs the TensorFlow backend (gradients through ``tf.GradientTape``).
+
+Command (one PNG overlay per image, the top class or ``--class_index``):
+
+    python -m pf_keras.gradcam --model resnet50_hybrid --weights imagenet --out_dir cams a.jpg b.jpg
+    python -m pf_keras.gradcam --model runs/study/model.keras --image_size 40 --out_dir cams shape.jpg
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import sys
+
+import keras
+import numpy as np
+
+from pf_keras import fileio
+from pf_keras.cli import run_cli
+
+
+def feature_layer(model: keras.Model, layer: str | None = None) -> keras.layers.Layer:
+    """The layer whose output Grad-CAM weighs: ``layer`` by name, else the last spatial map.
+
+    Raises:
+        ValueError: for an unknown name, a layer whose output is not (batch, h, w, C) or
+            (batch, tokens, C), or a model with no spatial map.
+    """
+    if layer is not None:
+        names = {item.name: item for item in model.layers}
+        if layer not in names:
+            raise ValueError(f"Grad-CAM layer not found in model {model.name!r}. Received: layer={layer!r}")
+        found = names[layer]
+        if len(found.output.shape) not in (3, 4):
+            raise ValueError(
+                f"The Grad-CAM layer needs a (batch, h, w, C) or (batch, tokens, C) output. "
+                f"Received: layer={layer!r} with output shape {tuple(found.output.shape)}"
+            )
+        return found
+    for candidate in reversed(model.layers):
+        if isinstance(candidate, keras.layers.InputLayer) or isinstance(candidate.output, list | tuple):
+            continue
+        shape = candidate.output.shape
+        if len(shape) == 4 and candidate.name != "preprocessing":
+            return candidate
+    raise ValueError(f"Grad-CAM found no layer with a (batch, h, w, C) output. Received: model {model.name!r}")
+
+
+def _token_grid(tokens: int, input_hw: tuple) -> tuple[int, int]:
+    h_in, w_in = (s or 1 for s in input_hw)
+    h = max(1, round(math.sqrt(tokens * h_in / w_in)))
+    if tokens % h:
+        raise ValueError(f"Cannot lay {tokens} tokens on a grid with the input's aspect. Received: input {input_hw}")
+    return h, tokens // h
+
+
+def _score_model(model: keras.Model, layer: keras.layers.Layer) -> tuple[keras.Model, keras.layers.Layer | None]:
+    """A model returning (feature map, scores input); the Dense to apply when it ended in a softmax."""
+    if len(model.outputs) != 1 or len(model.output.shape) != 2:
+        raise ValueError(
+            f"Grad-CAM needs a classifier with one (batch, classes) output. Received: outputs "
+            f"{[tuple(o.shape) for o in model.outputs]}"
+        )
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Dense) and last.get_config()["activation"] == "softmax":
+        return keras.Model(model.inputs, [layer.output, last.input]), last
+    return keras.Model(model.inputs, [layer.output, model.output]), None
+
+
+def grad_cam(
+    model: keras.Model, images, *, class_index=None, layer: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM heatmaps of a batch.
+
+    Args:
+        model: keras.Model. A classifier with one (batch, classes) output (logits or softmax).
+        images: array (batch, H, W, C), already preprocessed as the model expects.
+        class_index: None (each image's top class), an int, or one int per image.
+        layer: str or None. Layer to explain. Defaults to the last spatial map (module docstring).
+
+    Returns:
+        ``(heatmaps, classes)``: float32 (batch, H, W) in [0, 1] (all zeros where no pixel
+        supports the class) and the int class index explained for each image.
+
+    Raises:
+        ValueError: for a bad layer, a non-classifier model or class indices out of range.
+
+    Example:
+        >>> import pf_keras
+        >>> model = pf_keras.ResNet50(depths=(1, 1, 1, 1), width_mult=0.125, input_shape=(64, 64, 3), classes=4)
+        >>> heat, cls = grad_cam(model, np.zeros((2, 64, 64, 3), "float32"), class_index=1)
+        >>> heat.shape, cls.tolist()
+        ((2, 64, 64), [1, 1])
+    """
+    import tensorflow as tf
+
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"`images` must be a (batch, H, W, C) array. Received: shape={images.shape}")
+    target = feature_layer(model, layer)
+    scorer, dense = _score_model(model, target)
+    x = tf.convert_to_tensor(images)
+    with tf.GradientTape() as tape:
+        features, scores = scorer(x, training=False)
+        tape.watch(features)
+        if dense is not None:
+            scores = tf.matmul(scores, dense.kernel) + (dense.bias if dense.use_bias else 0.0)
+        scores = tf.cast(scores, tf.float32)
+        num_classes = int(scores.shape[-1])
+        if class_index is None:
+            classes = tf.argmax(scores, axis=-1, output_type=tf.int32).numpy()
+        else:
+            classes = np.broadcast_to(np.asarray(class_index, np.int32), (len(images),)).copy()
+        if classes.min() < 0 or classes.max() >= num_classes:
+            raise ValueError(f"`class_index` must be in [0, {num_classes}). Received: class_index={class_index!r}")
+        chosen = tf.gather(scores, classes, axis=1, batch_dims=1)
+    grads = tape.gradient(chosen, features)
+    features, grads = tf.cast(features, tf.float32), tf.cast(grads, tf.float32)
+    if features.shape.rank == 3:  # tokens -> (batch, h, w, C)
+        h, w = _token_grid(int(features.shape[1]), images.shape[1:3])
+        features = tf.reshape(features, (-1, h, w, features.shape[-1]))
+        grads = tf.reshape(grads, (-1, h, w, grads.shape[-1]))
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
+    cam = tf.image.resize(cam, images.shape[1:3], method="bilinear")[..., 0].numpy()
+    peak = cam.reshape(len(cam), -1).max(axis=1)
+    cam = np.where(peak[:, None, None] > 0, cam / np.maximum(peak, 1e-12)[:, None, None], 0.0)
+    return cam.astype(np.float32), classes
+
+
+def heatmap_box(heatmap: np.ndarray, threshold: float = 0.5) -> tuple[int, int, int, int] | None:
+    """Bounding box ``(y0, x0, y1, x1)`` (inclusive) of the pixels at or above ``threshold``; None if none."""
+    ys, xs = np.nonzero(heatmap >= threshold)
+    if ys.size == 0:
+        return None
+    return int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max())
+
+
+def box_iou(a, b) -> float:
+    """IoU of two inclusive pixel boxes ``(y0, x0, y1, x1)``; 0 when either is None."""
+    if a is None or b is None:
+        return 0.0
+    h = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    w = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    inter = max(h, 0) * max(w, 0)
+    area = lambda box: (box[2] - box[0] + 1) * (box[3] - box[1] + 1)  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def _colormap(heatmap: np.ndarray) -> np.ndarray:
+    """(H, W) in [0, 1] -> (H, W, 3) uint8, matplotlib's "jet" when available."""
+    try:
+        from matplotlib import colormaps
+
+        return (colormaps["jet"](heatmap)[..., :3] * 255).astype(np.uint8)
+    except ImportError:  # blue -> red ramp
+        return np.stack([heatmap * 255, np.zeros_like(heatmap), (1 - heatmap) * 255], -1).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45) -> np.ndarray:
+    """The heatmap blended over an RGB uint8 image (resized to the image when sizes differ)."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"overlay needs an (H, W, 3) RGB image. Received: shape={image.shape}")
+    heat = np.clip(np.asarray(heatmap, np.float32), 0.0, 1.0)
+    if heat.shape != image.shape[:2]:
+        heat = np.asarray(Image.fromarray(heat).resize(image.shape[1::-1], Image.BILINEAR))
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * _colormap(heat).astype(np.float32)
+    return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def write_overlay(path: str | os.PathLike, image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45) -> str:
+    """Writes :func:`overlay` as a PNG, atomically. Returns ``path``."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(overlay(image, heatmap, alpha=alpha)).save(buffer, format="PNG")
+    fileio.write_bytes(path, buffer.getvalue())
+    return str(path)
+
+
+def read_image(path: str, size: tuple[int, int]) -> np.ndarray:
+    """An image file as RGB uint8 resized to ``size`` (h, w); one-line ValueError for a bad file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"Cannot read the image {path!r}: {' '.join(str(error).split())}") from None
+
+
+def _load_model(spec: str, weights: str | None) -> keras.Model:
+    if spec.endswith(".keras"):
+        if not os.path.isfile(spec):
+            raise ValueError(f"The model file does not exist. Received: --model={spec!r}")
+        try:
+            return keras.models.load_model(spec)
+        except Exception as error:  # hostile or truncated file: one line
+            raise ValueError(f"Cannot load the model file {spec!r}: {' '.join(str(error).split())[:300]}") from None
+    from pf_keras.models.registry import create_model
+
+    return create_model(spec, weights=weights)
+
+
+def main(argv: list[str]) -> int:
+    """Writes ``<out_dir>/<image stem>_gradcam.png`` for every image and prints the class explained."""
+    parser = argparse.ArgumentParser(prog="python -m pf_keras.gradcam", description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    parser.add_argument("--model", required=True, help="registry name (with --weights) or a .keras file")
+    parser.add_argument("--weights", default=None, help="registry models: imagenet, a .pth or .weights.h5 file")
+    parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--image_size", type=int, default=0, help="input side; default: the model's")
+    parser.add_argument("--class_index", type=int, default=None, help="default: each image's top class")
+    parser.add_argument("--layer", default=None, help="layer to explain; default: the last spatial map")
+    parser.add_argument("--raw_input", action="store_true",
+                        help="feed RGB in [0, 255] (models with include_preprocessing=True)")
+    parser.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
+    args = parser.parse_args(argv)
+    for path in args.images:
+        if not os.path.isfile(path):
+            raise ValueError(f"The image file does not exist. Received: {path!r}")
+    model = _load_model(args.model, args.weights)
+    side = args.image_size or model.input_shape[1]
+    if not side or side < 1:
+        raise ValueError(f"The model's input size is unknown: pass --image_size. Received: --image_size={side}")
+    size = (side, args.image_size or model.input_shape[2] or side)
+    os.makedirs(args.out_dir, exist_ok=True)
+    from pf_keras.imagenet import preprocess_input
+
+    for path in args.images:
+        image = read_image(path, size)
+        batch = image[None].astype(np.float32)
+        heat, classes = grad_cam(model, batch if args.raw_input else preprocess_input(batch),
+                                 class_index=args.class_index, layer=args.layer)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        out = write_overlay(os.path.join(args.out_dir, f"{stem}_gradcam.png"), image, heat[0])
+        print(f"{path}: class {int(classes[0])} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, prog="python -m pf_keras.gradcam"))
