@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from pf_keras.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from pf_keras.preprocessing import normalize, resize_and_crop
 
 CROP_FRACTION = 0.875  # Reference eval transform: resize to 256, centre crop 224.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -87,12 +87,7 @@ def _resize_and_crop(image, size: int) -> np.ndarray:
     if image.shape[-1] == 1:
         image = tf.image.grayscale_to_rgb(image)
     image = image[..., :3]
-    height, width = int(image.shape[0]), int(image.shape[1])
-    scale = size / CROP_FRACTION / min(height, width)
-    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-    image = tf.image.resize(tf.cast(image, tf.float32), (new_h, new_w), method="bilinear", antialias=True)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    image = image[top : top + size, left : left + size]
+    image = resize_and_crop(image, size=size, crop_fraction=CROP_FRACTION, interpolation="bilinear")
     return np.clip(np.rint(image.numpy()), 0, 255).astype(np.uint8)
 
 
@@ -190,9 +185,7 @@ def load_images(dataset: str | None, num: int, size: int, *, seed: int = 0) -> n
 
 def normalise(images: np.ndarray) -> np.ndarray:
     """RGB pixels in [0, 255] -> ``(x / 255 - mean) / std`` (float32), the models' float input."""
-    mean = np.asarray(IMAGENET_MEAN, np.float32)
-    std = np.asarray(IMAGENET_STD, np.float32)
-    return ((images.astype(np.float32) / 255.0) - mean) / std
+    return normalize(images)
 
 
 def model_inputs(images: np.ndarray, *, takes_pixels: bool) -> np.ndarray:

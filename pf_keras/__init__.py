@@ -7,22 +7,26 @@ Example:
 
 from pf_keras import layers
 from pf_keras.imagenet import decode_predictions, preprocess_input
-from pf_keras.models import PRESETS, PfPiT, PfResNet50, PfViT, ResNet, ResNet50, create_model, list_models
+from pf_keras.models import SPECS, PfPiT, PfResNet50, PfViT, ResNet, ResNet50, create_model, get_spec, list_models
+from pf_keras.preprocessing import eval_transform, normalize
 from pf_keras.profiling import profile
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS",
     "PfPiT",
     "PfResNet50",
     "PfViT",
     "ResNet",
     "ResNet50",
+    "SPECS",
     "create_model",
     "decode_predictions",
+    "eval_transform",
+    "get_spec",
     "layers",
     "list_models",
+    "normalize",
     "preprocess_input",
     "profile",
 ]

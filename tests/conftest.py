@@ -28,9 +28,10 @@ def state_dict_of(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def load_published_manifest(name: str) -> dict:
-    """Keys, shapes and parameter count of an official model (``tests/fixtures/published``)."""
-    with open(os.path.join(FIXTURES, "published", f"{name}.json")) as f:
-        return json.load(f)
+    """Keys, shapes and parameter count of an official model (the package's copy, ``pf_keras/data/published``)."""
+    from pf_keras.models.specs import load_manifest
+
+    return load_manifest(name)
 
 
 def randomised(model, seed: int = 0, std: float = 0.1):

@@ -212,25 +212,14 @@ def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float, inte
     """Resize the shorter side to floor(image_size / crop_fraction), centre crop, normalise.
 
     With image_size 224: resize 256, crop 224, ``(x / 255 - mean) / std`` (what the official
-    checkpoints expect). Antialiased resizing approximates PIL's, which timm uses.
+    checkpoints expect): :func:`pf_keras.eval_transform`.
     """
-    resize = int(math.floor(image_size / crop_fraction))
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    factor = resize / tf.reduce_min(shape)
-    new = tf.cast(tf.round(shape * factor), tf.int32)
-    new = tf.maximum(new, resize)
-    image = tf.image.resize(tf.cast(image, tf.float32), new, method=interpolation, antialias=True)
-    top = (new[0] - image_size) // 2
-    left = (new[1] - image_size) // 2
-    image = tf.slice(image, [top, left, 0], [image_size, image_size, 3])
-    return normalize(image)
+    return pf_keras.eval_transform(image, size=image_size, crop_fraction=crop_fraction, interpolation=interpolation)
 
 
 def normalize(image_255: tf.Tensor) -> tf.Tensor:
     """RGB in [0, 255] -> ``(x / 255 - mean) / std`` (float32)."""
-    mean = tf.constant(pf_keras.imagenet.IMAGENET_MEAN, tf.float32)
-    std = tf.constant(pf_keras.imagenet.IMAGENET_STD, tf.float32)
-    return (tf.cast(image_255, tf.float32) / 255.0 - mean) / std
+    return pf_keras.normalize(image_255)
 
 
 # ---------------------------------------------------------------- train augmentations

@@ -50,10 +50,11 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
     Returns:
         ``{"top1", "top5", "loss", "examples", "skipped", ...}``.
     """
-    preset = pf_keras.models.presets.PRESETS.get(model_name)
-    image_size = image_size or (preset.image_size if preset else 224)
-    crop_fraction = crop_fraction or (preset.crop_fraction if preset else 0.875)
-    interpolation = interpolation or (preset.interpolation if preset else "bilinear")
+    spec = pf_keras.SPECS.get(model_name)
+    transform = spec.eval if spec else pf_keras.models.EvalTransform()
+    image_size = image_size or transform.size
+    crop_fraction = crop_fraction or transform.crop_fraction
+    interpolation = interpolation or transform.interpolation
     cfg = DataConfig(dataset=dataset, data_dir=data_dir, global_batch_size=batch_size, image_size=image_size,
                      crop_fraction=crop_fraction, interpolation=interpolation, eval_examples=eval_examples)
     source = data_lib.resolve_source(cfg)

@@ -191,8 +191,8 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
     chief = checkpoint_lib.is_chief(strategy)
     os.makedirs(model_dir, exist_ok=True)
     _check_recipe_file(model_dir, recipe, chief)
-    interpolation = recipe.data.interpolation or getattr(
-        pf_keras.models.presets.PRESETS.get(recipe.model.name), "interpolation", "bilinear")
+    spec = pf_keras.SPECS.get(recipe.model.name)
+    interpolation = recipe.data.interpolation or (spec.eval.interpolation if spec else "bilinear")
 
     previous_policy = keras.config.dtype_policy()
     keras.mixed_precision.set_global_policy(mixed_precision)

@@ -7,14 +7,12 @@ layer exists), :func:`make_inputs`, its own body, :func:`apply_classifier_head`,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import keras
 
-from pf_keras.imagenet import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
-from pf_keras.models.presets import PRESETS
-from pf_keras.weights.loading import check_weights_arg, load_weights_file, weights_dir
+from pf_keras.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from pf_keras.weights.loading import check_weights_arg, load_weights_file
 from pf_keras.weights.torch_convert import NameMap
 
 POOLINGS = (None, "avg", "max")
@@ -31,7 +29,6 @@ def check_applications_args(
     default_size: int,
     min_size: int,
     multiple_of: int | None = None,
-    preset_name: str | None = None,
 ) -> tuple:
     """Validates the keras.applications-style arguments and resolves the input shape.
 
@@ -41,8 +38,6 @@ def check_applications_args(
         default_size: int. Side used when ``input_shape`` is None and ``include_top``.
         min_size: int. Smallest spatial side the architecture allows.
         multiple_of: int or None. Known sides must be multiples of it.
-        preset_name: str or None. Registry name when the configuration is a published one
-            (required for ``weights="imagenet"``).
 
     Returns:
         The resolved ``(height, width, channels)`` input shape (sides may be None).
@@ -60,17 +55,12 @@ def check_applications_args(
         )
     if not isinstance(classes, int) or classes < 1:
         raise ValueError(f"`classes` must be a positive int. Received: classes={classes!r}")
-    if weights == "imagenet":
-        if preset_name is None:
-            raise ValueError(
-                "weights='imagenet' exists only for the published configurations (default depths, widths "
-                "and sizes); load your own weights file instead, or use weights=None. Received: weights='imagenet'"
-            )
-        if include_top and classes != NUM_CLASSES:
-            raise ValueError(
-                f"ImageNet weights have a {NUM_CLASSES}-class head: use classes={NUM_CLASSES}, or include_top=False "
-                f"to attach your own head. Received: classes={classes}"
-            )
+    if weights == "imagenet":  # resolved by the registry (pf_keras.models.registry) for the published models
+        raise ValueError(
+            "weights='imagenet' exists only for the published configurations, built by name: "
+            "create_model(name, weights='imagenet') with a name from pf_keras.list_models(pretrained=True); "
+            "load your own weights file instead, or use weights=None. Received: weights='imagenet'"
+        )
     if include_top:
         try:
             keras.activations.get(classifier_activation)
@@ -148,19 +138,6 @@ def apply_classifier_head(
     return x
 
 
-def resolve_imagenet_checkpoint(preset_name: str) -> str:
-    """Path of the official checkpoint for ``weights="imagenet"``, or a FileNotFoundError saying how to get it."""
-    path = os.path.join(weights_dir(), f"{preset_name}.pth")
-    if os.path.isfile(path):
-        return path
-    url = PRESETS[preset_name].checkpoint_url
-    where = f"download it from {url}" if url else "the authors published no checkpoint for this model; convert your own"
-    raise FileNotFoundError(
-        f"weights='imagenet' for {preset_name!r} needs the official checkpoint at {path}: {where} and save it "
-        "there (or set PF_KERAS_WEIGHTS_DIR), or pass the file itself as weights=PATH."
-    )
-
-
 def finish_model(
     inputs,
     outputs,
@@ -169,7 +146,6 @@ def finish_model(
     name: str,
     weights,
     name_map: NameMap,
-    preset_name: str | None,
     head_prefixes: tuple[str, ...] = (),
 ) -> keras.Model:
     """Wraps the graph in a functional model and loads ``weights``.
@@ -179,8 +155,6 @@ def finish_model(
     if input_tensor is not None:
         inputs = keras.utils.get_source_inputs(input_tensor)
     model = keras.Model(inputs, outputs, name=name)
-    if weights == "imagenet":
-        weights = resolve_imagenet_checkpoint(preset_name)
     if weights is not None:
         has_head = any(layer.name == "predictions" for layer in model.layers)
         load_weights_file(model, weights, name_map, ignore_prefixes=() if has_head else head_prefixes)

@@ -57,22 +57,13 @@ from pf_keras.models.common import (
     finish_model,
     make_inputs,
 )
-from pf_keras.models.registry import register_model, resolve_variant
+from pf_keras.models.registry import create_model, resolve_variant
 from pf_keras.models.vit import block_torch_name
 
 DEFAULT_SIZE = 224
 
-# Published configurations (reference ``pit_pf.pit_*_max``): ``head_dims`` is the reference's
-# ``base_dims`` (channels per head); every other argument is at its default.
-PIT_SPECS = {
-    "pit_ti_max": {"patch_size": 16, "stride": 8, "head_dims": (32, 32, 32), "depths": (2, 6, 4),
-                   "num_heads": (2, 4, 8)},
-    "pit_s_max": {"patch_size": 16, "stride": 8, "head_dims": (48, 48, 48), "depths": (2, 6, 4),
-                  "num_heads": (3, 6, 12)},
-    "pit_b_max": {"patch_size": 14, "stride": 7, "head_dims": (64, 64, 64), "depths": (3, 6, 4),
-                  "num_heads": (4, 8, 16)},
-}
-_SPEC_DEFAULTS = {"mlp_ratio": 4.0, "mixers": "alternating", "image_size": DEFAULT_SIZE}
+# The published configurations (reference ``pit_pf.pit_*_max``; ``head_dims`` is the reference's
+# ``base_dims``) are specs in pf_keras.models.specs.
 VARIANTS = {"ti": "pit_ti_max", "s": "pit_s_max", "b": "pit_b_max"}
 
 _BLOCK = re.compile(r"stage(\d+)_block(\d+)(?:/(.*))?")
@@ -217,13 +208,6 @@ def PiT(
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"`drop_path_rate` must be in [0, 1). Received: drop_path_rate={drop_path_rate}")
     stage_mixers = _resolve_stage_mixers(mixers, depths)
-    preset_name = None
-    arch = {"patch_size": patch_size, "stride": stride, "head_dims": head_dims, "depths": depths,
-            "num_heads": num_heads, "mlp_ratio": mlp_ratio, "mixers": mixers, "image_size": image_size}
-    if input_shape is None or tuple(input_shape)[:2] == (DEFAULT_SIZE, DEFAULT_SIZE):
-        for spec_name, spec in PIT_SPECS.items():
-            if arch == {**_SPEC_DEFAULTS, **spec}:
-                preset_name = spec_name
     input_shape = check_applications_args(
         include_top=include_top,
         weights=weights,
@@ -233,7 +217,6 @@ def PiT(
         classifier_activation=classifier_activation,
         default_size=image_size,
         min_size=patch_size,
-        preset_name=preset_name,
     )
     grid = (image_size - patch_size) // stride + 1
 
@@ -269,7 +252,6 @@ def PiT(
         name=name,
         weights=weights,
         name_map=_torch_name,
-        preset_name=preset_name,
         head_prefixes=("head.",),
     )
 
@@ -284,25 +266,15 @@ def stage_output_names(model: keras.Model) -> list[str]:
     return list(last.values())
 
 
-def _published(preset_name: str, *, name: str | None = None, **kwargs) -> keras.Model:
-    architecture = {**PIT_SPECS[preset_name]}
-    for arg in list(kwargs):
-        if arg in architecture:
-            architecture[arg] = kwargs.pop(arg)
-    return PiT(**architecture, name=name or preset_name, **kwargs)
-
-
-@register_model("pit_ti_max")
 def pit_ti_max(**kwargs) -> keras.Model:
     """PiT-Ti-max: 64/128/256 channels, depths 2/6/4 (5.17M params, 0.53 GMACs).
 
     Takes every keyword argument of :func:`PiT`; architecture arguments override the
     published ones (for small experiments).
     """
-    return _published("pit_ti_max", **kwargs)
+    return create_model("pit_ti_max", **kwargs)
 
 
-@register_model("pit_s_max")
 def pit_s_max(**kwargs) -> keras.Model:
     """PiT-S-max: 144/288/576 channels, depths 2/6/4 (25.12M params, 2.60 GMACs, 80.8 % top-1, DeiT recipe).
 
@@ -310,13 +282,12 @@ def pit_s_max(**kwargs) -> keras.Model:
         >>> pit_s_max(head_dims=(4, 4), depths=(1, 1), num_heads=(1, 2), input_shape=(64, 64, 3)).name
         'pit_s_max'
     """
-    return _published("pit_s_max", **kwargs)
+    return create_model("pit_s_max", **kwargs)
 
 
-@register_model("pit_b_max")
 def pit_b_max(**kwargs) -> keras.Model:
     """PiT-B-max: 256/512/1024 channels, depths 3/6/4, 14/7 embedding (79.01M params, 11.28 GMACs)."""
-    return _published("pit_b_max", **kwargs)
+    return create_model("pit_b_max", **kwargs)
 
 
 def PfPiT(variant: str = "s", **kwargs) -> keras.Model:
@@ -339,7 +310,7 @@ def PfPiT(variant: str = "s", **kwargs) -> keras.Model:
         >>> model.name, model.output_shape
         ('pit_ti_max', (None, 10))
     """
-    return _published(resolve_variant(VARIANTS, variant), **kwargs)
+    return create_model(resolve_variant(VARIANTS, variant), **kwargs)
 
 
-__all__ = ["PIT_SPECS", "PfPiT", "PiT", "pit_b_max", "pit_s_max", "pit_ti_max", "stage_output_names"]
+__all__ = ["PfPiT", "PiT", "pit_b_max", "pit_s_max", "pit_ti_max", "stage_output_names"]

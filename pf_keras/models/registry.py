@@ -1,25 +1,42 @@
-"""Model registry: the official PfLayer names mapped to builders.
+"""Model registry: every spec of :mod:`pf_keras.models.specs`, plus builders registered by name.
 
-Every builder accepts the keras.applications-style keywords (``include_top``, ``weights``,
-``input_tensor``, ``input_shape``, ``pooling``, ``classes``, ``classifier_activation``,
-``include_preprocessing``, ``name``) plus its family's architecture overrides (ResNets:
-``depths``, ``width_mult``, ``drop_path_rate``).
+``create_model(name)`` builds a published model from its spec: the family builder gets the
+spec's ``builder_args`` (the full architecture), which keyword arguments may override for
+small experiments, plus the keras.applications-style keywords (``include_top``,
+``weights``, ``input_tensor``, ``input_shape``, ``pooling``, ``classes``,
+``classifier_activation``, ``include_preprocessing``, ``name``) and the family's training
+options (``drop_path_rate``). ``weights`` may be:
+
+- None;
+- ``"imagenet"`` (or another checkpoint tag of the spec, e.g. ``"imagenet_longer"``): the
+  official checkpoint, downloaded and verified on first use (:mod:`pf_keras.weights.download`),
+  converted, and cached as a preset folder next to it so the next load reads Keras weights
+  directly. Only the published architecture qualifies;
+- a preset folder (:mod:`pf_keras.weights.preset`), or a PyTorch / Keras weights file.
+
+``create_model(folder)`` builds the model a preset folder describes.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import os
+import warnings
 from collections.abc import Callable
 
 import keras
+
+from pf_keras.imagenet import NUM_CLASSES
+from pf_keras.models.specs import SPECS, ModelSpec, family_builder, list_specs
 
 _REGISTRY: dict[str, Callable[..., keras.Model]] = {}
 
 
 def register_model(name: str) -> Callable:
-    """Decorator registering a builder under ``name`` (raises on a duplicate name)."""
+    """Decorator registering a builder under ``name`` (raises on a duplicate or a spec name)."""
 
     def decorate(builder: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
-        if name in _REGISTRY:
+        if name in _REGISTRY or name in SPECS:
             raise ValueError(f"Model name {name!r} is already registered.")
         _REGISTRY[name] = builder
         return builder
@@ -27,16 +44,24 @@ def register_model(name: str) -> Callable:
     return decorate
 
 
-def list_models() -> list[str]:
-    """Sorted names accepted by :func:`create_model`."""
-    return sorted(_REGISTRY)
+def list_models(pattern: str | None = None, *, pretrained: bool | None = None) -> list[str]:
+    """Sorted names accepted by :func:`create_model`.
 
+    Args:
+        pattern: str or None. Shell-style pattern (``fnmatch``: ``*``, ``?``, ``[seq]``),
+            e.g. ``"*max*"``. Defaults to None (all names).
+        pretrained: bool or None. True: only models with an official checkpoint; False:
+            only those without; None: all. Defaults to None.
 
-def get_builder(name: str) -> Callable[..., keras.Model]:
-    """The builder registered as ``name``; ValueError listing the valid names otherwise."""
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown model name. Valid names: {list_models()}. Received: name={name!r}")
-    return _REGISTRY[name]
+    Example:
+        >>> list_models("resnet*", pretrained=True)
+        ['resnet50_hybrid', 'resnet50_max']
+    """
+    names = list_specs(pretrained=pretrained)
+    if pretrained is not True:
+        names += list(_REGISTRY)
+    names = sorted(set(names))
+    return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
 def resolve_variant(variants: dict[str, str], variant: str) -> str:
@@ -46,8 +71,98 @@ def resolve_variant(variants: dict[str, str], variant: str) -> str:
     return variants[variant]
 
 
+def _canonical(value):
+    return tuple(_canonical(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _changed_architecture(spec: ModelSpec, kwargs: dict) -> dict:
+    args = spec.builder_args
+    return {k: v for k, v in kwargs.items() if k in args and _canonical(v) != _canonical(args[k])}
+
+
+def _is_checkpoint_tag(spec: ModelSpec, weights) -> bool:
+    return isinstance(weights, str) and (weights == "imagenet" or any(c.tag == weights for c in spec.checkpoints))
+
+
+def _build_pretrained(spec: ModelSpec, tag: str, kwargs: dict) -> keras.Model:
+    """The published model with its official weights: from the cached preset, else converted and cached."""
+    from pf_keras.weights import download  # noqa: PLC0415 (keeps the registry light to import)
+    from pf_keras.weights.preset import is_preset, write_preset  # noqa: PLC0415
+
+    changed = _changed_architecture(spec, kwargs)
+    if changed:
+        raise ValueError(
+            f"weights={tag!r} exists only for the published configurations: drop the architecture overrides, "
+            f"or load your own weights file. Received: {', '.join(f'{k}={v!r}' for k, v in changed.items())}, "
+            f"weights={tag!r}"
+        )
+    include_top = kwargs.get("include_top", True)
+    if include_top and kwargs.get("classes", NUM_CLASSES) != NUM_CLASSES:
+        raise ValueError(
+            f"ImageNet weights have a {NUM_CLASSES}-class head: use classes={NUM_CLASSES}, or include_top=False "
+            f"to attach your own head. Received: classes={kwargs['classes']}"
+        )
+    checkpoint = spec.checkpoint(tag)
+    # The converted weights depend on the input size only through ViT's position embedding.
+    shape = kwargs.get("input_shape")
+    cacheable = kwargs.get("input_tensor") is None and (
+        shape is None or all(side in (None, spec.eval.size) for side in tuple(shape)[:2])
+    )
+    cache = download.keras_weights_path(spec, checkpoint, include_top=include_top)[: -len(".weights.h5")]
+    if cacheable and is_preset(cache):
+        return _build_from_preset(cache, expected=spec.name, kwargs=kwargs)
+    path = download.fetch_checkpoint(spec, tag)
+    model = spec.builder()(**{**spec.builder_args, "name": spec.name, **kwargs, "weights": path})
+    if cacheable:
+        metadata = {
+            "spec": spec.name,
+            "checkpoint": checkpoint.tag,
+            "source_url": checkpoint.url,
+            "source_file": os.path.basename(path),
+            "source_sha256": download.sha256_of(path),
+            "eval_transform": spec.eval.__dict__,
+            "license": spec.license,
+        }
+        config = {**spec.builder_args, "include_top": include_top}
+        try:
+            write_preset(model, cache, name=spec.name, family=spec.family, config=config, metadata=metadata)
+        except ValueError as error:  # a full disk must not cost the user the model
+            warnings.warn(f"Could not cache the converted weights: {error}", stacklevel=3)
+    return model
+
+
+def _build_from_preset(folder, *, expected: str | None, kwargs: dict) -> keras.Model:
+    from pf_keras.weights.preset import read_preset  # noqa: PLC0415
+
+    preset = read_preset(folder)
+    if expected is not None and preset.model != expected:
+        raise ValueError(
+            f"The preset folder holds {preset.model!r}, not {expected!r}: build it with "
+            f"create_model({os.fspath(folder)!r}). Received: weights={os.fspath(folder)!r}"
+        )
+    kwargs = {k: v for k, v in kwargs.items() if k != "weights"}
+    return family_builder(preset.family)(
+        **{**preset.config, "name": preset.model, **kwargs, "weights": preset.weights_path}
+    )
+
+
+def build_from_spec(spec: ModelSpec, **kwargs) -> keras.Model:
+    """Builds ``spec``'s model: its builder arguments updated by ``kwargs``; resolves ``weights``."""
+    weights = kwargs.get("weights")
+    if _is_checkpoint_tag(spec, weights):
+        return _build_pretrained(spec, weights, {k: v for k, v in kwargs.items() if k != "weights"})
+    from pf_keras.weights.preset import is_preset  # noqa: PLC0415
+
+    if weights is not None and is_preset(weights):
+        return _build_from_preset(weights, expected=spec.name, kwargs=kwargs)
+    return spec.builder()(**{**spec.builder_args, "name": spec.name, **kwargs})
+
+
 def create_model(name: str, **kwargs) -> keras.Model:
-    """Builds the registered model ``name`` with keyword overrides.
+    """Builds the model ``name`` (a spec or registered name, or a preset folder) with keyword overrides.
+
+    Raises:
+        ValueError: for an unknown name (listing the valid ones), or any builder error.
 
     Example:
         >>> model = create_model("resnet50_hybrid", depths=(1, 1, 1, 1), width_mult=0.125,
@@ -55,4 +170,19 @@ def create_model(name: str, **kwargs) -> keras.Model:
         >>> model.name
         'resnet50_hybrid'
     """
-    return get_builder(name)(**kwargs)
+    from pf_keras.weights.preset import is_preset  # noqa: PLC0415
+
+    if name in SPECS:
+        return build_from_spec(SPECS[name], **kwargs)
+    if name in _REGISTRY:
+        return _REGISTRY[name](**kwargs)
+    if is_preset(name):
+        return _build_from_preset(name, expected=None, kwargs=kwargs)
+    raise ValueError(f"Unknown model name. Valid names: {list_models()}. Received: name={name!r}")
+
+
+def get_builder(name: str) -> Callable[..., keras.Model]:
+    """A callable building ``name`` (``create_model`` with the name bound); ValueError listing the valid names."""
+    if name not in SPECS and name not in _REGISTRY:
+        raise ValueError(f"Unknown model name. Valid names: {list_models()}. Received: name={name!r}")
+    return lambda **kwargs: create_model(name, **kwargs)

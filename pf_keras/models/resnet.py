@@ -41,18 +41,13 @@ from pf_keras.models.common import (
     finish_model,
     make_inputs,
 )
-from pf_keras.models.registry import register_model, resolve_variant
+from pf_keras.models.registry import create_model, resolve_variant
 
 STEM_FILTERS = 64
 STAGE_FILTERS = (64, 128, 256, 512)
 MIN_SIZE = 32
 
-# Published configurations: registry name -> (depths, block kind of every block).
-RESNET_SPECS = {
-    "resnet50": ((3, 4, 6, 3), "regular"),
-    "resnet50_max": ((3, 4, 6, 3), "max"),
-    "resnet50_hybrid": ((3, 4, 6, 3), "efficient"),
-}
+# The published configurations are specs in pf_keras.models.specs (resnet50, resnet50_max, resnet50_hybrid).
 VARIANTS = {"max": "resnet50_max", "hybrid": "resnet50_hybrid"}
 
 _TORCH_MODULES = {
@@ -172,11 +167,6 @@ def ResNet(
         raise ValueError(f"`drop_path_rate` must be in [0, 1). Received: drop_path_rate={drop_path_rate}")
     kinds = _resolve_block_kinds(block_kinds, depths)
     strided_efficient = any(stage[0] == "efficient" for stage in kinds[1:])
-    preset_name = None
-    if width_mult == 1.0:
-        for spec_name, (spec_depths, spec_kind) in RESNET_SPECS.items():
-            if depths == spec_depths and kinds == _resolve_block_kinds(spec_kind, spec_depths):
-                preset_name = spec_name
     input_shape = check_applications_args(
         include_top=include_top,
         weights=weights,
@@ -187,7 +177,6 @@ def ResNet(
         default_size=224,
         min_size=MIN_SIZE,
         multiple_of=32 if strided_efficient else None,
-        preset_name=preset_name,
     )
 
     inputs, x = make_inputs(input_tensor, input_shape, include_preprocessing)
@@ -216,19 +205,10 @@ def ResNet(
         name=name,
         weights=weights,
         name_map=functools.partial(_torch_name, efficient_blocks=frozenset(efficient_blocks)),
-        preset_name=preset_name,
         head_prefixes=("fc.",),
     )
 
 
-def _published(preset_name: str, *, depths=None, block_kinds=None, width_mult: float = 1.0,
-               name: str | None = None, **kwargs):
-    # `block_kinds` may override the spec's kind (the layer-level study: training/study.py).
-    spec_depths, kind = RESNET_SPECS[preset_name]
-    return ResNet(depths or spec_depths, block_kinds or kind, width_mult=width_mult, name=name or preset_name, **kwargs)
-
-
-@register_model("resnet50")
 def ResNet50(**kwargs) -> keras.Model:
     """ResNet-50 v1.5, the paper's baseline (25.56M params, 4.11 GMACs, 76.2 % top-1).
 
@@ -239,19 +219,7 @@ def ResNet50(**kwargs) -> keras.Model:
         >>> ResNet50(weights=None, depths=(1, 1, 1, 1), width_mult=0.125, input_shape=(64, 64, 3)).count_params() > 0
         True
     """
-    return _published("resnet50", **kwargs)
-
-
-@register_model("resnet50_max")
-def _resnet50_max(**kwargs) -> keras.Model:
-    """R50-max: a 3x3 max-pool replaces the 3x3 conv of all 16 bottlenecks (14.23M, 2.26G)."""
-    return _published("resnet50_max", **kwargs)
-
-
-@register_model("resnet50_hybrid")
-def _resnet50_hybrid(**kwargs) -> keras.Model:
-    """R50-hybrid: max-pool in 13 blocks, avg-pool + conv in the 3 downsampling ones (17.33M, 2.61G)."""
-    return _published("resnet50_hybrid", **kwargs)
+    return create_model("resnet50", **kwargs)
 
 
 def PfResNet50(variant: str = "hybrid", **kwargs) -> keras.Model:
@@ -274,7 +242,7 @@ def PfResNet50(variant: str = "hybrid", **kwargs) -> keras.Model:
         >>> model.name
         'resnet50_max'
     """
-    return _published(resolve_variant(VARIANTS, variant), **kwargs)
+    return create_model(resolve_variant(VARIANTS, variant), **kwargs)
 
 
-__all__ = ["EXPANSION", "PfResNet50", "RESNET_SPECS", "ResNet", "ResNet50", "stage_output_names"]
+__all__ = ["EXPANSION", "PfResNet50", "ResNet", "ResNet50", "stage_output_names"]

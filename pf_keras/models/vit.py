@@ -45,17 +45,11 @@ from pf_keras.models.common import (
     finish_model,
     make_inputs,
 )
-from pf_keras.models.registry import register_model, resolve_variant
+from pf_keras.models.registry import create_model, resolve_variant
 
 DEFAULT_SIZE = 224
 
-# Published configurations (reference ``vit_pf.vit_*_max``); every other argument is at its default.
-VIT_SPECS = {
-    "vit_ti_max": {"patch_size": 16, "hidden_dim": 192, "depth": 12, "num_heads": 3},
-    "vit_s_max": {"patch_size": 16, "hidden_dim": 384, "depth": 12, "num_heads": 6},
-    "vit_b_max": {"patch_size": 16, "hidden_dim": 768, "depth": 12, "num_heads": 12},
-}
-_SPEC_DEFAULTS = {"mlp_ratio": 4.0, "mixers": "alternating"}
+# The published configurations (reference ``vit_pf.vit_*_max``) are specs in pf_keras.models.specs.
 VARIANTS = {"ti": "vit_ti_max", "s": "vit_s_max", "b": "vit_b_max"}
 
 # Sublayer paths of a TransformerBlock -> reference module names (``vit_pf.Block``); sublayers
@@ -185,13 +179,6 @@ def ViT(
                 "ViT needs a known square input (its position embedding has one entry per patch); resize or "
                 f"crop to e.g. ({DEFAULT_SIZE}, {DEFAULT_SIZE}, 3). Received: input_shape={input_shape}"
             )
-    preset_name = None
-    arch = {"patch_size": patch_size, "hidden_dim": hidden_dim, "depth": depth, "num_heads": num_heads,
-            "mlp_ratio": mlp_ratio, "mixers": mixers}
-    if input_shape[:2] == (DEFAULT_SIZE, DEFAULT_SIZE):
-        for spec_name, spec in VIT_SPECS.items():
-            if arch == {**_SPEC_DEFAULTS, **spec}:
-                preset_name = spec_name
     input_shape = check_applications_args(
         include_top=include_top,
         weights=weights,
@@ -201,7 +188,6 @@ def ViT(
         classifier_activation=classifier_activation,
         default_size=DEFAULT_SIZE,
         min_size=patch_size,
-        preset_name=preset_name,
     )
     if input_shape[0] % patch_size:
         raise ValueError(
@@ -228,30 +214,19 @@ def ViT(
         name=name,
         weights=weights,
         name_map=_torch_name,
-        preset_name=preset_name,
         head_prefixes=("head.",),
     )
 
 
-def _published(preset_name: str, *, name: str | None = None, **kwargs) -> keras.Model:
-    architecture = {**VIT_SPECS[preset_name]}
-    for arg in list(kwargs):
-        if arg in architecture:
-            architecture[arg] = kwargs.pop(arg)
-    return ViT(**architecture, name=name or preset_name, **kwargs)
-
-
-@register_model("vit_ti_max")
 def vit_ti_max(**kwargs) -> keras.Model:
     """ViT-Ti-max: 192 dims, 3 heads, 12 blocks (6.16M params, 1.16 GMACs).
 
     Takes every keyword argument of :func:`ViT`; architecture arguments override the
     published ones (for small experiments).
     """
-    return _published("vit_ti_max", **kwargs)
+    return create_model("vit_ti_max", **kwargs)
 
 
-@register_model("vit_s_max")
 def vit_s_max(**kwargs) -> keras.Model:
     """ViT-S-max: 384 dims, 6 heads, 12 blocks (23.82M params, 4.58 GMACs, 80.0 % top-1 with the DeiT recipe).
 
@@ -259,13 +234,12 @@ def vit_s_max(**kwargs) -> keras.Model:
         >>> vit_s_max(patch_size=8, hidden_dim=16, depth=2, num_heads=2, input_shape=(32, 32, 3)).name
         'vit_s_max'
     """
-    return _published("vit_s_max", **kwargs)
+    return create_model("vit_s_max", **kwargs)
 
 
-@register_model("vit_b_max")
 def vit_b_max(**kwargs) -> keras.Model:
     """ViT-B-max: 768 dims, 12 heads, 12 blocks (93.64M params, 18.17 GMACs)."""
-    return _published("vit_b_max", **kwargs)
+    return create_model("vit_b_max", **kwargs)
 
 
 def PfViT(variant: str = "s", **kwargs) -> keras.Model:
@@ -288,7 +262,7 @@ def PfViT(variant: str = "s", **kwargs) -> keras.Model:
         >>> model.name, model.output_shape
         ('vit_ti_max', (None, 10))
     """
-    return _published(resolve_variant(VARIANTS, variant), **kwargs)
+    return create_model(resolve_variant(VARIANTS, variant), **kwargs)
 
 
-__all__ = ["BLOCK_TORCH_NAMES", "PfViT", "VIT_SPECS", "ViT", "vit_b_max", "vit_s_max", "vit_ti_max"]
+__all__ = ["BLOCK_TORCH_NAMES", "PfViT", "ViT", "vit_b_max", "vit_s_max", "vit_ti_max"]

@@ -269,14 +269,15 @@ class TestResNetValidation:
 
     def test_imagenet_weights_explain_where_to_put_the_file(self, tmp_path, monkeypatch):
         monkeypatch.setenv("PF_KERAS_WEIGHTS_DIR", str(tmp_path))
-        with pytest.raises(FileNotFoundError, match="drive.google.com.*PF_KERAS_WEIGHTS_DIR"):
+        monkeypatch.setenv("PF_KERAS_OFFLINE", "1")
+        with pytest.raises(ValueError, match="drive.google.com.*resnet50_hybrid.pth.*PF_KERAS_WEIGHTS_DIR"):
             pf_keras.PfResNet50(weights="imagenet")
 
     def test_imagenet_weights_are_read_from_weights_dir(self, tmp_path, monkeypatch):
-        # weights="imagenet" reads <PF_KERAS_WEIGHTS_DIR>/<name>.pth; a wrong file there is refused by name.
+        # weights="imagenet" reads <PF_KERAS_WEIGHTS_DIR>/<name>.pth; a wrong file there fails the manifest check.
         import shutil
 
         shutil.copy(os.path.join(FIXTURES, "pth", "resnet_max_small.pth"), tmp_path / "resnet50_max.pth")
         monkeypatch.setenv("PF_KERAS_WEIGHTS_DIR", str(tmp_path))
-        with pytest.raises(ValueError, match=r"mis-shaped keys \['conv1.1.weight|layer1.0.reduction_block.0.weight"):
+        with pytest.raises(ValueError, match=r"not the official resnet50_max checkpoint.*mis-shaped keys \['fc.bias'"):
             pf_keras.PfResNet50("max", weights="imagenet")

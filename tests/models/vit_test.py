@@ -238,9 +238,9 @@ class TestViTValidation:
         with pytest.raises(ValueError, match=match):
             vit.ViT(**{**SMALL, **kwargs})
 
-    def test_imagenet_needs_the_published_size(self):
-        with pytest.raises(ValueError, match="published configurations"):
-            pf_keras.PfViT("ti", weights="imagenet", input_shape=(256, 256, 3))
+    def test_imagenet_needs_a_published_checkpoint(self):
+        with pytest.raises(ValueError, match="published no ImageNet checkpoint for 'vit_ti_max'.*weights='imagenet'"):
+            pf_keras.PfViT("ti", weights="imagenet")
 
     def test_unknown_names(self):
         with pytest.raises(ValueError, match="`variant` must be one of \\['b', 's', 'ti'\\]. Received: variant='l'"):

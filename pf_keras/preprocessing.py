@@ -1,0 +1,127 @@
+"""The eval transform of the official checkpoints: resize, centre crop, normalise.
+
+timm's eval pipeline for the PfLayer checkpoints (``transforms.Resize(int(size / crop_fraction))``,
+``CenterCrop(size)``, ``ToTensor``, ``Normalize(mean, std)``): the shorter side goes to
+``floor(size / crop_fraction)`` (256 for 224 / 0.875) and the longer side to
+``int(resize * long / short)``, as torchvision computes it; the crop offset is
+``round((side - size) / 2)`` (round half to even, as torchvision's Python ``round``). The
+resize is TensorFlow's antialiased one, which follows PIL's (used by timm) to about one
+grey level on natural images (tested against PIL).
+
+The defaults come from each model's spec (``pf_keras.get_spec(name).eval``): bilinear for the
+ResNets, bicubic for ViT/PiT, 224 and 0.875 for all. :func:`eval_transform` runs on one
+image, eagerly or inside ``tf.data``; :func:`normalize` is the one normalisation of the package.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pf_keras.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+
+
+def _is_tf(x) -> bool:
+    return type(x).__module__.startswith("tensorflow")
+
+
+def normalize(image_255, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """RGB in [0, 255] -> ``(x / 255 - mean) / std`` as float32.
+
+    Args:
+        image_255: array-like or tensor, (..., 3).
+        mean: 3 floats. Defaults to the ImageNet mean.
+        std: 3 floats. Defaults to the ImageNet standard deviation.
+
+    Returns:
+        NumPy in, NumPy out; a TensorFlow tensor stays one (``tf.data``); other tensors go
+        through ``keras.ops``.
+
+    Example:
+        >>> normalize(np.full((2, 2, 3), 255.0))[0, 0].round(3)
+        array([2.249, 2.429, 2.64 ], dtype=float32)
+    """
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    if _is_tf(image_255):
+        import tensorflow as tf  # noqa: PLC0415
+
+        x = tf.cast(image_255, tf.float32)
+    elif isinstance(image_255, (np.ndarray, np.generic, list, tuple, int, float)) or not hasattr(image_255, "dtype"):
+        x = np.asarray(image_255, np.float32)
+    else:
+        import keras  # noqa: PLC0415
+
+        x = keras.ops.cast(image_255, "float32")
+    return (x / np.float32(255.0) - mean) / std
+
+
+def _check(size, crop_fraction, interpolation) -> None:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"`size` must be a positive int. Received: size={size!r}")
+    if not 0 < crop_fraction <= 1:
+        raise ValueError(f"`crop_fraction` must be in (0, 1]. Received: crop_fraction={crop_fraction!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"`interpolation` must be one of {INTERPOLATIONS}. Received: interpolation={interpolation!r}")
+
+
+def resize_and_crop(image, *, size: int = 224, crop_fraction: float = 0.875, interpolation: str = "bilinear"):
+    """The geometric half of :func:`eval_transform`: float32 pixels, still in [0, 255] (not normalised).
+
+    Args and Raises: as :func:`eval_transform`.
+
+    Returns:
+        (size, size, 3) float32 TensorFlow tensor.
+    """
+    import tensorflow as tf  # noqa: PLC0415 (the transform runs inside tf.data pipelines)
+
+    _check(size, crop_fraction, interpolation)
+    image = tf.convert_to_tensor(image)
+    resize = int(size / crop_fraction)  # math.floor, as timm
+    hw = tf.shape(image)[:2]
+    height, width = hw[0], hw[1]
+    short, long = tf.minimum(height, width), tf.maximum(height, width)
+    new_long = (resize * long) // short  # torchvision: int(size * long / short)
+    new_hw = tf.where(height <= width, tf.stack([resize, new_long]), tf.stack([new_long, resize]))
+    image = tf.image.resize(tf.cast(image, tf.float32), new_hw, method=interpolation, antialias=True)
+    image = tf.clip_by_value(image, 0.0, 255.0)  # bicubic overshoots; PIL clips to uint8
+    offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float32) / 2.0), tf.int32)  # half to even, as Python
+    return tf.slice(image, [offsets[0], offsets[1], 0], [size, size, 3])
+
+
+def eval_transform(
+    image,
+    *,
+    size: int = 224,
+    crop_fraction: float = 0.875,
+    interpolation: str = "bilinear",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+):
+    """Resizes the shorter side to ``floor(size / crop_fraction)``, centre crops ``size``, normalises.
+
+    Args:
+        image: (height, width, 3) RGB in [0, 255], uint8 or float (NumPy or TensorFlow).
+        size: int. Side of the square crop. Defaults to 224.
+        crop_fraction: float in (0, 1]. Crop side over the resized shorter side. Defaults to 0.875.
+        interpolation: str. "bilinear", "bicubic", "nearest" or "area". Defaults to "bilinear".
+        mean, std: 3 floats each. Normalisation. Default to the ImageNet values.
+
+    Returns:
+        (size, size, 3) float32: NumPy for NumPy input, else a TensorFlow tensor.
+
+    Raises:
+        ValueError: for a bad size, crop fraction or interpolation.
+
+    Example:
+        >>> eval_transform(np.zeros((300, 400, 3), np.uint8), size=224).shape
+        (224, 224, 3)
+    """
+    numpy_in = isinstance(image, np.ndarray)
+    image = normalize(resize_and_crop(image, size=size, crop_fraction=crop_fraction, interpolation=interpolation),
+                      mean, std)
+    return image.numpy() if numpy_in else image
+
+
+__all__ = ["INTERPOLATIONS", "eval_transform", "normalize", "resize_and_crop"]

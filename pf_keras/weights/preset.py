@@ -1,0 +1,149 @@
+"""Preset folders: a converted model that loads on its own, in KerasHub's layout.
+
+A preset folder holds
+
+- ``config.json``: ``{"model": name, "family": family, "config": {builder arguments}}``, the
+  family builder's arguments (architecture, head) without ``weights`` and ``name``;
+- ``model.weights.h5``: the Keras weights;
+- ``metadata.json``: where the weights come from (``source_url``, ``source_sha256`` of the
+  converted file, ``spec``), the ``eval_transform`` and the versions, parameter count and
+  date (KerasHub's ``metadata.json`` fields plus ours).
+
+:func:`write_preset` writes the folder atomically (a temporary folder renamed into place),
+so a crash never leaves half a preset under the final name. Load one with
+``pf_keras.create_model(folder)`` or ``create_model(name, weights=folder)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from typing import Any
+
+from pf_keras import fileio
+from pf_keras.models.specs import FAMILY_BUILDERS
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+METADATA_FILE = "metadata.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A preset folder as read by :func:`read_preset`."""
+
+    folder: str
+    model: str  # registry / spec name
+    family: str
+    config: dict[str, Any]  # builder arguments
+    metadata: dict[str, Any]
+
+    @property
+    def weights_path(self) -> str:
+        return os.path.join(self.folder, WEIGHTS_FILE)
+
+
+def is_preset(path) -> bool:
+    """True when ``path`` is a folder holding a ``config.json``."""
+    return isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(path), CONFIG_FILE))
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_preset(
+    model,
+    folder: str | os.PathLike,
+    *,
+    name: str,
+    family: str,
+    config: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """Writes ``model``'s weights, its builder ``config`` and ``metadata`` as a preset folder, atomically.
+
+    Args:
+        model: keras.Model. Built by the ``family`` builder with ``config``.
+        folder: str. The preset folder; an existing one is replaced only once the new one is complete.
+        name: str. Registry name the preset belongs to.
+        family: str. "resnet", "vit" or "pit".
+        config: dict. Builder arguments that rebuild ``model`` (JSON-serialisable; tuples become lists).
+        metadata: dict or None. Extra metadata (``source_url``, ``source_sha256``, ``eval_transform``, ...).
+
+    Returns:
+        The folder path.
+
+    Raises:
+        ValueError: for an unknown family or a config with ``weights``/``name``.
+        fileio.WriteError: when the folder cannot be written (the previous one is intact).
+    """
+    import keras  # noqa: PLC0415
+
+    import pf_keras  # noqa: PLC0415
+
+    if family not in FAMILY_BUILDERS:
+        raise ValueError(f"Unknown model family. Valid families: {sorted(FAMILY_BUILDERS)}. Received: {family=}")
+    if {"weights", "name"} & set(config):
+        raise ValueError(f"A preset config holds builder arguments without `weights` and `name`. Received: {config}")
+    folder = os.fspath(folder)
+    meta = {
+        "keras_version": keras.__version__,
+        "pf_keras_version": pf_keras.__version__,
+        "parameter_count": int(model.count_params()),
+        "date_saved": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d@%H:%M:%S"),
+        **(metadata or {}),
+    }
+    with fileio.atomic_path(folder, directory=True) as temp:
+        os.makedirs(temp)
+        config_json = {"model": name, "family": family, "config": _jsonable(config)}
+        fileio.write_json(os.path.join(temp, CONFIG_FILE), config_json)
+        fileio.save_weights(model, os.path.join(temp, WEIGHTS_FILE))
+        fileio.write_json(os.path.join(temp, METADATA_FILE), _jsonable(meta))
+    return folder
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"Cannot read preset file {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"Preset file {path} must hold a JSON object. Received: {type(data).__name__}")
+    return data
+
+
+def read_preset(folder: str | os.PathLike) -> Preset:
+    """Reads and checks a preset folder (all three files; the weights are not loaded).
+
+    Raises:
+        ValueError: naming the missing or malformed file.
+    """
+    folder = os.fspath(folder)
+    for file in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE):
+        if not os.path.isfile(os.path.join(folder, file)):
+            raise ValueError(
+                f"A preset folder needs {CONFIG_FILE}, {WEIGHTS_FILE} and {METADATA_FILE} (write one with "
+                f"`python -m pf_keras.convert --preset_dir`); {file} is missing. Received: {folder!r}"
+            )
+    data = _read_json(os.path.join(folder, CONFIG_FILE))
+    model, family, config = data.get("model"), data.get("family"), data.get("config")
+    if not isinstance(model, str) or family not in FAMILY_BUILDERS or not isinstance(config, dict):
+        raise ValueError(
+            f"{os.path.join(folder, CONFIG_FILE)} must hold {{'model': str, 'family': one of "
+            f"{sorted(FAMILY_BUILDERS)}, 'config': {{...}}}}. Received: model={model!r}, family={family!r}, "
+            f"config of type {type(config).__name__}"
+        )
+    if {"weights", "name"} & set(config):
+        raise ValueError(f"{os.path.join(folder, CONFIG_FILE)}: `config` must not set `weights` or `name`.")
+    return Preset(folder, model, family, config, _read_json(os.path.join(folder, METADATA_FILE)))
+
+
+__all__ = ["CONFIG_FILE", "METADATA_FILE", "Preset", "WEIGHTS_FILE", "is_preset", "read_preset", "write_preset"]
