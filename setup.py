@@ -17,7 +17,9 @@ setup(
         "tensorflow-datasets>=4.9",
         "absl-py>=2.0",
         "numpy",
+        "gdown>=6.5,<7",  # weights="imagenet": Drive downloads (confirmation page, timeouts, incomplete transfers)
     ],
+    package_data={"pf_keras": ["data/*.json", "data/published/*.json"]},  # class names, checkpoint manifests
     extras_require={
         "torch": ["torch>=2.0"],  # only to re-create the torch.save test fixtures; reading .pth needs no torch
         "litert": ["ai-edge-litert>=2.0"],

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import keras
 
 from pf_keras.imagenet import NUM_CLASSES
-from pf_keras.models.specs import SPECS, ModelSpec, family_builder, list_specs
+from pf_keras.models.specs import SIZE_DEPENDENT_FAMILIES, SPECS, ModelSpec, family_builder, list_specs
 
 _REGISTRY: dict[str, Callable[..., keras.Model]] = {}
 
@@ -103,10 +103,12 @@ def _build_pretrained(spec: ModelSpec, tag: str, kwargs: dict) -> keras.Model:
             f"to attach your own head. Received: classes={kwargs['classes']}"
         )
     checkpoint = spec.checkpoint(tag)
-    # The converted weights depend on the input size only through ViT's position embedding.
+    # The converted weights depend on the input size only through ViT's position embedding (one entry per patch).
     shape = kwargs.get("input_shape")
     cacheable = kwargs.get("input_tensor") is None and (
-        shape is None or all(side in (None, spec.eval.size) for side in tuple(shape)[:2])
+        spec.family not in SIZE_DEPENDENT_FAMILIES
+        or shape is None
+        or all(side in (None, spec.eval.size) for side in tuple(shape)[:2])
     )
     cache = download.keras_weights_path(spec, checkpoint, include_top=include_top)[: -len(".weights.h5")]
     if cacheable and is_preset(cache):

@@ -36,6 +36,7 @@ FAMILY_BUILDERS = {
     "vit": "pf_keras.models.vit:ViT",
     "pit": "pf_keras.models.pit:PiT",
 }
+SIZE_DEPENDENT_FAMILIES = ("vit",)  # weights that depend on the input size (ViT: one position embedding per patch)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -132,6 +132,14 @@ def _first_line(error: BaseException) -> str:
     return (text[0].strip() if text else "") or type(error).__name__
 
 
+def _reason(error: BaseException) -> str:
+    """gdown's multi-line message as one line, without its advice (we keep no partial file to resume)."""
+    text = " ".join(str(error).split())
+    for advice in (" You may still be able", " The received bytes are kept", ".The received bytes are kept"):
+        text = text.split(advice)[0]
+    return text.rstrip(" .:") or type(error).__name__
+
+
 def fetch_checkpoint(spec: ModelSpec, tag: str = "imagenet", *, quiet: bool = False) -> str:
     """Path of the verified official checkpoint of ``spec``, downloading it on first use.
 
@@ -191,7 +199,7 @@ def _download(checkpoint: Checkpoint, output: str, *, spec: ModelSpec, path: str
     except (gdown.exceptions.DownloadError, gdown.exceptions.FileURLRetrievalError, requests.RequestException,
             OSError) as error:
         raise DownloadError(
-            f"downloading the {spec.name} checkpoint from {checkpoint.url} failed ({_first_line(error)}); nothing "
+            f"downloading the {spec.name} checkpoint from {checkpoint.url} failed ({_reason(error)}); nothing "
             f"was cached. Retry, or {_by_hand(spec, checkpoint, path)}"
         ) from error
     if not os.path.isfile(output):
