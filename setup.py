@@ -1,4 +1,8 @@
-"""Packaging for pf_keras. ``training/`` and ``export/`` are runnable front ends, not installed."""
+"""Packaging for pf_keras and its export front end.
+
+``export/`` is installed as the package ``pf_keras_export`` (not under a generic top-level name
+such as ``export``), with console scripts; ``training/`` is a runnable front end, not installed yet.
+"""
 
 from setuptools import find_packages, setup
 
@@ -10,7 +14,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11,<3.13",  # keras>=3.13 itself requires Python>=3.11
-    packages=find_packages(include=["pf_keras", "pf_keras.*"]),
+    packages=[*find_packages(include=["pf_keras", "pf_keras.*"]), "pf_keras_export"],
+    package_dir={"pf_keras_export": "export"},
     install_requires=[
         "tensorflow>=2.19,<2.22",
         "keras>=3.13",
@@ -28,7 +33,14 @@ setup(
         "dev": ["pytest>=8", "ruff>=0.6", "ai-edge-litert>=2.0", "matplotlib>=3.7", "pillow>=10"],
     },
     entry_points={
-        "console_scripts": ["pf-keras-convert=pf_keras.convert:main", "pf-keras-profile=pf_keras.profiling:main"]
+        "console_scripts": [
+            "pf-keras-convert=pf_keras.convert:main",
+            "pf-keras-profile=pf_keras.profiling:main",
+            "pf-keras-export=pf_keras_export.export:main",
+            "pf-keras-validate=pf_keras_export.validate:main",
+            "pf-keras-benchmark=pf_keras_export.benchmark:main",
+            "pf-keras-android=pf_keras_export.android:main",
+        ]
     },
     classifiers=[
         "Programming Language :: Python :: 3.11",

@@ -1,14 +1,21 @@
-"""Export front end for pf_keras models: SavedModel, TFLite, validation and latency benchmarks.
+"""pf_keras_export: export front end for pf_keras models (SavedModel, TFLite, validation, latency).
 
-Not an installed package: run the stages from the repository root, e.g.
-``python export/export.py --model resnet50_hybrid --output_dir out`` or
-``python export/benchmark.py``. Modules:
+The repository's ``export/`` folder, installed as the package ``pf_keras_export`` (setup.py).
+Library modules (no absl, no command-line parsing):
 
-- :mod:`export.saved_model`: the serving SavedModel (float or uint8 input).
-- :mod:`export.tflite`: TFLite conversion (fp32, fp16, dynamic-range, full-integer int8).
-- :mod:`export.validate`: loads every file back and compares it with Keras.
-- :mod:`export.benchmark`: host latency table, CSV and plot.
-- :mod:`export.android`: the same on an Android phone with LiteRT's ``benchmark_model``.
-- :mod:`export.images`: deterministic calibration and validation images.
-- :mod:`export.export`: the front end tying them together.
+- :mod:`pf_keras_export.formats`: the format registry (name, file, tolerance, converter, runner).
+- :mod:`pf_keras_export.saved_model`, :mod:`pf_keras_export.tflite`: the converters and runners.
+- :mod:`pf_keras_export.litert`: flatbuffer op list, XNNPACK coverage, running a LiteRT file.
+- :mod:`pf_keras_export.export_lib`, :mod:`~pf_keras_export.validate_lib`,
+  :mod:`~pf_keras_export.benchmark_lib`, :mod:`~pf_keras_export.android_lib`: the four tools.
+- :mod:`pf_keras_export.build`, :mod:`~pf_keras_export.images`, :mod:`~pf_keras_export.context`,
+  :mod:`~pf_keras_export.files`: model building, images, conversion context, output folders.
+
+Command lines (thin argparse modules; console scripts after ``pip install``):
+:mod:`~pf_keras_export.export` (``pf-keras-export``), :mod:`~pf_keras_export.validate`
+(``pf-keras-validate``), :mod:`~pf_keras_export.benchmark` (``pf-keras-benchmark``),
+:mod:`~pf_keras_export.android` (``pf-keras-android``); :mod:`~pf_keras_export.args` holds their
+shared flags and :mod:`~pf_keras_export.quiet` keeps TensorFlow's C++ start-up lines off the terminal.
+
+Importing the package imports nothing else (the command lines silence TensorFlow before importing it).
 """

@@ -1,355 +1,76 @@
-"""On-device latency: LiteRT's ``benchmark_model`` on an Android phone over adb.
+"""pf-keras-android: latency on an Android phone with LiteRT's ``benchmark_model`` over adb.
 
-Pushes the ``.tflite`` files and the ``benchmark_model`` binary to ``/data/local/tmp``, runs
-every file with each thread count and delegate, parses the tool's output and writes the same
-table / CSV / PNG / JSON as the host benchmark (``device_benchmark.*``). ``benchmark_model``
-reports the average over its timed runs (plus min, max and std), not a median: the table's
-latency column is that average.
+Pushes the LiteRT files and the ``benchmark_model`` binary to the phone, runs every file with
+each thread count and delegate, and writes ``device_benchmark.md``, ``.csv``, ``.png`` and
+``.json`` in the host table's format (``--json``: rows and metadata on stdout). ``--parse
+FILE`` prints the parsed fields of a saved ``benchmark_model`` output instead. Exit 2 with one
+line for a bad flag, file, or a failed adb command.
 
-Delegates: ``cpu`` (LiteRT's own kernels, ``--use_xnnpack=false``), ``xnnpack`` (the default
-CPU path of LiteRT, ``--use_xnnpack=true``), ``gpu`` (``--use_gpu=true``; OpenCL/OpenGL, fp16
-compute by default; thread count irrelevant).
+Command (phone connected with USB debugging on)::
 
-Getting ``benchmark_model`` (Android arm64), either:
-
-- the prebuilt nightly binary linked from the LiteRT "Performance measurement" page
-  (``android_aarch64_benchmark_model``), or
-- building it from github.com/google-ai-edge/LiteRT with Bazel and an Android NDK:
-  ``bazel build -c opt --config=android_arm64 //tflite/tools/benchmark:benchmark_model``.
-
-Command (from the repository root; phone connected with USB debugging on)::
-
-    python export/android.py --files runs/demo/export --binary ~/android_aarch64_benchmark_model \\
+    pf-keras-android --files runs/demo/export --binary ~/android_aarch64_benchmark_model \\
         --threads 1,4 --delegates xnnpack,gpu --output_dir runs/demo/phone
-
-``--parse FILE`` prints the parsed fields of a saved ``benchmark_model`` output instead.
 """
 
 from __future__ import annotations
 
-if __package__ in (None, ""):  # Run as a script: make ``export`` importable from the repository root.
-    import os as _os
-    import sys as _sys
+import sys
+from collections.abc import Sequence
 
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != _here]
-    _sys.path.insert(0, _os.path.dirname(_here))
-    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pf_keras_export import args
 
-import datetime  # noqa: E402
-import glob  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-
-DELEGATES = {
-    "cpu": ["--use_xnnpack=false"],
-    "xnnpack": ["--use_xnnpack=true"],
-    "gpu": ["--use_gpu=true"],
-}
-DEVICE_DIR = "/data/local/tmp/pf_keras"
-_STAT = re.compile(r"^count=\d+(?:\s+\w+=[-\d.]+)+\s*$")
-_PAIR = re.compile(r"(\w+)=([-\d.]+)")
-_TIMINGS = re.compile(
-    r"Inference timings in us: Init: ([\d.]+), First inference: ([\d.]+), Warmup \(avg\): ([\d.]+), "
-    r"Inference \(avg\): ([\d.]+)"
-)
-_FORMAT_SUFFIX = re.compile(r"^(?P<model>.+)_(?P<format>fp32|fp16|dynamic|int8)$")
+PROG = "pf-keras-android"
 
 
-def parse_benchmark_output(text: str) -> dict:
-    """Parses the text ``benchmark_model`` prints.
+def build_parser() -> args.ArgumentParser:
+    """The flags of pf-keras-android."""
+    from pf_keras_export import android_lib
 
-    Reads the summary line ``Inference timings in us: Init: ..., First inference: ...,
-    Warmup (avg): ..., Inference (avg): ...``, the ``count=... first=... curr=... min=... max=...
-    avg=... std=...`` statistics (the first such line is the warm-up, the last the timed runs;
-    extra fields such as ``p50=`` or ``median=`` are kept), the model size, the delegate coverage
-    and the memory footprint lines.
-
-    Args:
-        text: str. stdout (and stderr) of one ``benchmark_model`` run.
-
-    Returns:
-        dict: ``init_us``, ``first_inference_us``, ``warmup_avg_us``, ``inference_avg_us``,
-        ``warmup`` and ``inference`` (the count= fields, microseconds), ``model_size_mb``,
-        ``delegate`` ("full", "partial" or None), ``delegate_kernels``, ``memory_mb``.
-
-    Raises:
-        ValueError: when the text has no ``Inference timings`` line (the run failed).
-
-    Example:
-        >>> parse_benchmark_output(
-        ...     "count=50 first=900 curr=850 min=800 max=990 avg=860.5 std=40\\n"
-        ...     "Inference timings in us: Init: 2000, First inference: 900, Warmup (avg): 870, Inference (avg): 860.5"
-        ... )["inference_avg_us"]
-        860.5
-    """
-    match = _TIMINGS.search(text)
-    if match is None:
-        tail = "\n".join(text.strip().splitlines()[-5:])
-        raise ValueError(
-            f"benchmark_model output has no 'Inference timings in us' line (the run failed?). Last lines: {tail!r}"
-        )
-    init, first, warm, avg = (float(v) for v in match.groups())
-    stats = [
-        {key: float(value) for key, value in _PAIR.findall(line)}
-        for line in text.splitlines()
-        if _STAT.match(line.strip())
-    ]
-    result = {
-        "init_us": init,
-        "first_inference_us": first,
-        "warmup_avg_us": warm,
-        "inference_avg_us": avg,
-        "warmup": stats[0] if len(stats) > 1 else None,
-        "inference": stats[-1] if stats else None,
-        "model_size_mb": None,
-        "delegate": None,
-        "delegate_kernels": None,
-        "memory_mb": {},
-    }
-    size = re.search(r"The input model file size \(MB\): ([\d.]+)", text)
-    if size:
-        result["model_size_mb"] = float(size.group(1))
-    if re.search(r"graph will be completely executed by the delegate", text):
-        result["delegate"], result["delegate_kernels"] = "full", 1
-    partial = re.search(r"graph will be partially executed by the delegate w/ (\d+) delegate kernels", text)
-    if partial:
-        result["delegate"], result["delegate_kernels"] = "partial", int(partial.group(1))
-    memory_lines = (("Memory footprint delta from the start of the tool", "delta"), ("Peak memory footprint", "peak"))
-    for label, key in memory_lines:
-        memory = re.search(re.escape(label) + r" \(MB\): init=([\d.]+) overall=([\d.]+)", text)
-        if memory:
-            result["memory_mb"][key] = {"init": float(memory.group(1)), "overall": float(memory.group(2))}
-    return result
+    parser = args.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", help="Comma-separated LiteRT files or export folders (pf-keras-export's "
+                        "--output_dir, or one model's folder in it).")
+    parser.add_argument("--binary", help="Local path of the Android benchmark_model binary.")
+    parser.add_argument("--threads", type=args.int_list, default=[1, 4], help="Comma-separated CPU thread counts "
+                        "(default 1,4; the GPU runs once).")
+    parser.add_argument("--delegates", default="xnnpack,gpu",
+                        help=f"Comma-separated subset of {','.join(android_lib.DELEGATES)} (default xnnpack,gpu).")
+    parser.add_argument("--runs", type=args.positive_int, default=50, help="Timed runs (default 50).")
+    parser.add_argument("--warmup", type=int, default=5, help="Warm-up runs (default 5).")
+    parser.add_argument("--adb", default="adb", help="adb executable (default: adb on PATH).")
+    parser.add_argument("--serial", default=None, help="Device serial when several are attached (adb -s).")
+    parser.add_argument("--parse", default=None, help="Only parse this saved benchmark_model output and print it.")
+    args.add_output_flag(parser, default="runs/phone", help="Where device_benchmark.* go (default runs/phone).")
+    args.add_run_flags(parser)
+    return parser
 
 
-def benchmark_command(
-    device_model: str, *, binary: str, threads: int, delegate: str, runs: int = 50, warmup_runs: int = 5
-) -> list[str]:
-    """The ``benchmark_model`` argument list for one run on the device.
+def run(argv: list[str]) -> int:
+    """Parses ``argv``, runs on the phone (or parses a saved output); returns the exit status."""
+    import json
 
-    Raises:
-        ValueError: for an unknown delegate.
-    """
-    if delegate not in DELEGATES:
-        raise ValueError(f"`delegate` must be one of {tuple(DELEGATES)}. Received: delegate={delegate!r}")
-    return [
-        binary,
-        f"--graph={device_model}",
-        f"--num_threads={threads}",
-        f"--num_runs={runs}",
-        f"--warmup_runs={warmup_runs}",
-        *DELEGATES[delegate],
-    ]
+    from pf_keras_export import android_lib
 
-
-def row_from_output(path: str, parsed: dict, *, threads: int, delegate: str, runs: int, warmup: int) -> dict:
-    """A benchmark row (same fields as the host benchmark) from a parsed output."""
-    stem = os.path.basename(path)[: -len(".tflite")] if path.endswith(".tflite") else os.path.basename(path)
-    match = _FORMAT_SUFFIX.match(stem)
-    model, fmt = (match.group("model"), match.group("format")) if match else (stem, "?")
-    report = _report_for(path)
-    inference = parsed["inference"] or {}
-    return {
-        "model": model,
-        "format": fmt,
-        "delegate": delegate,
-        "threads": threads,
-        "image_size": int(report["input_shape"][0]) if report else None,
-        "params": report.get("params") if report else None,
-        "macs": report.get("macs") if report else None,
-        "size_bytes": os.path.getsize(path) if os.path.isfile(path) else int((parsed["model_size_mb"] or 0) * 1e6),
-        "median_ms": parsed["inference_avg_us"] / 1e3,  # benchmark_model reports the mean.
-        "p90_ms": None,
-        "mean_ms": parsed["inference_avg_us"] / 1e3,
-        "min_ms": inference.get("min", float("nan")) / 1e3,
-        "std_ms": inference.get("std", float("nan")) / 1e3,
-        "init_ms": parsed["init_us"] / 1e3,
-        "runs": int(inference.get("count", runs)),
-        "warmup": warmup,
-        "fully_delegated": parsed["delegate"] == "full" if delegate != "cpu" else None,
-        "cpu_ops": [],
-        "path": path,
-    }
+    flags = build_parser().parse_args(argv)
+    if flags.parse:
+        with open(flags.parse, encoding="utf-8", errors="replace") as f:
+            print(json.dumps(android_lib.parse_benchmark_output(f.read()), indent=2))
+        return 0
+    if not flags.files or not flags.binary:
+        raise args.UsageError("--files and --binary are required (or --parse FILE)")
+    result = android_lib.run_on_device(
+        flags.files, binary=flags.binary, output_dir=flags.output_dir, threads=flags.threads,
+        delegates=[d for d in flags.delegates.split(",") if d], runs=flags.runs, warmup_runs=flags.warmup,
+        adb=flags.adb, serial=flags.serial, verbose=not flags.json,
+    )
+    if flags.json:
+        print(json.dumps(result, indent=2))
+    return 0
 
 
-def _report_for(path: str) -> dict | None:
-    report = os.path.join(os.path.dirname(os.path.abspath(path)), "report.json")
-    if os.path.isfile(report):
-        with open(report) as f:
-            return json.load(f)
-    return None
-
-
-def expand_files(files: str | Sequence[str]) -> list[str]:
-    """``.tflite`` paths from files, export folders (``OUT`` or ``OUT/NAME``) or a comma-separated string.
-
-    Raises:
-        ValueError: when nothing matches.
-    """
-    if isinstance(files, str):
-        files = [f for f in files.split(",") if f]
-    paths = []
-    for item in files:
-        if os.path.isdir(item):
-            paths += sorted(glob.glob(os.path.join(item, "*.tflite")) + glob.glob(os.path.join(item, "*", "*.tflite")))
-        elif os.path.isfile(item) and item.endswith(".tflite"):
-            paths.append(item)
-        else:
-            raise ValueError(f"`files` must be .tflite files or export folders. Received: {item!r}")
-    if not paths:
-        raise ValueError(f"`files` holds no .tflite file. Received: files={list(files)!r}")
-    return paths
-
-
-class Adb:
-    """Thin wrapper over the ``adb`` command line."""
-
-    def __init__(self, adb: str = "adb", serial: str | None = None):
-        resolved = shutil.which(adb)
-        if resolved is None:
-            raise ValueError(
-                f"`adb` must be the Android platform-tools adb executable (on PATH or a path). Received: adb={adb!r}"
-            )
-        self.base = [resolved] + (["-s", serial] if serial else [])
-
-    def __call__(self, *args: str, timeout: float = 600) -> str:
-        process = subprocess.run(self.base + list(args), capture_output=True, text=True, timeout=timeout)
-        if process.returncode != 0:
-            raise RuntimeError(f"adb {' '.join(args)} failed ({process.returncode}): {process.stderr.strip()}")
-        return process.stdout + process.stderr
-
-    def device_info(self) -> dict:
-        props = {}
-        for key in ("ro.product.manufacturer", "ro.product.model", "ro.soc.model", "ro.board.platform",
-                    "ro.build.version.release"):
-            props[key] = self("shell", "getprop", key).strip()
-        return props
-
-
-def run_on_device(
-    files: str | Sequence[str],
-    *,
-    binary: str,
-    output_dir: str,
-    threads: Sequence[int] = (1, 4),
-    delegates: Sequence[str] = ("xnnpack", "gpu"),
-    runs: int = 50,
-    warmup_runs: int = 5,
-    adb: str = "adb",
-    serial: str | None = None,
-    device_dir: str = DEVICE_DIR,
-    verbose: bool = True,
-) -> dict:
-    """Runs ``benchmark_model`` on a phone for every file x delegate x thread count.
-
-    Args:
-        files: .tflite files or export folders (see :func:`expand_files`).
-        binary: str. Local path of the Android ``benchmark_model`` binary.
-        output_dir: str. Where ``device_benchmark.*`` and the raw outputs go.
-        threads: ints. CPU thread counts (GPU runs once). Defaults to (1, 4).
-        delegates: names from :data:`DELEGATES`. Defaults to ("xnnpack", "gpu").
-        runs: int. Timed runs. Defaults to 50.
-        warmup_runs: int. Warm-up runs. Defaults to 5.
-        adb: str. adb executable. Defaults to "adb".
-        serial: str or None. Device serial when several are attached.
-        device_dir: str. Folder on the device. Defaults to /data/local/tmp/pf_keras.
-        verbose: bool. Print progress and the table. Defaults to True.
-
-    Returns:
-        dict with ``rows``, ``meta`` and ``paths``.
-
-    Raises:
-        ValueError: for bad files, delegates, binary or adb; RuntimeError when adb fails.
-    """
-    from export.benchmark import format_table, machine_info, write_results
-    from export.export import check_output_dir
-
-    paths = expand_files(files)
-    unknown = [d for d in delegates if d not in DELEGATES]
-    if unknown or not delegates:
-        raise ValueError(f"`delegates` must be a subset of {tuple(DELEGATES)}. Received: delegates={list(delegates)!r}")
-    if not os.path.isfile(binary):
-        raise ValueError(f"`binary` must be the benchmark_model executable for the phone. Received: binary={binary!r}")
-    output_dir = check_output_dir(output_dir)
-    raw_dir = os.path.join(output_dir, "device_outputs")
-    os.makedirs(raw_dir, exist_ok=True)
-    device = Adb(adb, serial)
-    device("shell", "mkdir", "-p", device_dir)
-    device_binary = f"{device_dir}/benchmark_model"
-    device("push", binary, device_binary)
-    device("shell", "chmod", "+x", device_binary)
-    rows = []
-    for path in paths:
-        device_model = f"{device_dir}/{os.path.basename(path)}"
-        device("push", path, device_model)
-        for delegate in delegates:
-            for count in threads if delegate != "gpu" else threads[:1]:
-                command = benchmark_command(device_model, binary=device_binary, threads=count, delegate=delegate,
-                                            runs=runs, warmup_runs=warmup_runs)
-                text = device("shell", " ".join(command))
-                name = f"{os.path.basename(path)[:-7]}_{delegate}_{count}t.txt"
-                with open(os.path.join(raw_dir, name), "w") as f:
-                    f.write(text)
-                row = row_from_output(path, parse_benchmark_output(text), threads=count, delegate=delegate,
-                                      runs=runs, warmup=warmup_runs)
-                rows.append(row)
-                if verbose:
-                    print(f"{row['model']:18s} {row['format']:8s} {delegate:8s} {count} thr  "
-                          f"avg {row['median_ms']:8.2f} ms")
-        device("shell", "rm", "-f", device_model)
-    info = device.device_info()
-    meta = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"{info['ro.product.manufacturer']} {info['ro.product.model']}".strip(),
-        "cpu": info.get("ro.soc.model") or info.get("ro.board.platform"),
-        "android": info["ro.build.version.release"],
-        "host": machine_info(),
-        "threads": list(threads), "delegates": list(delegates), "runs": runs, "warmup": warmup_runs,
-        "runtime": "LiteRT benchmark_model (average over timed runs)",
-    }
-    result_paths = write_results(rows, meta, output_dir, prefix="device_benchmark", latency_label="avg (ms)")
-    if verbose:
-        print(format_table(rows, meta, latency_label="avg (ms)"))
-        print(f"Wrote {', '.join(result_paths.values())}")
-    return {"rows": rows, "meta": meta, "paths": result_paths}
-
-
-def main(argv) -> None:
-    from absl import flags
-
-    del argv
-    f = flags.FLAGS
-    try:
-        if f.parse:
-            with open(f.parse) as handle:
-                print(json.dumps(parse_benchmark_output(handle.read()), indent=2))
-            return
-        if not f.files or not f.binary:
-            raise ValueError(f"--files and --binary are required (or --parse FILE). Received: files={f.files!r}, "
-                             f"binary={f.binary!r}")
-        run_on_device(f.files, binary=f.binary, output_dir=f.output_dir,
-                      threads=[int(t) for t in f.threads.split(",")], delegates=f.delegates.split(","),
-                      runs=f.runs, warmup_runs=f.warmup, adb=f.adb, serial=f.serial)
-    except (ValueError, RuntimeError) as error:
-        raise SystemExit(f"error: {error}") from error
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``pf-keras-android``: the error policy around :func:`run`."""
+    return args.run_tool(run, argv, prog=PROG)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
-    flags.DEFINE_string("files", None, "Comma-separated .tflite files or export folders.")
-    flags.DEFINE_string("binary", None, "Local path of the Android benchmark_model binary.")
-    flags.DEFINE_string("threads", "1,4", "Comma-separated CPU thread counts.")
-    flags.DEFINE_string("delegates", "xnnpack,gpu", f"Comma-separated subset of {','.join(DELEGATES)}.")
-    flags.DEFINE_integer("runs", 50, "Timed runs.")
-    flags.DEFINE_integer("warmup", 5, "Warm-up runs.")
-    flags.DEFINE_string("adb", "adb", "adb executable.")
-    flags.DEFINE_string("serial", None, "Device serial (adb -s).")
-    flags.DEFINE_string("output_dir", "runs/phone", "Where device_benchmark.* go.")
-    flags.DEFINE_string("parse", None, "Only parse this saved benchmark_model output and print it.")
-    app.run(main)
+    sys.exit(main())

@@ -1,454 +1,82 @@
-"""Host latency benchmark of TFLite files with the LiteRT interpreter (XNNPACK, as deployed).
+"""pf-keras-benchmark: host latency of LiteRT files (XNNPACK, batch 1), as a table, CSV, plot and JSON.
 
-For each model and format: export (SavedModel -> TFLite, builtin ops only), load with
-``ai_edge_litert`` at each thread count, ``warmup`` untimed runs, then ``runs`` timed
-``invoke()`` calls on a fixed input (batch 1), interleaved across all files (one call of each
-per round, shuffled) so that drifting load on a shared machine hits every model alike.
-Reports median and p90 latency, params, MACs, file size and whether XNNPACK took the whole
-graph. Writes ``benchmark.md`` (Markdown table), ``benchmark.csv``, ``benchmark.png`` (latency
-vs MACs, one marker per model/format) and ``benchmark.json`` (rows plus date, machine, CPU
-model, thread counts and library versions).
+Either exports the given models and times them, or (``--export_dir``) times the files
+pf-keras-export wrote. Writes ``benchmark.md``, ``.csv``, ``.png`` and ``.json`` to
+``--output_dir`` and prints the table (``--json``: rows and metadata). Exit 2 with one line
+for a bad flag or file.
 
-Default model set: the paper's ResNets and transformers present in the registry
-(resnet50, resnet50_max, resnet50_hybrid, vit_s_max, pit_s_max) plus two outside baselines,
-keras.applications ResNet50 (v1: stride on the 1x1 conv) and MobileNetV2, both ``weights=None``.
-Latency does not depend on the weights' values, so random weights are timed.
+Commands::
 
-Commands (from the repository root)::
-
-    python export/benchmark.py --output_dir runs/bench                 # defaults: 224, fp32+int8, 1 thread
-    python export/benchmark.py --models resnet50,resnet50_hybrid --formats fp32 --threads 1,2 --runs 50
-    python export/benchmark.py --export_dir runs/demo/export --output_dir runs/demo/bench  # files export.py wrote
+    pf-keras-benchmark --output_dir runs/bench        # paper models + 2 baselines, 224, fp32+int8, 1 thread
+    pf-keras-benchmark --model resnet50,resnet50_hybrid --formats fp32 --threads 1,2 --runs 50
+    pf-keras-benchmark --export_dir runs/demo/export --output_dir runs/demo/bench
 """
 
 from __future__ import annotations
 
-if __package__ in (None, ""):  # Run as a script: make ``export`` importable from the repository root.
-    import os as _os
-    import sys as _sys
+import sys
+from collections.abc import Sequence
 
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != _here]
-    _sys.path.insert(0, _os.path.dirname(_here))
-    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pf_keras_export import args
 
-import csv  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import pf_keras  # noqa: E402
-from export import saved_model as saved_model_lib  # noqa: E402
-from export import tflite as tflite_lib  # noqa: E402
-from export.build import BASELINES, build_model, known_models  # noqa: E402
-from export.images import load_images  # noqa: E402
-from export.validate import versions, xnnpack_delegation  # noqa: E402
-
-DEFAULT_MODELS = (
-    "resnet50",
-    "resnet50_max",
-    "resnet50_hybrid",
-    "vit_s_max",
-    "pit_s_max",
-    "keras_resnet50",
-    "keras_mobilenetv2",
-)
-DEFAULT_FORMATS = ("fp32", "int8")
-REFERENCE_MODEL = "resnet50"  # The "speed-up" column divides its latency by each row's.
-CSV_FIELDS = (
-    "model", "format", "delegate", "threads", "image_size", "params", "macs", "size_bytes",
-    "median_ms", "p90_ms", "mean_ms", "min_ms", "runs", "warmup", "fully_delegated", "speedup_vs_resnet50",
-)
+PROG = "pf-keras-benchmark"
 
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (or ``platform.processor()``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def build_parser() -> args.ArgumentParser:
+    """The flags of pf-keras-benchmark."""
+    from pf_keras_export import benchmark_lib, formats
+
+    timeable = ",".join(formats.names(timeable=True))
+    parser = args.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="Comma-separated model names (default: "
+                        f"{','.join(benchmark_lib.DEFAULT_MODELS)}, those registered).")
+    args.add_model_kwargs_flag(parser)
+    args.add_image_size_flag(parser)
+    parser.add_argument("--formats", default=None, help=f"Comma-separated subset of {timeable} (default: "
+                        f"{','.join(benchmark_lib.DEFAULT_FORMATS)}; every one found with --export_dir).")
+    parser.add_argument("--export_dir", default=None, help="Time the files pf-keras-export wrote here instead of "
+                        "exporting --model.")
+    parser.add_argument("--threads", type=args.int_list, default=[1], help="Comma-separated thread counts (default 1).")
+    parser.add_argument("--warmup", type=int, default=5, help="Untimed runs before timing (default 5).")
+    parser.add_argument("--runs", type=args.positive_int, default=30, help="Timed runs (default 30).")
+    parser.add_argument("--num_calibration", type=args.positive_int, default=16,
+                        help="int8 calibration images (latency does not depend on them; default 16).")
+    args.add_output_flag(parser, default="runs/benchmark", help="Where the table, CSV, plot and JSON go "
+                         "(default runs/benchmark).")
+    args.add_run_flags(parser)
+    return parser
 
 
-def machine_info() -> dict:
-    """Date, host, CPU and library versions recorded with every benchmark."""
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": platform.machine(),
-        "system": f"{platform.system()} {platform.release()}",
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "versions": versions(),
-    }
+def run(argv: list[str]) -> int:
+    """Parses ``argv``, benchmarks; returns the exit status (ValueError for user errors)."""
+    import json
 
+    from pf_keras_export import benchmark_lib
 
-def time_tflite(path: str, *, threads: int = 1, warmup: int = 5, runs: int = 30, seed: int = 0) -> dict:
-    """Latency of one ``.tflite`` file with the LiteRT interpreter (XNNPACK on), batch 1.
-
-    Args:
-        path: str. The file.
-        threads: int. Interpreter threads. Defaults to 1.
-        warmup: int. Untimed runs first. Defaults to 5.
-        runs: int. Timed runs. Defaults to 30.
-        seed: int. Seed of the (random) input. Defaults to 0.
-
-    Returns:
-        dict with ``median_ms``, ``p90_ms``, ``mean_ms``, ``min_ms`` and the ``xnnpack`` delegation summary.
-
-    Raises:
-        ValueError: for non-positive ``threads`` or ``runs``, or a negative ``warmup``.
-    """
-    return time_interleaved([path], threads=threads, warmup=warmup, runs=runs, seed=seed)[0]
-
-
-def time_interleaved(
-    paths: Sequence[str], *, threads: int = 1, warmup: int = 5, runs: int = 30, seed: int = 0
-) -> list[dict]:
-    """Times several ``.tflite`` files in interleaved rounds (one ``invoke()`` of each per round).
-
-    On a shared machine the load drifts over minutes; interleaving gives every file the same
-    conditions, so ratios between files stay fair even when absolute times move. The order
-    within a round is shuffled (seeded).
-
-    Returns:
-        One dict per path, as :func:`time_tflite`.
-
-    Raises:
-        ValueError: for non-positive ``threads`` or ``runs``, or a negative ``warmup``.
-    """
-    from ai_edge_litert.interpreter import Interpreter
-
-    if threads < 1 or runs < 1 or warmup < 0:
-        raise ValueError(
-            f"`threads` and `runs` must be >= 1 and `warmup` >= 0. Received: threads={threads}, runs={runs}, "
-            f"warmup={warmup}"
+    flags = build_parser().parse_args(argv)
+    if flags.export_dir and (flags.model or flags.model_kwargs or flags.image_size):
+        raise args.UsageError("--export_dir times existing files; --model, --model_kwargs and --image_size "
+                              "do not apply")
+    if flags.export_dir:
+        result = benchmark_lib.benchmark_export_dir(
+            flags.export_dir, output_dir=flags.output_dir, formats=flags.formats, threads=flags.threads,
+            warmup=flags.warmup, runs=flags.runs, verbose=not flags.json,
         )
-    rng = np.random.default_rng(seed)
-    interpreters = []
-    for path in paths:
-        interpreter = Interpreter(model_path=path, num_threads=threads)
-        interpreter.allocate_tensors()
-        detail = interpreter.get_input_details()[0]
-        if np.issubdtype(detail["dtype"], np.integer):
-            info = np.iinfo(detail["dtype"])
-            sample = rng.integers(info.min, int(info.max) + 1, detail["shape"]).astype(detail["dtype"])
-        else:
-            sample = rng.standard_normal(detail["shape"]).astype(detail["dtype"])
-        interpreter.set_tensor(detail["index"], sample)
-        for _ in range(warmup):
-            interpreter.invoke()
-        interpreters.append(interpreter)
-    times = np.empty((len(paths), runs))
-    for i in range(runs):
-        for k in rng.permutation(len(paths)):
-            start = time.perf_counter()
-            interpreters[k].invoke()
-            times[k, i] = time.perf_counter() - start
-    times *= 1e3
-    return [
-        {
-            "median_ms": float(np.median(row)),
-            "p90_ms": float(np.percentile(row, 90)),
-            "mean_ms": float(row.mean()),
-            "min_ms": float(row.min()),
-            "xnnpack": xnnpack_delegation(interpreter),
-        }
-        for row, interpreter in zip(times, interpreters, strict=True)
-    ]
-
-
-def _parse_list(value: str | Sequence, kind=str) -> list:
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    return [kind(v) for v in value]
-
-
-def resolve_models(models: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
-    """(models to run, default models skipped because they are not registered yet).
-
-    Raises:
-        ValueError: for an explicitly requested unknown model.
-    """
-    if models is None:
-        available = known_models()
-        return [m for m in DEFAULT_MODELS if m in available], [m for m in DEFAULT_MODELS if m not in available]
-    models = _parse_list(models)
-    unknown = [m for m in models if m not in known_models()]
-    if unknown or not models:
-        raise ValueError(f"`models` must be names from {known_models()}. Received: models={models!r}")
-    return models, []
-
-
-def _export_for_benchmark(model, name: str, fmt: str, folder: str, serving_dir: str, images) -> str:
-    path = os.path.join(folder, f"{name}_{fmt}.tflite")
-    return tflite_lib.export_tflite(model, path, fmt, saved_model_dir=serving_dir, calibration_images=images)
-
-
-def benchmark(
-    models: str | Sequence[str] | None = None,
-    *,
-    output_dir: str,
-    formats: str | Sequence[str] = DEFAULT_FORMATS,
-    image_size: int = 224,
-    threads: str | Sequence[int] = (1,),
-    warmup: int = 5,
-    runs: int = 30,
-    model_kwargs: str | dict | None = None,
-    num_calibration: int = 16,
-    verbose: bool = True,
-) -> dict:
-    """Exports and times models; writes the table, CSV, plot and JSON to ``output_dir``.
-
-    Args:
-        models: comma-separated str, sequence or None (:data:`DEFAULT_MODELS` that exist).
-        output_dir: str. Results and the ``files/`` it timed.
-        formats: TFLite formats (fp32, fp16, dynamic, int8). Defaults to ("fp32", "int8").
-        image_size: int. Input side. Defaults to 224.
-        threads: thread counts (comma-separated str or ints). Defaults to (1,).
-        warmup: int. Untimed runs per measurement. Defaults to 5.
-        runs: int. Timed runs per measurement. Defaults to 30.
-        model_kwargs: builder overrides applied to the pf_keras models (not the baselines), e.g.
-            a small config for a smoke run. Defaults to None.
-        num_calibration: int. int8 calibration images (latency does not depend on them). Defaults to 16.
-        verbose: bool. Print progress and the table. Defaults to True.
-
-    Returns:
-        dict with ``rows``, ``meta`` and the written ``paths``.
-
-    Raises:
-        ValueError: for unknown models or formats, bad counts, or an unwritable ``output_dir``.
-    """
-    from export.export import check_output_dir
-
-    names, skipped = resolve_models(models)
-    formats = tflite_lib.check_formats(formats)
-    threads = _parse_list(threads, int)
-    if not threads or min(threads) < 1:
-        raise ValueError(f"`threads` must be positive ints. Received: threads={threads!r}")
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"`runs` must be >= 1 and `warmup` >= 0. Received: runs={runs}, warmup={warmup}")
-    output_dir = check_output_dir(output_dir)
-    files_dir = os.path.join(output_dir, "files")
-    os.makedirs(files_dir, exist_ok=True)
-    images = load_images(None, num_calibration, image_size) if "int8" in formats else None
-    files = []  # (name, format, path, profile): export everything first, then time interleaved.
-    for name in names:
-        kwargs = None if name in BASELINES else model_kwargs
-        model = build_model(name, model_kwargs=kwargs, image_size=image_size)
-        profile = pf_keras.profile(model)
-        with tempfile.TemporaryDirectory(prefix="pf_keras_bench_") as scratch:
-            serving_dir = saved_model_lib.export_saved_model(model, os.path.join(scratch, "saved_model"), batch_size=1)
-            for fmt in formats:
-                path = _export_for_benchmark(model, name, fmt, files_dir, serving_dir, images)
-                files.append((name, fmt, path, profile))
-        if verbose:
-            print(f"exported {name} ({', '.join(formats)})", flush=True)
-        keras.utils.clear_session()
-    rows = []
-    for count in threads:
-        timings = time_interleaved([f[2] for f in files], threads=count, warmup=warmup, runs=runs)
-        for (name, fmt, path, profile), timing in zip(files, timings, strict=True):
-            rows.append(_row(name, fmt, count, image_size, profile.params, profile.macs, path, timing, runs, warmup))
-    rows.sort(key=lambda r: (names.index(r["model"]), formats.index(r["format"]), r["threads"]))
-    meta = {**machine_info(), "image_size": image_size, "threads": threads, "warmup": warmup, "runs": runs,
-            "formats": formats, "models": names, "skipped_models": skipped, "model_kwargs": model_kwargs,
-            "runtime": "ai_edge_litert Interpreter, default XNNPACK delegate, batch 1"}
-    return _finish(rows, meta, output_dir, verbose)
-
-
-def benchmark_export_dir(
-    export_dir: str,
-    *,
-    output_dir: str,
-    formats: str | Sequence[str] | None = None,
-    threads: str | Sequence[int] = (1,),
-    warmup: int = 5,
-    runs: int = 30,
-    verbose: bool = True,
-) -> dict:
-    """Times the ``.tflite`` files export.py wrote under ``export_dir`` (params and MACs from report.json).
-
-    Raises:
-        ValueError: when ``export_dir`` holds no export report.
-    """
-    from export.export import check_output_dir
-
-    formats = tflite_lib.check_formats(formats) if formats is not None else list(tflite_lib.FORMATS)
-    threads = _parse_list(threads, int)
-    reports = []
-    if os.path.isdir(export_dir):
-        for entry in sorted(os.listdir(export_dir)):
-            path = os.path.join(export_dir, entry, "report.json")
-            if os.path.isfile(path):
-                with open(path) as f:
-                    reports.append(json.load(f))
-    if not reports:
-        raise ValueError(
-            f"`export_dir` must hold export.py output (NAME/report.json). Received: export_dir={export_dir!r}"
+    else:
+        result = benchmark_lib.benchmark(
+            flags.model, output_dir=flags.output_dir, formats=flags.formats or benchmark_lib.DEFAULT_FORMATS,
+            image_size=flags.image_size, threads=flags.threads, warmup=flags.warmup, runs=flags.runs,
+            model_kwargs=flags.model_kwargs or None, num_calibration=flags.num_calibration, verbose=not flags.json,
         )
-    output_dir = check_output_dir(output_dir)
-    files = [(report, entry) for report in reports for entry in report["files"] if entry["format"] in formats]
-    rows = []
-    for count in threads:
-        timings = time_interleaved([entry["path"] for _, entry in files], threads=count, warmup=warmup, runs=runs)
-        for (report, entry), timing in zip(files, timings, strict=True):
-            rows.append(_row(report["model"], entry["format"], count, int(report["input_shape"][0]),
-                             report.get("params"), report.get("macs"), entry["path"], timing, runs, warmup))
-    rows.sort(key=lambda r: (r["model"], formats.index(r["format"]), r["threads"]))
-    meta = {**machine_info(), "threads": threads, "warmup": warmup, "runs": runs, "formats": formats,
-            "export_dir": export_dir, "runtime": "ai_edge_litert Interpreter, default XNNPACK delegate, batch 1"}
-    return _finish(rows, meta, output_dir, verbose)
+    if flags.json:
+        print(json.dumps(result, indent=2))
+    return 0
 
 
-def _row(name, fmt, threads, size, params, macs, path, timing, runs, warmup) -> dict:
-    return {
-        "model": name, "format": fmt, "threads": threads, "image_size": size, "params": params, "macs": macs,
-        "size_bytes": os.path.getsize(path), "median_ms": timing["median_ms"], "p90_ms": timing["p90_ms"],
-        "mean_ms": timing["mean_ms"], "min_ms": timing["min_ms"], "runs": runs, "warmup": warmup,
-        "fully_delegated": timing["xnnpack"]["fully_delegated"], "cpu_ops": timing["xnnpack"]["cpu_ops"],
-        "path": path,
-    }
-
-
-def add_speedups(rows: list[dict], reference: str = REFERENCE_MODEL) -> None:
-    """Adds ``speedup_vs_resnet50``: the reference's median over the row's, same format/threads/size."""
-    base = {(r["format"], r["threads"], r["image_size"]): r["median_ms"] for r in rows if r["model"] == reference}
-    for row in rows:
-        key = (row["format"], row["threads"], row["image_size"])
-        row["speedup_vs_resnet50"] = base[key] / row["median_ms"] if key in base else None
-
-
-def format_table(rows: list[dict], meta: dict, *, latency_label: str = "median (ms)") -> str:
-    """Rows as a Markdown table, headed by the date, machine and versions."""
-    v = meta.get("versions", {})
-    header = [
-        f"Measured {meta.get('date', '')} on {meta.get('cpu', '?')} ({meta.get('cpu_count', '?')} CPUs), "
-        f"{meta.get('runtime', '')}; TensorFlow {v.get('tensorflow', '?')}, Keras {v.get('keras', '?')}, "
-        f"ai-edge-litert {v.get('ai_edge_litert', '?')}; warm-up {meta.get('warmup')}, {meta.get('runs')} runs.",
-        "",
-        f"| model | format | threads | params (M) | GMACs | size (MB) | {latency_label} | p90 (ms) | x vs resnet50 "
-        "| XNNPACK |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    lines = []
-    for r in rows:
-        params = f"{r['params'] / 1e6:.2f}" if r.get("params") else "-"
-        macs = (f"{r['macs'] / 1e9:.2f}" if r["macs"] >= 1e8 else f"{r['macs'] / 1e9:.2g}") if r.get("macs") else "-"
-        speedup = f"{r['speedup_vs_resnet50']:.2f}" if r.get("speedup_vs_resnet50") else "-"
-        delegation = "full" if r.get("fully_delegated") else "CPU: " + ",".join(sorted(set(r.get("cpu_ops", []))))
-        p90 = f"{r['p90_ms']:.2f}" if r.get("p90_ms") is not None else "-"
-        fmt = f"{r['format']} / {r['delegate']}" if r.get("delegate") else r["format"]
-        lines.append(
-            f"| {r['model']} | {fmt} | {r['threads']} | {params} | {macs} | {r['size_bytes'] / 1e6:.2f} | "
-            f"{r['median_ms']:.2f} | {p90} | {speedup} | {delegation} |"
-        )
-    return "\n".join(header + lines)
-
-
-def write_csv(rows: list[dict], path: str) -> str:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def plot(rows: list[dict], path: str, *, title: str = "") -> str:
-    """Latency vs GMACs, one panel per thread count, marker per format, colour per model (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    thread_counts = sorted({r["threads"] for r in rows})
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    markers = dict(zip(tflite_lib.FORMATS, "os^D", strict=True))
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
-    fig, axes = plt.subplots(1, len(thread_counts), figsize=(6.5 * len(thread_counts), 4.8), squeeze=False)
-    for ax, count in zip(axes[0], thread_counts, strict=True):
-        for r in (r for r in rows if r["threads"] == count):
-            x = (r["macs"] or 0) / 1e9
-            ax.scatter(x, r["median_ms"], marker=markers.get(r["format"], "x"), color=colours[r["model"]], s=45)
-            label = f"{r['model']} {r['format']}" + (f" {r['delegate']}" if r.get("delegate") else "")
-            ax.annotate(label, (x, r["median_ms"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-        ax.set_xlabel("GMACs (multiply-adds)")
-        ax.set_ylabel("median latency (ms)")
-        ax.set_title(f"{title} {count} thread{'s' if count > 1 else ''}".strip())
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def write_results(rows: list[dict], meta: dict, output_dir: str, *, prefix: str = "benchmark",
-                  latency_label: str = "median (ms)") -> dict:
-    """Writes ``<prefix>.md``, ``.csv``, ``.png`` and ``.json``; returns their paths."""
-    add_speedups(rows)
-    paths = {
-        "markdown": os.path.join(output_dir, f"{prefix}.md"),
-        "csv": os.path.join(output_dir, f"{prefix}.csv"),
-        "png": os.path.join(output_dir, f"{prefix}.png"),
-        "json": os.path.join(output_dir, f"{prefix}.json"),
-    }
-    with open(paths["markdown"], "w") as f:
-        f.write(format_table(rows, meta, latency_label=latency_label) + "\n")
-    write_csv(rows, paths["csv"])
-    plot(rows, paths["png"], title=meta.get("device", meta.get("cpu", "")))
-    with open(paths["json"], "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
-    return paths
-
-
-def _finish(rows: list[dict], meta: dict, output_dir: str, verbose: bool) -> dict:
-    paths = write_results(rows, meta, output_dir)
-    if verbose:
-        if meta.get("skipped_models"):
-            print(f"Skipped (not in the registry yet): {meta['skipped_models']}")
-        print(format_table(rows, meta))
-        print(f"Wrote {', '.join(paths.values())}")
-    return {"rows": rows, "meta": meta, "paths": paths}
-
-
-def main(argv) -> None:
-    from absl import flags
-
-    del argv
-    f = flags.FLAGS
-    try:
-        if f.export_dir:
-            benchmark_export_dir(f.export_dir, output_dir=f.output_dir, formats=f.formats, threads=f.threads,
-                                 warmup=f.warmup, runs=f.runs)
-        else:
-            benchmark(f.models, output_dir=f.output_dir, formats=f.formats or DEFAULT_FORMATS,
-                      image_size=f.image_size, threads=f.threads, warmup=f.warmup, runs=f.runs,
-                      model_kwargs=f.model_kwargs)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from error
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``pf-keras-benchmark``: the error policy around :func:`run`."""
+    return args.run_tool(run, argv, prog=PROG)
 
 
 if __name__ == "__main__":
-    from absl import app, flags, logging
-
-    flags.DEFINE_string("models", None, f"Comma-separated model names (default: {','.join(DEFAULT_MODELS)}).")
-    flags.DEFINE_string("formats", None, "Comma-separated TFLite formats (default: fp32,int8; all with --export_dir).")
-    flags.DEFINE_integer("image_size", 224, "Input side in pixels.")
-    flags.DEFINE_string("threads", "1", "Comma-separated thread counts.")
-    flags.DEFINE_integer("warmup", 5, "Untimed runs before timing.")
-    flags.DEFINE_integer("runs", 30, "Timed runs.")
-    flags.DEFINE_string("model_kwargs", None, "Builder overrides (JSON) for the pf_keras models, e.g. a small config.")
-    flags.DEFINE_string("export_dir", None, "Time the files export.py wrote here instead of exporting models.")
-    flags.DEFINE_string("output_dir", "runs/benchmark", "Where the table, CSV, plot and JSON go.")
-    logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    sys.exit(main())

@@ -6,14 +6,15 @@ Also builds the two outside baselines of the benchmark (``keras_resnet50``,
 
 from __future__ import annotations
 
-import json
-import os
-
 import keras
 
 import pf_keras
-from export.images import INPUT_TYPES
+from pf_keras.cli import parse_model_kwargs as parse_kwargs_text
+from pf_keras_export.images import INPUT_TYPES
 
+# Every registered model's (and baseline's) default input side: the ImageNet evaluation crop
+# of the reference, also the evaluation tool's default.
+DEFAULT_IMAGE_SIZE = 224
 BASELINES = {
     "keras_resnet50": "keras.applications.ResNet50",
     "keras_mobilenetv2": "keras.applications.MobileNetV2",
@@ -21,43 +22,34 @@ BASELINES = {
 
 
 def parse_model_kwargs(model_kwargs: str | dict | None) -> dict:
-    """Builder overrides from a dict, a JSON object string or the path to a JSON file.
+    """Builder overrides in the one ``--model_kwargs`` grammar (:func:`pf_keras.cli.parse_model_kwargs`).
 
-    A training run's ``model.json`` (``{"name": ..., "kwargs": {...}, ...}``, written by
-    ``training/train.py``) is accepted as is: its ``kwargs`` are the overrides. Lists become
-    tuples (``depths``, ``input_shape``), as the builders expect.
+    A JSON object, ``k=v`` pairs, a JSON file path or a dict. A training run's ``model.json``
+    (``{"name": ..., "kwargs": {...}, ...}``, written by ``training/train.py``) is accepted as
+    is: its ``kwargs`` are the overrides. Lists become tuples (``depths``, ``input_shape``), as
+    the builders expect.
 
     Raises:
-        ValueError: when the value is not a JSON object.
+        ValueError: when the value is not an object of builder arguments.
     """
     return _parse(model_kwargs)[0]
 
 
 def _parse(model_kwargs) -> tuple[dict, str | None]:
     """(builder overrides, model name declared by a training run's model.json or None)."""
-    if model_kwargs is None or model_kwargs == "":
-        return {}, None
-    if isinstance(model_kwargs, str):
-        text = model_kwargs
-        if os.path.isfile(model_kwargs):
-            with open(model_kwargs) as f:
-                text = f.read()
-        try:
-            model_kwargs = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"`model_kwargs` must be a JSON object (or a JSON file) of builder arguments, e.g. "
-                f"'{{\"depths\": [1, 1, 1, 1]}}' ({error}). Received: model_kwargs={model_kwargs!r}"
-            ) from error
-    if not isinstance(model_kwargs, dict):
-        raise ValueError(
-            f"`model_kwargs` must be a JSON object of builder arguments. Received: model_kwargs={model_kwargs!r}"
-        )
+    parsed = parse_kwargs_text(model_kwargs)
     declared = None
-    if set(model_kwargs) >= {"name", "kwargs"} and isinstance(model_kwargs["kwargs"], dict):  # model.json of a run
-        declared, model_kwargs = model_kwargs["name"], model_kwargs["kwargs"]
-    kwargs = {key: tuple(value) if isinstance(value, list) else value for key, value in model_kwargs.items()}
+    if set(parsed) >= {"name", "kwargs"} and isinstance(parsed["kwargs"], dict):  # model.json of a run
+        declared, parsed = parsed["name"], parsed["kwargs"]
+    kwargs = {key: tuple(value) if isinstance(value, list) else value for key, value in parsed.items()}
     return kwargs, declared
+
+
+def default_image_size(model_kwargs: dict) -> int:
+    """The input side a model is built at: ``input_shape`` in its overrides, else :data:`DEFAULT_IMAGE_SIZE`."""
+    if model_kwargs.get("input_shape"):
+        return int(model_kwargs["input_shape"][0])
+    return DEFAULT_IMAGE_SIZE
 
 
 def known_models() -> list[str]:
@@ -79,10 +71,11 @@ def build_model(
         name: str. A ``pf_keras.list_models()`` name or a baseline in :data:`BASELINES`.
         weights: str or None. Official PyTorch checkpoint or Keras ``.weights.h5`` (e.g. a training
             run's ``final.weights.h5``). Defaults to None (random initialisation).
-        model_kwargs: dict, JSON string or JSON file. Builder overrides (``depths``, ``width_mult``,
-            ``classes``, ...), e.g. the build arguments a training run saved. Defaults to None.
+        model_kwargs: dict or str (JSON object, k=v pairs, JSON file). Builder overrides
+            (``depths``, ``width_mult``, ``classes``, ...), e.g. the build arguments a training run
+            saved. Defaults to None.
         image_size: int or None. Input side. Defaults to the ``input_shape`` in ``model_kwargs``,
-            else 224.
+            else 224 (:data:`DEFAULT_IMAGE_SIZE`), as the evaluation tool does.
         input_type: str. "float" (normalised input) or "uint8" (the model is built with its
             ``preprocessing`` layer, which has no weights: RGB [0, 255] in; this overrides
             ``include_preprocessing`` in ``model_kwargs``). Defaults to "float".
@@ -102,7 +95,7 @@ def build_model(
             f"`model_kwargs` comes from a training run of {declared!r}; export that model. Received: name={name!r}"
         )
     if image_size is None:
-        image_size = int(kwargs["input_shape"][0]) if kwargs.get("input_shape") else 224
+        image_size = default_image_size(kwargs)
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"`image_size` must be a positive int. Received: image_size={image_size!r}")
     shape = tuple(kwargs.pop("input_shape", (image_size, image_size, 3)))

@@ -122,7 +122,7 @@ def folder_images(path: str, num: int, size: int, *, seed: int = 0) -> np.ndarra
     return np.stack(images)
 
 
-def tfds_images(name: str, num: int, size: int, *, seed: int = 0) -> np.ndarray:
+def tfds_images(name: str, num: int, size: int, *, seed: int = 0, data_dir: str | None = None) -> np.ndarray:
     """The first ``num`` images of a TFDS dataset (validation split if any), resized and centre-cropped.
 
     Raises:
@@ -131,9 +131,9 @@ def tfds_images(name: str, num: int, size: int, *, seed: int = 0) -> np.ndarray:
     import tensorflow_datasets as tfds
 
     try:
-        builder = tfds.builder(name)
+        builder = tfds.builder(name, data_dir=data_dir)
         split = "validation" if "validation" in builder.info.splits else "train"
-        dataset = tfds.load(name, split=split, shuffle_files=False)
+        dataset = tfds.load(name, split=split, shuffle_files=False, data_dir=data_dir)
     except Exception as error:  # TFDS raises many types (unknown name, not prepared, no network).
         raise ValueError(
             "`dataset` must be 'builtin', 'synthetic', 'folder:PATH' or a TFDS dataset that is available "
@@ -157,7 +157,9 @@ def builtin_images(num: int, size: int, *, seed: int = 0) -> np.ndarray:
     return folder_images(os.path.join(builtin_data.ensure(), "train"), num, size, seed=seed)
 
 
-def load_images(dataset: str | None, num: int, size: int, *, seed: int = 0) -> np.ndarray:
+def load_images(
+    dataset: str | None, num: int, size: int, *, seed: int = 0, data_dir: str | None = None
+) -> np.ndarray:
     """RGB ``uint8`` images of shape ``(num, size, size, 3)`` from one of the dataset forms.
 
     Args:
@@ -165,6 +167,7 @@ def load_images(dataset: str | None, num: int, size: int, *, seed: int = 0) -> n
         num: int. Number of images.
         size: int. Side in pixels.
         seed: int. Seed of the pick (and of the generated pixels). Defaults to 0.
+        data_dir: str or None. TFDS data folder (TFDS names only). Defaults to None (TFDS's default).
 
     Returns:
         ``uint8`` array of shape ``(num, size, size, 3)``.
@@ -180,7 +183,7 @@ def load_images(dataset: str | None, num: int, size: int, *, seed: int = 0) -> n
         return np.random.default_rng(seed).integers(0, 256, (num, size, size, 3), dtype=np.uint8)
     if dataset.startswith("folder:"):
         return folder_images(dataset[len("folder:") :], num, size, seed=seed)
-    return tfds_images(dataset, num, size, seed=seed)
+    return tfds_images(dataset, num, size, seed=seed, data_dir=data_dir)
 
 
 def normalise(images: np.ndarray) -> np.ndarray:

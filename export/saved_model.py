@@ -9,30 +9,18 @@ The SavedModel has one signature, ``serving_default``, with input ``image`` and 
 - ``"uint8"``: uint8 RGB ``(batch, H, W, 3)`` in [0, 255]; the graph casts to float and the
   model's ``preprocessing`` layer normalises. The model must have that layer.
 
-CLI (from the repository root)::
-
-    python export/saved_model.py --model resnet50_hybrid --output_dir out [--input_type uint8]
-
-writes ``out/resnet50_hybrid/saved_model/``.
+Written atomically (:func:`pf_keras.fileio.atomic_path`): a crash or a full disk leaves the
+previous folder intact.
 """
 
 from __future__ import annotations
 
-if __package__ in (None, ""):  # Run as a script: make ``export`` importable from the repository root.
-    import os as _os
-    import sys as _sys
+import keras
+import numpy as np
+import tensorflow as tf
 
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != _here]
-    _sys.path.insert(0, _os.path.dirname(_here))
-    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import os  # noqa: E402
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from export.images import INPUT_TYPES  # noqa: E402
+from pf_keras import fileio
+from pf_keras_export.images import INPUT_TYPES
 
 SIGNATURE_KEY = "serving_default"
 INPUT_NAME = "image"
@@ -51,7 +39,7 @@ def check_input_type(model: keras.Model, input_type: str) -> None:
     if input_type == "uint8" and not takes_pixels(model):
         raise ValueError(
             "uint8 input needs the normalisation inside the model: build it with include_preprocessing=True "
-            f"(export.py does this for --input_type uint8). Received: input_type='uint8', model={model.name!r}"
+            f"(the export command does this for --input_type uint8). Received: input_type='uint8', model={model.name!r}"
         )
 
 
@@ -78,7 +66,8 @@ def export_saved_model(
 
     Args:
         model: keras.Model with a known input size.
-        path: str. Output directory (created; an existing one is overwritten).
+        path: str. Output directory, written atomically (an existing one is replaced only
+            once the new one is complete).
         input_type: str. "float" or "uint8" (see the module docstring). Defaults to "float".
         batch_size: int or None. Fixed batch size of the signature; None (the default) accepts
             any batch. TFLite conversion uses 1: with every shape static the converter folds
@@ -90,6 +79,7 @@ def export_saved_model(
 
     Raises:
         ValueError: for a bad ``input_type`` or an unknown input size.
+        pf_keras.fileio.WriteError: when the folder cannot be written (e.g. a full disk).
 
     Example:
         >>> import pf_keras, tempfile
@@ -108,8 +98,8 @@ def export_saved_model(
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(name="serve", fn=serve, input_signature=[spec])
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    archive.write_out(path, verbose=False)
+    with fileio.atomic_path(path, directory=True) as temp:
+        archive.write_out(temp, verbose=False)
     return path
 
 
@@ -126,24 +116,27 @@ def load_serving_fn(path: str):
     return function
 
 
-def main(argv) -> None:
-    from absl import flags
-
-    from export import cli
-
-    del argv
-    flag_values = flags.FLAGS
-    model = cli.model_from_flags(flag_values)
-    path = os.path.join(flag_values.output_dir, model.name, "saved_model")
-    print(export_saved_model(model, path, input_type=flag_values.input_type))
+def load_serving_fn_checked(path: str):
+    """:func:`load_serving_fn`, with every way a damaged folder fails to load as one ``ValueError``."""
+    try:
+        return load_serving_fn(path)
+    except (OSError, tf.errors.OpError) as error:
+        raise ValueError(f"TensorFlow cannot load the SavedModel {path}: {' '.join(str(error).split())}") from None
 
 
-if __name__ == "__main__":
-    from absl import app, logging
+def run_saved_model(path: str, inputs: np.ndarray, *, input_type: str = "float") -> tuple[np.ndarray, dict]:
+    """Loads a SavedModel, runs ``serving_default`` on ``inputs`` (float; rounded to uint8 for uint8 input).
 
-    from export import cli
+    Returns:
+        ``(outputs, {})``: no per-file details beyond the outputs.
 
-    cli.define_model_flags()
-    cli.define_output_flags()
-    logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    Raises:
+        ValueError: when the folder does not load or the signature does not run on ``inputs``.
+    """
+    function = load_serving_fn_checked(path)
+    feed = np.clip(np.rint(inputs), 0, 255).astype(np.uint8) if input_type == "uint8" else inputs
+    try:
+        output = function(**{INPUT_NAME: tf.constant(feed)})
+    except (TypeError, tf.errors.OpError) as error:  # wrong input dtype/shape for the signature
+        raise ValueError(f"the SavedModel {path} does not run: {' '.join(str(error).split())}") from None
+    return np.asarray(output[OUTPUT_NAME]), {}

@@ -23,53 +23,30 @@ pools would each leave the delegate (4 partitions). Before int8 conversion,
 by a ``DepthwiseConv2D`` with the same window and constant weights ``1 / (kh * kw)`` (bit-exact
 in float; 0.25 is exact in int8 too), which XNNPACK runs in int8: one partition.
 
-CLI (from the repository root)::
-
-    python export/tflite.py --model resnet50_hybrid --formats fp32,int8 --output_dir out
-
-writes ``out/resnet50_hybrid/resnet50_hybrid_<format>.tflite`` (no validation; use export.py).
+Each file is written atomically (:func:`pf_keras.fileio.write_bytes`).
 """
 
 from __future__ import annotations
 
-if __package__ in (None, ""):  # Run as a script: make ``export`` importable from the repository root.
-    import os as _os
-    import sys as _sys
+import os
+import tempfile
+import warnings
 
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != _here]
-    _sys.path.insert(0, _os.path.dirname(_here))
-    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import os  # noqa: E402
-import tempfile  # noqa: E402
-import warnings  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from pf_keras import fileio
+from pf_keras_export import litert, quiet
+from pf_keras_export import saved_model as saved_model_lib
+from pf_keras_export.images import model_inputs
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from export import saved_model as saved_model_lib  # noqa: E402
-from export.images import model_inputs  # noqa: E402
-
-FORMATS = ("fp32", "fp16", "dynamic", "int8")
+FORMATS = ("fp32", "fp16", "dynamic", "int8")  # the TFLite formats of the registry (formats.py)
 IO_TYPES = ("int8", "uint8", "float")
 _TF_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}
 # Default size of the int8 calibration set: a few hundred is the usual recommendation; 64
 # keeps the calibration of full-size models quick on a 2-core host (raise it for deployment).
 NUM_CALIBRATION_IMAGES = 64
-
-
-def check_formats(formats: str | Sequence[str], allowed: Sequence[str] = FORMATS) -> list[str]:
-    """A list of formats from a comma-separated string or a sequence; ValueError for unknown ones."""
-    if isinstance(formats, str):
-        formats = [f.strip() for f in formats.split(",") if f.strip()]
-    formats = list(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in allowed]
-    if unknown or not formats:
-        raise ValueError(f"`formats` must be a non-empty subset of {tuple(allowed)}. Received: formats={formats!r}")
-    return formats
 
 
 def check_io_type(value: str, arg: str) -> str:
@@ -103,7 +80,8 @@ def convert_saved_model(
     Raises:
         ValueError: for an unknown format or type, or int8 without representative inputs.
     """
-    check_formats([fmt])
+    if fmt not in FORMATS:
+        raise ValueError(f"`fmt` must be one of {FORMATS}. Received: fmt={fmt!r}")
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if fmt == "fp16":
@@ -127,8 +105,8 @@ def convert_saved_model(
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = _TF_TYPES[int8_input_type]
         converter.inference_output_type = _TF_TYPES[int8_output_type]
-    with warnings.catch_warnings():  # The calibrator still uses the deprecated tf.lite.Interpreter.
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+    with warnings.catch_warnings(), quiet.silenced():  # the calibrator prints its settings to stderr
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")  # used by the calibrator
         return converter.convert()
 
 
@@ -216,9 +194,11 @@ def export_tflite(
         ``path``.
 
     Raises:
-        ValueError: for bad arguments; RuntimeError if a uint8 int8 input did not get scale 1.
+        ValueError: for bad arguments, or when a uint8 int8 input did not get scale 1.
+        pf_keras.fileio.WriteError: when the file cannot be written (e.g. a full disk).
     """
-    check_formats([fmt])
+    if fmt not in FORMATS:
+        raise ValueError(f"`fmt` must be one of {FORMATS}. Received: fmt={fmt!r}")
     saved_model_lib.check_input_type(model, input_type)
     if int8_input_type is None:
         int8_input_type = "uint8" if input_type == "uint8" else "int8"
@@ -255,60 +235,68 @@ def export_tflite(
         )
     if fmt == "int8" and input_type == "uint8":
         _check_pixel_quantization(content, int8_input_type)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(content)
+    fileio.write_bytes(path, content)
     return path
 
 
 def _check_pixel_quantization(content: bytes, int8_input_type: str) -> None:
-    from ai_edge_litert.interpreter import Interpreter
-
-    detail = Interpreter(model_content=content).get_input_details()[0]
+    detail = litert.interpreter(content).get_input_details()[0]
     scale, zero_point = detail["quantization"]
     expected = 0 if int8_input_type == "uint8" else -128
     if not np.isclose(scale, 1.0) or zero_point != expected:
-        raise RuntimeError(
+        raise ValueError(
             f"The int8 file's {int8_input_type} input should map pixels 1:1 (scale 1, zero point {expected}); "
             f"calibration gave scale {scale}, zero point {zero_point}."
         )
 
 
-def main(argv) -> None:
-    from absl import flags
-
-    from export import cli
-    from export.images import load_images
-
-    del argv
-    flag_values = flags.FLAGS
-    model = cli.model_from_flags(flag_values)
-    size = int(model.input_shape[1])
-    images = None
-    for fmt in check_formats(flag_values.formats):
-        if fmt == "int8" and images is None:
-            images = load_images(flag_values.dataset, flag_values.num_calibration, size)
-        path = os.path.join(flag_values.output_dir, model.name, f"{model.name}_{fmt}.tflite")
-        print(
-            export_tflite(
-                model,
-                path,
-                fmt,
-                input_type=flag_values.input_type,
-                calibration_images=images,
-                int8_input_type=flag_values.int8_input_type,
-                int8_output_type=flag_values.int8_output_type,
-            )
-        )
+def convert(model: keras.Model, path: str, fmt: str, context) -> str:
+    """The registry's converter of the TFLite formats: :func:`export_tflite` with an :class:`ExportContext`."""
+    return export_tflite(
+        model,
+        path,
+        fmt,
+        input_type=context.input_type,
+        saved_model_dir=context.batch1_saved_model(model),
+        calibration_images=context.calibration_images(int(model.input_shape[1])) if fmt == "int8" else None,
+        int8_input_type=context.int8_input_type,
+        int8_output_type=context.int8_output_type,
+    )
 
 
-if __name__ == "__main__":
-    from absl import app, logging
+def inspect(path: str) -> tuple[dict, list[str]]:
+    """Static facts of a ``.tflite`` file read from its flatbuffer: op counts, custom ops, XNNPACK coverage.
 
-    from export import cli
+    Returns:
+        ``(report fields, failures)``; a failure is "Flex/custom ops: [...]".
 
-    cli.define_model_flags()
-    cli.define_output_flags()
-    cli.define_tflite_flags(default_formats=",".join(FORMATS))
-    logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    Raises:
+        ValueError: when the file is not a readable ``.tflite`` flatbuffer.
+    """
+    with open(path, "rb") as f:
+        content = f.read()
+    ops, custom_ops = litert.tflite_ops(content)
+    info = {"ops": ops, "custom_ops": custom_ops, "xnnpack": litert.xnnpack_coverage(content)}
+    return info, [f"Flex/custom ops: {custom_ops}"] if custom_ops else []
+
+
+def run(path: str, inputs: np.ndarray, *, input_type: str = "float") -> tuple[np.ndarray, dict]:
+    """Runs a ``.tflite`` file with LiteRT (XNNPACK on) sample by sample on float ``inputs``.
+
+    Returns:
+        ``(outputs, {"input": ..., "output": ...})``: the outputs and the I/O tensor summaries.
+
+    Raises:
+        ValueError: when LiteRT cannot load or run the file.
+    """
+    del input_type  # the file's own input tensor says how to feed it
+    runner = litert.interpreter(path)
+    info = {
+        "input": litert.tensor_summary(runner.get_input_details()[0]),
+        "output": litert.tensor_summary(runner.get_output_details()[0]),
+    }
+    try:
+        outputs = litert.run_tflite(runner, inputs)
+    except (ValueError, RuntimeError) as error:  # LiteRT's set_tensor/invoke failures (shape, type)
+        raise ValueError(f"LiteRT cannot run {path}: {' '.join(str(error).split())}") from None
+    return outputs, info

@@ -8,10 +8,12 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 USER_ERROR_EXIT = 2
 CHECK_FAILED_EXIT = 1
@@ -51,3 +53,71 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
             traceback.print_exc()
         print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
         return USER_ERROR_EXIT
+
+
+def parse_model_kwargs(value: str | Mapping[str, Any] | None, *, key: str = "model_kwargs") -> dict[str, Any]:
+    """Builder overrides in the one grammar of every ``--model_kwargs`` flag.
+
+    ``value`` is, in this order: empty/None (no overrides); the path of an existing JSON file
+    holding an object; a JSON object (text starting with ``{``); or ``k=v`` pairs separated by
+    commas outside brackets, each value read as JSON when it parses (``(1, 2)`` as a list) and
+    as a string otherwise. A mapping is returned as a dict.
+
+    Raises:
+        ValueError: for text that is none of these, or JSON that is not an object.
+
+    Example:
+        >>> parse_model_kwargs('depths=[1,1,1,1],width_mult=0.125,name=tiny')
+        {'depths': [1, 1, 1, 1], 'width_mult': 0.125, 'name': 'tiny'}
+        >>> parse_model_kwargs('{"classes": 10}')
+        {'classes': 10}
+    """
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    text = str(value).strip()
+    if not text:
+        return {}
+    source = text
+    if os.path.isfile(text):
+        try:
+            with open(text, encoding="utf-8") as f:
+                text = f.read(1 << 20).strip()  # an overrides file is small; a huge one is an error below
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"`{key}` file cannot be read ({error}). Received: {key}={source!r}") from None
+        if not text.startswith("{"):
+            raise ValueError(f"`{key}` file must hold a JSON object. Received: {key}={source!r}")
+    elif text.endswith(".json"):
+        raise ValueError(f"`{key}` JSON file does not exist. Received: {key}={source!r}")
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"`{key}` must be a JSON object, k=v pairs or a JSON file ({error}). Received: {key}={source!r}"
+            ) from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f"`{key}` must be a JSON object. Received: {key}={source!r}")
+        return parsed
+    result: dict[str, Any] = {}
+    depth, start, parts = 0, 0, []
+    for i, ch in enumerate(text):  # split on commas outside brackets
+        depth += ch in "[({"
+        depth -= ch in "])}"
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    for part in parts:
+        name, sep, raw = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(
+                f"`{key}` must be a JSON object, k=v pairs (k=v,k2=v2) or a JSON file path. Received: {key}={source!r}"
+            )
+        raw = raw.strip()
+        try:
+            result[name.strip()] = json.loads(raw.replace("(", "[").replace(")", "]"))
+        except json.JSONDecodeError:
+            result[name.strip()] = raw
+    return result

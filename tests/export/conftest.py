@@ -1,19 +1,12 @@
-"""Shared setup of the export tests: ``export`` on sys.path and small exported models.
+"""Shared setup of the export tests: small exported models, run once per session and shared.
 
-The ``export`` front end runs from the repository root and is not installed, so the root
-goes on ``sys.path`` here. The exports below run once per session and are shared by tests.
+The export front end is the installed package ``pf_keras_export`` (the repository's
+``export/`` folder, installed editable by ``make setup``).
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 def small_resnet() -> dict:
@@ -34,7 +27,7 @@ def _small_resnet_kwargs() -> dict:
 @pytest.fixture(scope="session")
 def hybrid_export(tmp_path_factory) -> dict:
     """resnet50_hybrid (small, 64x64) exported to every format, float input."""
-    from export.export import export_model
+    from pf_keras_export.export_lib import export_model
 
     out = tmp_path_factory.mktemp("hybrid")
     return export_model("resnet50_hybrid", output_dir=str(out), model_kwargs=small_resnet(), image_size=64,
@@ -44,7 +37,7 @@ def hybrid_export(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def vit_export(tmp_path_factory) -> dict:
     """vit_ti_max (small, 32x32) exported to every format, float input."""
-    from export.export import export_model
+    from pf_keras_export.export_lib import export_model
 
     out = tmp_path_factory.mktemp("vit")
     return export_model("vit_ti_max", output_dir=str(out), model_kwargs=small_vit(), image_size=32, verbose=False)

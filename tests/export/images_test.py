@@ -1,4 +1,4 @@
-"""Tests of export/images.py: deterministic sources and the dataset forms."""
+"""Tests of pf_keras_export.images: deterministic sources and the dataset forms."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export.images import load_images, model_inputs, procedural_images
+from pf_keras_export.images import load_images, model_inputs, procedural_images
 
 
 class TestImages:

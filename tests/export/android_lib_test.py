@@ -1,4 +1,4 @@
-"""Tests of export/android.py: the benchmark_model output parser and the command pieces (no phone)."""
+"""Tests of pf_keras_export.android_lib: the benchmark_model output parser and the command pieces (no phone)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from export import android
+from pf_keras_export import android_lib as android
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "benchmark_model")
 
@@ -39,7 +39,7 @@ class TestParseBenchmarkOutput:
             android.parse_benchmark_output(_read("failed_run.txt"))
 
     def test_row_matches_the_host_table(self, tmp_path):
-        from export.benchmark import format_table, write_results
+        from pf_keras_export.benchmark_lib import format_table, write_results
 
         parsed = android.parse_benchmark_output(_read("resnet50_hybrid_fp32_xnnpack_4t.txt"))
         row = android.row_from_output("/phone/resnet50_hybrid_fp32.tflite", parsed, threads=4, delegate="xnnpack",

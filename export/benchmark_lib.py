@@ -1,0 +1,451 @@
+"""Host latency benchmark of TFLite files with the LiteRT interpreter (XNNPACK, as deployed).
+
+For each model and format: export (SavedModel -> TFLite, builtin ops only), load with
+``ai_edge_litert`` at each thread count, ``warmup`` untimed runs, then ``runs`` timed
+``invoke()`` calls on a fixed input (batch 1), interleaved across all files (one call of each
+per round, shuffled) so that drifting load on a shared machine hits every model alike.
+Reports median and p90 latency, params, MACs, file size and whether XNNPACK took the whole
+graph. Writes ``benchmark.md`` (Markdown table), ``benchmark.csv``, ``benchmark.png`` (latency
+vs MACs, one marker per model/format) and ``benchmark.json`` (rows plus date, machine, CPU
+model, thread counts and library versions).
+
+Default model set: the paper's ResNets and transformers present in the registry
+(resnet50, resnet50_max, resnet50_hybrid, vit_s_max, pit_s_max) plus two outside baselines,
+keras.applications ResNet50 (v1: stride on the 1x1 conv) and MobileNetV2, both ``weights=None``.
+Latency does not depend on the weights' values, so random weights are timed.
+
+Every result file is written atomically. The command line over it is
+:mod:`pf_keras_export.benchmark` (``pf-keras-benchmark``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+import pf_keras
+from pf_keras import fileio
+from pf_keras_export import formats as formats_lib
+from pf_keras_export import litert
+from pf_keras_export.build import BASELINES, build_model, known_models
+from pf_keras_export.context import ExportContext
+from pf_keras_export.files import check_output_dir
+from pf_keras_export.images import load_images
+from pf_keras_export.validate_lib import versions
+
+DEFAULT_MODELS = (
+    "resnet50",
+    "resnet50_max",
+    "resnet50_hybrid",
+    "vit_s_max",
+    "pit_s_max",
+    "keras_resnet50",
+    "keras_mobilenetv2",
+)
+DEFAULT_FORMATS = ("fp32", "int8")
+_MARKERS = "os^Dvp*hX"  # plot markers, one per registered format (cycled)
+REFERENCE_MODEL = "resnet50"  # The "speed-up" column divides its latency by each row's.
+CSV_FIELDS = (
+    "model", "format", "delegate", "threads", "image_size", "params", "macs", "size_bytes",
+    "median_ms", "p90_ms", "mean_ms", "min_ms", "runs", "warmup", "fully_delegated", "speedup_vs_resnet50",
+)
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (or ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """Date, host, CPU and library versions recorded with every benchmark."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "versions": versions(),
+    }
+
+
+def time_tflite(path: str, *, threads: int = 1, warmup: int = 5, runs: int = 30, seed: int = 0) -> dict:
+    """Latency of one ``.tflite`` file with the LiteRT interpreter (XNNPACK on), batch 1.
+
+    Args:
+        path: str. The file.
+        threads: int. Interpreter threads. Defaults to 1.
+        warmup: int. Untimed runs first. Defaults to 5.
+        runs: int. Timed runs. Defaults to 30.
+        seed: int. Seed of the (random) input. Defaults to 0.
+
+    Returns:
+        dict with ``median_ms``, ``p90_ms``, ``mean_ms``, ``min_ms`` and the ``xnnpack`` coverage
+        (:func:`pf_keras_export.litert.xnnpack_coverage`).
+
+    Raises:
+        ValueError: for non-positive ``threads`` or ``runs``, or a negative ``warmup``.
+    """
+    return time_interleaved([path], threads=threads, warmup=warmup, runs=runs, seed=seed)[0]
+
+
+def time_interleaved(
+    paths: Sequence[str], *, threads: int = 1, warmup: int = 5, runs: int = 30, seed: int = 0
+) -> list[dict]:
+    """Times several ``.tflite`` files in interleaved rounds (one ``invoke()`` of each per round).
+
+    On a shared machine the load drifts over minutes; interleaving gives every file the same
+    conditions, so ratios between files stay fair even when absolute times move. The order
+    within a round is shuffled (seeded).
+
+    Returns:
+        One dict per path, as :func:`time_tflite`.
+
+    Raises:
+        ValueError: for non-positive ``threads`` or ``runs``, or a negative ``warmup``.
+    """
+    if threads < 1 or runs < 1 or warmup < 0:
+        raise ValueError(
+            f"`threads` and `runs` must be >= 1 and `warmup` >= 0. Received: threads={threads}, runs={runs}, "
+            f"warmup={warmup}"
+        )
+    rng = np.random.default_rng(seed)
+    interpreters = []
+    for path in paths:
+        interpreter = litert.interpreter(path, num_threads=threads)
+        detail = interpreter.get_input_details()[0]
+        if np.issubdtype(detail["dtype"], np.integer):
+            info = np.iinfo(detail["dtype"])
+            sample = rng.integers(info.min, int(info.max) + 1, detail["shape"]).astype(detail["dtype"])
+        else:
+            sample = rng.standard_normal(detail["shape"]).astype(detail["dtype"])
+        interpreter.set_tensor(detail["index"], sample)
+        for _ in range(warmup):
+            interpreter.invoke()
+        interpreters.append(interpreter)
+    times = np.empty((len(paths), runs))
+    for i in range(runs):
+        for k in rng.permutation(len(paths)):
+            start = time.perf_counter()
+            interpreters[k].invoke()
+            times[k, i] = time.perf_counter() - start
+    times *= 1e3
+    return [
+        {
+            "median_ms": float(np.median(row)),
+            "p90_ms": float(np.percentile(row, 90)),
+            "mean_ms": float(row.mean()),
+            "min_ms": float(row.min()),
+            "xnnpack": _coverage(path),
+        }
+        for row, path in zip(times, paths, strict=True)
+    ]
+
+
+def _coverage(path: str) -> dict:
+    with open(path, "rb") as f:
+        return litert.xnnpack_coverage(f.read())
+
+
+def _parse_list(value: str | Sequence, kind=str) -> list:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    return [kind(v) for v in value]
+
+
+def resolve_models(models: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(models to run, default models skipped because they are not registered yet).
+
+    Raises:
+        ValueError: for an explicitly requested unknown model.
+    """
+    if models is None:
+        available = known_models()
+        return [m for m in DEFAULT_MODELS if m in available], [m for m in DEFAULT_MODELS if m not in available]
+    models = _parse_list(models)
+    unknown = [m for m in models if m not in known_models()]
+    if unknown or not models:
+        raise ValueError(f"`models` must be names from {known_models()}. Received: models={models!r}")
+    return models, []
+
+
+def benchmark(
+    models: str | Sequence[str] | None = None,
+    *,
+    output_dir: str,
+    formats: str | Sequence[str] = DEFAULT_FORMATS,
+    image_size: int | None = None,
+    threads: str | Sequence[int] = (1,),
+    warmup: int = 5,
+    runs: int = 30,
+    model_kwargs: str | dict | None = None,
+    num_calibration: int = 16,
+    verbose: bool = True,
+) -> dict:
+    """Exports and times models; writes the table, CSV, plot and JSON to ``output_dir``.
+
+    Args:
+        models: comma-separated str, sequence or None (:data:`DEFAULT_MODELS` that exist).
+        output_dir: str. Results and the ``files/`` it timed.
+        formats: timeable (LiteRT) formats of the registry. Defaults to ("fp32", "int8").
+        image_size: int or None. Input side. Defaults to None: each model's default size (the
+            ``input_shape`` in ``model_kwargs``, else 224).
+        threads: thread counts (comma-separated str or ints). Defaults to (1,).
+        warmup: int. Untimed runs per measurement. Defaults to 5.
+        runs: int. Timed runs per measurement. Defaults to 30.
+        model_kwargs: builder overrides applied to the pf_keras models (not the baselines), e.g.
+            a small config for a smoke run. Defaults to None.
+        num_calibration: int. int8 calibration images (latency does not depend on them). Defaults to 16.
+        verbose: bool. Print progress and the table. Defaults to True.
+
+    Returns:
+        dict with ``rows``, ``meta`` and the written ``paths``.
+
+    Raises:
+        ValueError: for unknown models or formats, bad counts, or an unwritable ``output_dir``.
+    """
+    names, skipped = resolve_models(models)
+    selected = formats_lib.parse(formats, timeable=True)
+    formats = [fmt.name for fmt in selected]
+    threads = _parse_list(threads, int)
+    if not threads or min(threads) < 1:
+        raise ValueError(f"`threads` must be positive ints. Received: threads={threads!r}")
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"`runs` must be >= 1 and `warmup` >= 0. Received: runs={runs}, warmup={warmup}")
+    output_dir = check_output_dir(output_dir)
+    files_dir = os.path.join(output_dir, "files")
+    os.makedirs(files_dir, exist_ok=True)
+    files = []  # (name, format, path, profile): export everything first, then time interleaved.
+    for name in names:
+        kwargs = None if name in BASELINES else model_kwargs
+        model = build_model(name, model_kwargs=kwargs, image_size=image_size)
+        profile = pf_keras.profile(model)
+        with tempfile.TemporaryDirectory(prefix="pf_keras_bench_") as scratch:
+            context = ExportContext(
+                scratch_dir=scratch, calibration=lambda size: load_images(None, num_calibration, size)
+            )
+            for fmt in selected:
+                path = fmt.convert(model, fmt.path_in(files_dir, name), context)
+                files.append((name, fmt.name, path, profile))
+        if verbose:
+            print(f"exported {name} ({', '.join(formats)})", flush=True)
+        keras.utils.clear_session()
+    rows = []
+    for count in threads:
+        timings = time_interleaved([f[2] for f in files], threads=count, warmup=warmup, runs=runs)
+        for (name, fmt, path, profile), timing in zip(files, timings, strict=True):
+            size = int(profile.input_shape[0])
+            rows.append(_row(name, fmt, count, size, profile.params, profile.macs, path, timing, runs, warmup))
+    rows.sort(key=lambda r: (names.index(r["model"]), formats.index(r["format"]), r["threads"]))
+    meta = {**machine_info(), "image_size": image_size, "threads": threads, "warmup": warmup, "runs": runs,
+            "formats": formats, "models": names, "skipped_models": skipped, "model_kwargs": model_kwargs,
+            "runtime": "ai_edge_litert Interpreter, default XNNPACK delegate, batch 1"}
+    return _finish(rows, meta, output_dir, verbose)
+
+
+def benchmark_export_dir(
+    export_dir: str,
+    *,
+    output_dir: str,
+    formats: str | Sequence[str] | None = None,
+    threads: str | Sequence[int] = (1,),
+    warmup: int = 5,
+    runs: int = 30,
+    verbose: bool = True,
+) -> dict:
+    """Times the LiteRT files the export tool wrote under ``export_dir`` (params and MACs from report.json).
+
+    The files are found where the format registry names them, next to each ``report.json``
+    (so an export folder can be moved or copied as a whole).
+
+    Raises:
+        ValueError: when ``export_dir`` holds no export report, a report is damaged, or no file
+            of the requested formats is there.
+    """
+    formats = [fmt.name for fmt in formats_lib.parse(formats or formats_lib.names(timeable=True), timeable=True)]
+    threads = _parse_list(threads, int)
+    if not threads or min(threads) < 1:
+        raise ValueError(f"`threads` must be positive ints. Received: threads={threads!r}")
+    reports = []  # (folder, report)
+    if os.path.isdir(export_dir):
+        for entry in sorted(os.listdir(export_dir)):
+            path = os.path.join(export_dir, entry, "report.json")
+            if os.path.isfile(path):
+                reports.append((os.path.dirname(path), _read_report(path)))
+    if not reports:
+        raise ValueError(
+            f"`export_dir` must hold the export tool's output (NAME/report.json). Received: export_dir={export_dir!r}"
+        )
+    files = []  # (report, format name, path)
+    for folder, report in reports:
+        exported = {entry["format"] for entry in report["files"]}
+        for name in formats:
+            path = formats_lib.FORMATS[name].path_in(folder, report["model"])
+            if name in exported and os.path.isfile(path):
+                files.append((report, name, path))
+    if not files:
+        raise ValueError(f"`export_dir` holds no file of the formats {formats}. Received: export_dir={export_dir!r}")
+    output_dir = check_output_dir(output_dir)
+    rows = []
+    for count in threads:
+        timings = time_interleaved([path for _, _, path in files], threads=count, warmup=warmup, runs=runs)
+        for (report, name, path), timing in zip(files, timings, strict=True):
+            rows.append(_row(report["model"], name, count, int(report["input_shape"][0]),
+                             report.get("params"), report.get("macs"), path, timing, runs, warmup))
+    rows.sort(key=lambda r: (r["model"], formats.index(r["format"]), r["threads"]))
+    meta = {**machine_info(), "threads": threads, "warmup": warmup, "runs": runs, "formats": formats,
+            "export_dir": export_dir, "runtime": "ai_edge_litert Interpreter, default XNNPACK delegate, batch 1"}
+    return _finish(rows, meta, output_dir, verbose)
+
+
+def _read_report(path: str) -> dict:
+    """An export's report.json, checked for the fields the rows need; ValueError otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the export report {path} ({type(error).__name__}: {error})") from None
+    valid = (
+        isinstance(report, dict)
+        and isinstance(report.get("model"), str)
+        and isinstance(report.get("input_shape"), list)
+        and bool(report["input_shape"])
+        and isinstance(report.get("files"), list)
+        and all(isinstance(entry, dict) and isinstance(entry.get("format"), str) for entry in report["files"])
+    )
+    if not valid:
+        raise ValueError(f"{path} is not an export report (model, input_shape and files are needed)")
+    return report
+
+
+def _row(name, fmt, threads, size, params, macs, path, timing, runs, warmup) -> dict:
+    return {
+        "model": name, "format": fmt, "threads": threads, "image_size": size, "params": params, "macs": macs,
+        "size_bytes": os.path.getsize(path), "median_ms": timing["median_ms"], "p90_ms": timing["p90_ms"],
+        "mean_ms": timing["mean_ms"], "min_ms": timing["min_ms"], "runs": runs, "warmup": warmup,
+        "fully_delegated": timing["xnnpack"]["fully_delegated"], "cpu_ops": timing["xnnpack"]["cpu_ops"],
+        "path": path,
+    }
+
+
+def add_speedups(rows: list[dict], reference: str = REFERENCE_MODEL) -> None:
+    """Adds ``speedup_vs_resnet50``: the reference's median over the row's, same format/threads/size."""
+    base = {(r["format"], r["threads"], r["image_size"]): r["median_ms"] for r in rows if r["model"] == reference}
+    for row in rows:
+        key = (row["format"], row["threads"], row["image_size"])
+        row["speedup_vs_resnet50"] = base[key] / row["median_ms"] if key in base else None
+
+
+def format_table(rows: list[dict], meta: dict, *, latency_label: str = "median (ms)") -> str:
+    """Rows as a Markdown table, headed by the date, machine and versions."""
+    v = meta.get("versions", {})
+    header = [
+        f"Measured {meta.get('date', '')} on {meta.get('cpu', '?')} ({meta.get('cpu_count', '?')} CPUs), "
+        f"{meta.get('runtime', '')}; TensorFlow {v.get('tensorflow', '?')}, Keras {v.get('keras', '?')}, "
+        f"ai-edge-litert {v.get('ai_edge_litert', '?')}; warm-up {meta.get('warmup')}, {meta.get('runs')} runs.",
+        "",
+        f"| model | format | threads | params (M) | GMACs | size (MB) | {latency_label} | p90 (ms) | x vs resnet50 "
+        "| XNNPACK |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines = []
+    for r in rows:
+        params = f"{r['params'] / 1e6:.2f}" if r.get("params") else "-"
+        macs = (f"{r['macs'] / 1e9:.2f}" if r["macs"] >= 1e8 else f"{r['macs'] / 1e9:.2g}") if r.get("macs") else "-"
+        speedup = f"{r['speedup_vs_resnet50']:.2f}" if r.get("speedup_vs_resnet50") else "-"
+        delegation = "full" if r.get("fully_delegated") else "CPU: " + ",".join(sorted(set(r.get("cpu_ops", []))))
+        p90 = f"{r['p90_ms']:.2f}" if r.get("p90_ms") is not None else "-"
+        fmt = f"{r['format']} / {r['delegate']}" if r.get("delegate") else r["format"]
+        lines.append(
+            f"| {r['model']} | {fmt} | {r['threads']} | {params} | {macs} | {r['size_bytes'] / 1e6:.2f} | "
+            f"{r['median_ms']:.2f} | {p90} | {speedup} | {delegation} |"
+        )
+    return "\n".join(header + lines)
+
+
+def write_csv(rows: list[dict], path: str) -> str:
+    """Writes the rows as CSV (:data:`CSV_FIELDS`), atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_text(path, text.getvalue())
+    return path
+
+
+def plot(rows: list[dict], path: str, *, title: str = "") -> str:
+    """Latency vs GMACs, one panel per thread count, marker per format, colour per model (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    thread_counts = sorted({r["threads"] for r in rows})
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    markers = {name: _MARKERS[i % len(_MARKERS)] for i, name in enumerate(formats_lib.names())}
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    fig, axes = plt.subplots(1, len(thread_counts), figsize=(6.5 * len(thread_counts), 4.8), squeeze=False)
+    for ax, count in zip(axes[0], thread_counts, strict=True):
+        for r in (r for r in rows if r["threads"] == count):
+            x = (r["macs"] or 0) / 1e9
+            ax.scatter(x, r["median_ms"], marker=markers.get(r["format"], "x"), color=colours[r["model"]], s=45)
+            label = f"{r['model']} {r['format']}" + (f" {r['delegate']}" if r.get("delegate") else "")
+            ax.annotate(label, (x, r["median_ms"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xlabel("GMACs (multiply-adds)")
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(f"{title} {count} thread{'s' if count > 1 else ''}".strip())
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
+    plt.close(fig)
+    fileio.write_bytes(path, image.getvalue())
+    return path
+
+
+def write_results(rows: list[dict], meta: dict, output_dir: str, *, prefix: str = "benchmark",
+                  latency_label: str = "median (ms)") -> dict:
+    """Writes ``<prefix>.md``, ``.csv``, ``.png`` and ``.json``, each atomically; returns their paths.
+
+    Raises:
+        pf_keras.fileio.WriteError: when a file cannot be written (its previous version is intact).
+    """
+    add_speedups(rows)
+    paths = {
+        "markdown": os.path.join(output_dir, f"{prefix}.md"),
+        "csv": os.path.join(output_dir, f"{prefix}.csv"),
+        "png": os.path.join(output_dir, f"{prefix}.png"),
+        "json": os.path.join(output_dir, f"{prefix}.json"),
+    }
+    fileio.write_text(paths["markdown"], format_table(rows, meta, latency_label=latency_label) + "\n")
+    write_csv(rows, paths["csv"])
+    plot(rows, paths["png"], title=meta.get("device", meta.get("cpu", "")))
+    fileio.write_json(paths["json"], {"meta": meta, "rows": rows})
+    return paths
+
+
+def _finish(rows: list[dict], meta: dict, output_dir: str, verbose: bool) -> dict:
+    paths = write_results(rows, meta, output_dir)
+    if verbose:
+        if meta.get("skipped_models"):
+            print(f"Skipped (not in the registry yet): {meta['skipped_models']}")
+        print(format_table(rows, meta))
+        print(f"Wrote {', '.join(paths.values())}")
+    return {"rows": rows, "meta": meta, "paths": paths}

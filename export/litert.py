@@ -1,0 +1,215 @@
+"""LiteRT helpers: the op list of a ``.tflite`` flatbuffer, XNNPACK coverage, and running a file.
+
+Only public LiteRT API is used: ``ai_edge_litert.schema_py_generated`` (the flatbuffer schema)
+to read the ops, and ``ai_edge_litert.interpreter.Interpreter`` to run.
+
+XNNPACK coverage (:func:`xnnpack_coverage`). The LiteRT ``Interpreter`` applies XNNPACK by
+default but its public API has no view of the execution plan (the node list is the private
+``_get_ops_details``), and ``CompiledModel.is_fully_accelerated`` answers only yes/no and
+prints ~20 lines of accelerator registration per model. So coverage is read from the file:
+every operator's builtin name and the type of its data input, checked against
+:data:`XNNPACK_OPS`, the builtin ops the XNNPACK delegate of ai-edge-litert 2.3 takes for
+float (fp32 / fp16 weights / dynamic range) and for int8/uint8 tensors. The table knows op and
+tensor types, not XNNPACK's parameter limits (e.g. int8 ADD of a tensor and a tiny constant,
+whose scale ratio XNNPACK refuses: the LayerNorm epsilon in int8 transformers), so
+``cpu_ops`` lists the ops that certainly run on LiteRT's own kernels. The tests compare the
+table with the runtime's actual delegation on every format of the test models.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+
+from pf_keras_export import quiet
+
+# Builtin ops the XNNPACK delegate takes, by the type of the op's data input. Read off the
+# delegate's op switch (ai-edge-litert 2.3.0) for the ops pf_keras graphs contain, and checked
+# against the runtime's own delegation in tests/export/litert_test.py. Not here (always on
+# LiteRT's kernels): CAST, and in int8 BATCH_MATMUL, GELU, RSQRT, SOFTMAX, SQUARED_DIFFERENCE,
+# QUANTIZE from uint8.
+_COMMON = {
+    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEPTH_TO_SPACE", "DEQUANTIZE",
+    "ELU", "FULLY_CONNECTED", "HARD_SWISH", "LEAKY_RELU", "LOGISTIC", "MAX_POOL_2D", "MAXIMUM", "MEAN", "MINIMUM",
+    "MUL", "PAD", "PRELU", "QUANTIZE", "RESHAPE", "RESIZE_BILINEAR", "SLICE", "SPACE_TO_DEPTH", "SPLIT",
+    "STRIDED_SLICE", "SUB", "TANH", "TRANSPOSE", "TRANSPOSE_CONV",
+}
+XNNPACK_OPS = {
+    "float": frozenset(_COMMON | {
+        "ABS", "BATCH_MATMUL", "CEIL", "DIV", "FLOOR", "GELU", "NEG", "RELU", "RELU6", "RELU_N1_TO_1", "ROUND",
+        "RSQRT", "SOFTMAX", "SQRT", "SQUARE", "SQUARED_DIFFERENCE",
+    }),
+    "int8": frozenset(_COMMON - {"AVERAGE_POOL_2D"}),  # no int8 average pool: export rewrites them (tflite.py)
+    "uint8": frozenset(_COMMON - {"AVERAGE_POOL_2D", "QUANTIZE"}),  # uint8 -> int8 input QUANTIZE stays on CPU
+}
+_FLOAT_TYPES = {"FLOAT32", "FLOAT16"}
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema
+
+
+def read_model(content: bytes):
+    """The flatbuffer's root ``Model`` object.
+
+    Raises:
+        ValueError: when ``content`` is not a ``.tflite`` flatbuffer.
+    """
+    schema = _schema()
+    if len(content) < 8 or content[4:8] != b"TFL3":
+        raise ValueError(f"not a .tflite flatbuffer (no TFL3 identifier; {len(content)} bytes)")
+    try:
+        model = schema.Model.GetRootAs(content, 0)
+        model.SubgraphsLength()
+    except Exception as error:  # flatbuffers raises struct.error/IndexError on a damaged buffer
+        raise ValueError(f"damaged .tflite flatbuffer ({type(error).__name__}: {error})") from None
+    return model
+
+
+def _operators(content: bytes):
+    """(op name, data input type name or None, is custom) for every operator of every subgraph."""
+    schema = _schema()
+    builtin_names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
+    type_names = {value: key for key, value in vars(schema.TensorType).items() if not key.startswith("_")}
+    model = read_model(content)
+    try:
+        codes = []
+        for i in range(model.OperatorCodesLength()):
+            code = model.OperatorCodes(i)
+            custom = code.CustomCode()
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            name = custom.decode() if custom else builtin_names.get(builtin, f"BUILTIN_{builtin}")
+            codes.append((name, bool(custom)))
+        ops = []
+        for s in range(model.SubgraphsLength()):
+            subgraph = model.Subgraphs(s)
+            for o in range(subgraph.OperatorsLength()):
+                op = subgraph.Operators(o)
+                name, custom = codes[op.OpcodeIndex()]
+                ops.append((name, _data_input_type(subgraph, op, model, type_names), custom))
+    except (IndexError, UnicodeDecodeError) as error:
+        raise ValueError(f"damaged .tflite flatbuffer ({type(error).__name__}: {error})") from None
+    return ops
+
+
+def _data_input_type(subgraph, op, model, type_names) -> str | None:
+    """Type of the op's first input that is not a constant (a weight or an axis), else of its first input."""
+    inputs = [int(i) for i in op.InputsAsNumpy()] if op.InputsLength() else []
+    inputs = [i for i in inputs if i >= 0]
+    if not inputs:
+        return None
+    for index in inputs:
+        tensor = subgraph.Tensors(index)
+        if model.Buffers(tensor.Buffer()).DataLength() == 0:  # no stored data: an activation
+            return type_names.get(tensor.Type())
+    return type_names.get(subgraph.Tensors(inputs[0]).Type())
+
+
+def tflite_ops(content: bytes) -> tuple[dict[str, int], list[str]]:
+    """Op counts of a ``.tflite`` flatbuffer (all subgraphs) and its custom/Flex op names.
+
+    Read from the file itself, so it works even when the runtime cannot load the ops.
+
+    Raises:
+        ValueError: when ``content`` is not a readable ``.tflite`` flatbuffer.
+    """
+    ops = _operators(content)
+    counts = Counter(name for name, _, _ in ops)
+    custom_ops = sorted({name for name, _, custom in ops if custom})
+    return dict(sorted(counts.items())), custom_ops
+
+
+def xnnpack_coverage(content: bytes) -> dict:
+    """Which ops of a ``.tflite`` file XNNPACK takes, from its op list and :data:`XNNPACK_OPS`.
+
+    Returns:
+        dict with ``fully_delegated`` (no op left to LiteRT's kernels), ``delegated_nodes``,
+        ``total_nodes`` and ``cpu_ops`` (op names of the nodes left to LiteRT's kernels).
+
+    Raises:
+        ValueError: when ``content`` is not a readable ``.tflite`` flatbuffer.
+    """
+    cpu_ops = []
+    ops = _operators(content)
+    for name, input_type, _ in ops:
+        kind = "float" if input_type in _FLOAT_TYPES else {"INT8": "int8", "UINT8": "uint8"}.get(input_type, "float")
+        if name not in XNNPACK_OPS[kind]:
+            cpu_ops.append(name)
+    return {
+        "fully_delegated": not cpu_ops,
+        "delegated_nodes": len(ops) - len(cpu_ops),
+        "total_nodes": len(ops),
+        "cpu_ops": cpu_ops,
+    }
+
+
+def interpreter(path_or_content: str | bytes, *, num_threads: int = 1):
+    """An allocated LiteRT ``Interpreter`` (XNNPACK applied, as deployed) for a file or its bytes.
+
+    Raises:
+        ValueError: when the runtime cannot load or allocate the model (the message is LiteRT's).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    source = {"model_path": path_or_content} if isinstance(path_or_content, str) else {"model_content": path_or_content}
+    try:
+        with quiet.silenced():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line
+            runner = Interpreter(**source, num_threads=num_threads)
+            runner.allocate_tensors()
+    except (ValueError, RuntimeError) as error:  # the runtime's load/allocate failures (unresolved ops, ...)
+        name = path_or_content if isinstance(path_or_content, str) else "model"
+        raise ValueError(f"LiteRT cannot load {name}: {' '.join(str(error).split())}") from None
+    return runner
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = detail["dtype"]
+    if dtype == np.float32:
+        return x.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    if scale == 0.0:  # not quantized (e.g. uint8 pixels into a float model's CAST)
+        return np.clip(np.rint(x), info.min, info.max).astype(dtype)
+    return np.clip(np.rint(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if y.dtype == np.float32 or scale == 0.0:
+        return y.astype(np.float32)
+    return (y.astype(np.float32) - zero_point) * scale
+
+
+def run_tflite(runner, inputs: np.ndarray) -> np.ndarray:
+    """Runs an allocated single-input interpreter sample by sample; (de)quantizes as its tensors say."""
+    in_detail = runner.get_input_details()[0]
+    out_detail = runner.get_output_details()[0]
+    outputs = []
+    for sample in inputs:
+        runner.set_tensor(in_detail["index"], _quantize(sample[None], in_detail))
+        runner.invoke()
+        outputs.append(_dequantize(runner.get_tensor(out_detail["index"]), out_detail)[0])
+    return np.stack(outputs)
+
+
+def tensor_summary(detail: dict) -> dict:
+    """Name, dtype, shape, scale and zero point of an interpreter input/output detail."""
+    scale, zero_point = detail["quantization"]
+    return {
+        "name": detail["name"],
+        "dtype": np.dtype(detail["dtype"]).name,
+        "shape": [int(s) for s in detail["shape_signature"]],
+        "scale": float(scale),
+        "zero_point": int(zero_point),
+    }
+
+
+def file_size(path: str) -> int:
+    """Size of a file, or of every file under a folder (a SavedModel)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)

@@ -1,0 +1,94 @@
+"""Tests of pf_keras_export.benchmark_lib on tiny models: table, CSV, PNG and JSON (times are not asserted)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+import pf_keras
+from pf_keras_export import benchmark as benchmark_cli
+from pf_keras_export.benchmark_lib import benchmark, benchmark_export_dir, cpu_model, resolve_models, time_tflite
+from pf_keras_export.build import build_model
+
+
+class TestBenchmark:
+    def test_tiny_models_write_every_output(self, tmp_path, small_resnet_kwargs):
+        result = benchmark("resnet50,keras_mobilenetv2", output_dir=str(tmp_path), formats="fp32,int8",
+                           image_size=32, threads="1,2", warmup=1, runs=3, model_kwargs=small_resnet_kwargs,
+                           num_calibration=2, verbose=False)
+        rows = result["rows"]
+        assert [(r["model"], r["format"], r["threads"]) for r in rows] == [
+            (m, f, t) for m in ("resnet50", "keras_mobilenetv2") for f in ("fp32", "int8") for t in (1, 2)
+        ]
+        profiles = {"resnet50": pf_keras.profile(build_model("resnet50", model_kwargs=small_resnet_kwargs,
+                                                             image_size=32)),
+                    "keras_mobilenetv2": pf_keras.profile(build_model("keras_mobilenetv2", image_size=32))}
+        reference = {(r["format"], r["threads"]): r["median_ms"] for r in rows if r["model"] == "resnet50"}
+        for row in rows:
+            assert row["min_ms"] <= row["median_ms"] <= row["p90_ms"]
+            assert (row["params"], row["macs"]) == (profiles[row["model"]].params, profiles[row["model"]].macs)
+            expected = reference[row["format"], row["threads"]] / row["median_ms"]
+            assert row["speedup_vs_resnet50"] == pytest.approx(expected)
+            assert row["size_bytes"] == os.path.getsize(row["path"])
+        with open(result["paths"]["markdown"]) as f:
+            table = f.read()
+        assert "| model | format | threads |" in table and cpu_model() in table and "TensorFlow" in table
+        with open(result["paths"]["csv"]) as f:
+            assert len(list(csv.DictReader(f))) == len(rows)
+        with open(result["paths"]["png"], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        with open(result["paths"]["json"]) as f:
+            meta = json.load(f)["meta"]
+        assert meta["cpu"] and meta["versions"]["ai_edge_litert"] and meta["date"]
+
+    def test_export_dir_mode(self, hybrid_export, tmp_path):
+        export_dir = os.path.dirname(os.path.dirname(hybrid_export["files"][1]["path"]))
+        result = benchmark_export_dir(export_dir, output_dir=str(tmp_path), formats="fp32,int8", warmup=0, runs=2,
+                                      verbose=False)
+        assert [(r["model"], r["format"]) for r in result["rows"]] == [("resnet50_hybrid", "fp32"),
+                                                                      ("resnet50_hybrid", "int8")]
+        assert result["rows"][0]["macs"] == hybrid_export["macs"]
+
+    def test_cli_on_an_export_dir(self, hybrid_export, tmp_path, capsys):
+        export_dir = os.path.dirname(os.path.dirname(hybrid_export["files"][1]["path"]))
+        status = benchmark_cli.main(["--export_dir", export_dir, "--formats", "fp32", "--runs", "2",
+                                     "--output_dir", str(tmp_path)])
+        assert status == 0
+        assert "| resnet50_hybrid | fp32 | 1 |" in capsys.readouterr().out
+        status = benchmark_cli.main(["--export_dir", export_dir, "--formats", "fp32", "--runs", "2", "--json",
+                                     "--output_dir", str(tmp_path)])
+        assert status == 0
+        assert [r["format"] for r in json.loads(capsys.readouterr().out)["rows"]] == ["fp32"]
+
+    def test_a_moved_export_folder_is_timed(self, hybrid_export, tmp_path):
+        import shutil
+
+        folder = os.path.dirname(hybrid_export["files"][1]["path"])
+        shutil.copytree(folder, tmp_path / "moved" / "resnet50_hybrid")
+        result = benchmark_export_dir(str(tmp_path / "moved"), output_dir=str(tmp_path / "out"), formats="fp16",
+                                      warmup=0, runs=1, verbose=False)
+        assert result["rows"][0]["path"].startswith(str(tmp_path / "moved"))
+
+    def test_damaged_report(self, tmp_path):
+        (tmp_path / "m").mkdir()
+        (tmp_path / "m" / "report.json").write_text('{"model": "m", "files": [')
+        with pytest.raises(ValueError, match=r"cannot read the export report .*report.json \(JSONDecodeError"):
+            benchmark_export_dir(str(tmp_path), output_dir=str(tmp_path / "out"))
+        (tmp_path / "m" / "report.json").write_text('{"model": "m"}')
+        with pytest.raises(ValueError, match=r"is not an export report"):
+            benchmark_export_dir(str(tmp_path), output_dir=str(tmp_path / "out"))
+
+    def test_errors(self, tmp_path, hybrid_export):
+        with pytest.raises(ValueError, match=r"`models` must be names from .*Received: models=\['resnet18'\]"):
+            benchmark("resnet18", output_dir=str(tmp_path))
+        with pytest.raises(ValueError, match=r"`formats` must be a non-empty subset"):
+            benchmark("resnet50", output_dir=str(tmp_path), formats="saved_model")
+        with pytest.raises(ValueError, match=r"`export_dir` must hold the export tool's output"):
+            benchmark_export_dir(str(tmp_path), output_dir=str(tmp_path))
+        with pytest.raises(ValueError, match=r"`threads` and `runs` must be >= 1 .*Received: threads=0"):
+            time_tflite(hybrid_export["files"][1]["path"], threads=0)
+        names, skipped = resolve_models(None)
+        assert names[0] == "resnet50" and "keras_resnet50" in names and not set(names) & set(skipped)
