@@ -7,6 +7,8 @@ import math
 import keras
 from keras import ops
 
+from pf_keras.layers.position_embedding import check_grid
+
 
 def token_grid_side(tokens: int | None, layer_name: str) -> int:
     """Side of the square grid holding ``tokens`` tokens, or a ValueError."""
@@ -14,8 +16,8 @@ def token_grid_side(tokens: int | None, layer_name: str) -> int:
     if side * side != tokens:
         raise ValueError(
             f"Layer {layer_name!r} needs a known square number of tokens (a square patch grid) on "
-            f"(batch, tokens, channels) inputs; pass a (batch, height, width, channels) map otherwise. "
-            f"Received: tokens={tokens}"
+            f"(batch, tokens, channels) inputs; pass `grid_size` for another grid, or a (batch, height, "
+            f"width, channels) map. Received: tokens={tokens}"
         )
     return side
 
@@ -32,8 +34,9 @@ class MaxPoolTokenMixer(keras.layers.Layer):
     parameters.
 
     Inputs are (batch, height, width, channels) maps, or (batch, tokens, channels)
-    sequences whose static token count is a perfect square (tokens in row-major order of
-    the grid, as a patch embedding produces them).
+    sequences in row-major order of their grid (as a patch embedding produces them): the
+    ``grid_size`` grid, or else a square one. The grid is fixed when the layer is built, so
+    ``call`` reads no shapes and traces alike on every backend (``jax.jit``, torch export).
 
     Sublayers: ``expand`` and ``proj`` (``attn.qkv`` and ``attn.proj`` in the reference).
 
@@ -43,12 +46,14 @@ class MaxPoolTokenMixer(keras.layers.Layer):
         pool_size: int. Odd side of the max-pool window. Defaults to 3.
         use_bias: bool. Biases in both dense layers. Defaults to True.
         dropout_rate: float. Dropout on the output. Defaults to 0.
+        grid_size: (int, int) or None. (rows, columns) of the token grid of sequence
+            inputs. Defaults to None: the square grid of the static token count.
         **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
 
     Raises:
         ValueError: for a bad ``expansion``, ``pool_size`` or ``dropout_rate``, and, when
-            built, for inputs that are not rank 3 or 4 or whose token count is not a
-            known square.
+            built, for inputs that are not rank 3 or 4 or whose token count neither fills
+            ``grid_size`` nor is a known square.
 
     Example:
         >>> mixer = MaxPoolTokenMixer()
@@ -56,6 +61,8 @@ class MaxPoolTokenMixer(keras.layers.Layer):
         (2, 16, 8)
         >>> tuple(mixer(keras.ops.ones((2, 3, 5, 8))).shape)  # or a map
         (2, 3, 5, 8)
+        >>> tuple(MaxPoolTokenMixer(grid_size=(3, 5))(keras.ops.ones((2, 15, 8))).shape)  # non-square grid
+        (2, 15, 8)
     """
 
     def __init__(
@@ -64,6 +71,7 @@ class MaxPoolTokenMixer(keras.layers.Layer):
         pool_size: int = 3,
         use_bias: bool = True,
         dropout_rate: float = 0.0,
+        grid_size: tuple[int, int] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -79,12 +87,16 @@ class MaxPoolTokenMixer(keras.layers.Layer):
         self.pool_size = pool_size
         self.use_bias = use_bias
         self.dropout_rate = float(dropout_rate)
+        self.grid_size = check_grid(grid_size)
+        self.token_grid = None  # (rows, columns) of sequence inputs, set by build
         self.expand = None
         self.proj = None
         # Stride 1 "same": out-of-grid positions are ignored, exactly like PyTorch's padding
         # of pool_size // 2 (the GELU output can be negative, so zero padding would be wrong).
-        self.pool = keras.layers.MaxPooling2D(pool_size, strides=1, padding="same", name="pool")
-        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
+        self.pool = keras.layers.MaxPooling2D(
+            pool_size, strides=1, padding="same", name="pool", dtype=self.dtype_policy
+        )
+        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         if len(input_shape) not in (3, 4):
@@ -96,18 +108,34 @@ class MaxPoolTokenMixer(keras.layers.Layer):
         if channels is None:
             raise ValueError(f"The channel dimension must be known. Received: input_shape={tuple(input_shape)}")
         if len(input_shape) == 3:
-            token_grid_side(input_shape[1], self.name)
+            self.token_grid = self._grid_of(input_shape[1])
         hidden = channels * self.expansion
         self.expand = keras.layers.Dense(hidden, use_bias=self.use_bias, name="expand", dtype=self.dtype_policy)
         self.proj = keras.layers.Dense(channels, use_bias=self.use_bias, name="proj", dtype=self.dtype_policy)
         self.expand.build(input_shape)
         self.proj.build((*input_shape[:-1], hidden))
 
+    def _grid_of(self, tokens) -> tuple[int, int]:
+        """(rows, columns) of ``tokens`` tokens: ``grid_size``, or the square grid; else a ValueError."""
+        if self.grid_size is None:
+            side = token_grid_side(tokens, self.name)
+            return side, side
+        if tokens is not None and tokens != math.prod(self.grid_size):
+            raise ValueError(
+                f"Layer {self.name!r}: the tokens must fill grid_size={self.grid_size}. Received: tokens={tokens}"
+            )
+        return self.grid_size
+
     def call(self, inputs, training=None):
         x = keras.activations.gelu(self.expand(inputs), approximate=False)
         if len(inputs.shape) == 3:  # tokens -> grid (reshape only: no Flex ops in TFLite)
-            side, hidden = token_grid_side(inputs.shape[1], self.name), x.shape[-1]
-            x = ops.reshape(self.pool(ops.reshape(x, (-1, side, side, hidden))), (-1, side * side, hidden))
+            # The grid from build: a traced token count (a torch SymInt) is no int and is never read.
+            tokens, grid = inputs.shape[1], self.token_grid
+            if grid is None or (isinstance(tokens, int) and tokens != grid[0] * grid[1]):
+                grid = self._grid_of(tokens)  # built on a map, or reused on another sequence
+            rows, cols = grid
+            hidden = x.shape[-1]
+            x = ops.reshape(self.pool(ops.reshape(x, (-1, rows, cols, hidden))), (-1, rows * cols, hidden))
         else:
             x = self.pool(x)
         x = self.proj(keras.activations.gelu(x, approximate=False))
@@ -129,6 +157,7 @@ class MaxPoolTokenMixer(keras.layers.Layer):
                 "pool_size": self.pool_size,
                 "use_bias": self.use_bias,
                 "dropout_rate": self.dropout_rate,
+                "grid_size": list(self.grid_size) if self.grid_size else None,
             }
         )
         return config

@@ -48,7 +48,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.dropout_rate = float(dropout_rate)
         self.qkv = None
         self.proj = None
-        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
+        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         if len(input_shape) not in (3, 4):

@@ -9,6 +9,7 @@ import keras
 from pf_keras.layers.drop_path import DropPath
 from pf_keras.layers.max_pool_token_mixer import MaxPoolTokenMixer
 from pf_keras.layers.multi_head_self_attention import MultiHeadSelfAttention
+from pf_keras.layers.position_embedding import check_grid
 
 MIXER_KINDS = ("attention", "max")
 # LayerNorm epsilon of every PfLayer transformer (``partial(nn.LayerNorm, eps=1e-6)``).
@@ -23,8 +24,10 @@ class TransformerBlock(keras.layers.Layer):
     LayerNorms (epsilon 1e-6), a token mixer (:class:`MultiHeadSelfAttention` or the
     parameter-free :class:`MaxPoolTokenMixer`), and an MLP ``Dense(C -> mlp_ratio * C)`` ->
     exact GELU -> ``Dense(-> C)`` with dropout after each dense layer (timm ``Mlp``).
-    Inputs are (batch, tokens, channels) sequences (square token grid for the max mixer) or
-    (batch, height, width, channels) maps.
+    Inputs are (batch, tokens, channels) sequences (a square token grid, or ``grid_size``,
+    for the max mixer) or (batch, height, width, channels) maps. Every sublayer, the
+    weightless ones included, takes the block's dtype policy, so a block saved under mixed
+    precision loads back under any global policy.
 
     Sublayers: ``norm1``, ``mixer``, ``norm2``, ``mlp_fc1``, ``mlp_fc2`` (reference:
     ``norm1``, ``attn``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``), plus weightless dropout and
@@ -38,6 +41,8 @@ class TransformerBlock(keras.layers.Layer):
         drop_path_rate: float. Stochastic depth of both residual branches. Defaults to 0.
         dropout_rate: float. Dropout in the mixer and the MLP. Defaults to 0.
         epsilon: float. LayerNorm epsilon. Defaults to 1e-6.
+        grid_size: (int, int) or None. Token grid of sequence inputs for the max mixer
+            (see :class:`MaxPoolTokenMixer`). Defaults to None (square).
         **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
 
     Raises:
@@ -59,6 +64,7 @@ class TransformerBlock(keras.layers.Layer):
         drop_path_rate: float = 0.0,
         dropout_rate: float = 0.0,
         epsilon: float = LAYER_NORM_EPSILON,
+        grid_size: tuple[int, int] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -75,16 +81,19 @@ class TransformerBlock(keras.layers.Layer):
         self.drop_path_rate = float(drop_path_rate)
         self.dropout_rate = float(dropout_rate)
         self.epsilon = float(epsilon)
+        self.grid_size = check_grid(grid_size)
 
         dtype = self.dtype_policy
         self.norm1 = keras.layers.LayerNormalization(epsilon=self.epsilon, name="norm1", dtype=dtype)
         if mixer == "attention":
             self.mixer = MultiHeadSelfAttention(num_heads, dropout_rate=self.dropout_rate, name="mixer", dtype=dtype)
         else:
-            self.mixer = MaxPoolTokenMixer(mixer_expansion, dropout_rate=self.dropout_rate, name="mixer", dtype=dtype)
+            self.mixer = MaxPoolTokenMixer(
+                mixer_expansion, dropout_rate=self.dropout_rate, grid_size=self.grid_size, name="mixer", dtype=dtype
+            )
         self.norm2 = keras.layers.LayerNormalization(epsilon=self.epsilon, name="norm2", dtype=dtype)
-        self.drop_path = DropPath(self.drop_path_rate, name="drop_path")
-        self.mlp_dropout = keras.layers.Dropout(self.dropout_rate, name="mlp_dropout")
+        self.drop_path = DropPath(self.drop_path_rate, name="drop_path", dtype=dtype)
+        self.mlp_dropout = keras.layers.Dropout(self.dropout_rate, name="mlp_dropout", dtype=dtype)
         self.mlp_fc1 = None
         self.mlp_fc2 = None
 
@@ -126,6 +135,7 @@ class TransformerBlock(keras.layers.Layer):
                 "drop_path_rate": self.drop_path_rate,
                 "dropout_rate": self.dropout_rate,
                 "epsilon": self.epsilon,
+                "grid_size": list(self.grid_size) if self.grid_size else None,
             }
         )
         return config

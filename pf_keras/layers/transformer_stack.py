@@ -53,6 +53,7 @@ def apply_transformer_stack(
     mixers: Sequence[str],
     mlp_ratio: float = 4.0,
     drop_path_rates: Sequence[float] | None = None,
+    grid_size: tuple[int, int] | None = None,
     name_prefix: str = "",
 ):
     """Applies one :class:`TransformerBlock` per entry of ``mixers``.
@@ -67,6 +68,8 @@ def apply_transformer_stack(
         mlp_ratio: float. MLP hidden width over the channels. Defaults to 4.
         drop_path_rates: sequence of float or None. Stochastic depth of each block.
             Defaults to None (all 0).
+        grid_size: (int, int) or None. Token grid of sequence inputs (rows, columns),
+            for the max mixers. Defaults to None (square).
         name_prefix: str. Prefix of the block names. Defaults to "".
 
     Returns:
@@ -85,6 +88,11 @@ def apply_transformer_stack(
         )
     for index, (kind, rate) in enumerate(zip(mixers, rates, strict=True)):
         x = TransformerBlock(
-            num_heads, mixer=kind, mlp_ratio=mlp_ratio, drop_path_rate=rate, name=f"{name_prefix}block{index}"
+            num_heads,
+            mixer=kind,
+            mlp_ratio=mlp_ratio,
+            drop_path_rate=rate,
+            grid_size=grid_size,
+            name=f"{name_prefix}block{index}",
         )(x)
     return x

@@ -24,6 +24,7 @@ Layer names (stable; they are the left column of the PyTorch name table): ``patc
 ``pos_embed``, ``stage{s}_block{b}`` (0-based: reference ``transformers.{s}.blocks.{b}``),
 ``pool{s}_pad`` and ``pool{s}`` (reference ``pools.{s}``), ``norm``, then
 ``avg_pool``/``max_pool`` and ``predictions``; optional ``preprocessing`` after the input.
+Stage ``s`` ends in layer ``stage{s}_block{depths[s]-1}`` (what ``features_only`` returns).
 
 Position embedding at other sizes: when the embedded grid differs from the stored one (for
 example 256x256 inputs, or unknown sizes), the embedding is resized with PyTorch's own
@@ -33,7 +34,9 @@ reference's ``F.interpolate(mode="bicubic")`` is matched to float32 rounding (me
 most on unit-variance values).
 ``tf.image.resize(method="bicubic")`` would not be: it uses ``a = -0.5`` and renormalised
 borders (measured 27x27 -> 31x31: max deviation 0.29 on unit-variance noise, 0.009 on a
-smooth grid of std 0.64; see the README, "Transformers").
+smooth grid of std 0.64; see the README, "Transformers"). Weights of another grid (a model
+built with ``image_size=384`` loading 224 weights) are resampled on load by the same rule, so
+both ways of running at 384 give the same numbers.
 
 Deviations from the reference: none in eval outputs.
 
@@ -57,6 +60,7 @@ from pf_keras.models.common import (
     finish_model,
     make_inputs,
 )
+from pf_keras.models.features import FeatureInfo, feature_model, resolve_out_indices
 from pf_keras.models.registry import create_model, resolve_variant
 from pf_keras.models.vit import block_torch_name
 
@@ -129,6 +133,8 @@ def PiT(
     classes: int = 1000,
     classifier_activation="softmax",
     include_preprocessing: bool = False,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
     name: str = "pit",
 ) -> keras.Model:
     """Builds a pooling-based ViT whose blocks mix tokens by attention or max-pool.
@@ -164,6 +170,11 @@ def PiT(
         classifier_activation: activation of ``predictions``; None gives logits. Defaults to "softmax".
         include_preprocessing: bool. False: inputs are normalised float RGB as for the PyTorch
             originals; True: inputs are RGB in [0, 255]. Defaults to False.
+        features_only: bool. Return the stage outputs instead (see
+            :mod:`pf_keras.models.features`): outputs ``stage{s}_block{n-1}`` at strides
+            ``stride * 2**s``, and a ``feature_info`` attribute. Defaults to False.
+        out_indices: int, sequence of ints or None. With ``features_only``: the stages to
+            return (an int n: the last n). Defaults to None (all).
         name: str. Model name. Defaults to "pit".
 
     Returns:
@@ -172,8 +183,8 @@ def PiT(
 
     Raises:
         ValueError: for stage lists of unequal lengths, bad sizes, counts, rates or mixers,
-            channels that do not grow by an integer factor, inputs smaller than a patch, or
-            bad weights/pooling/classes.
+            channels that do not grow by an integer factor, inputs smaller than a patch,
+            bad weights/pooling/classes, or bad ``out_indices``.
 
     Example:
         >>> model = PiT(patch_size=8, stride=4, head_dims=(4, 4), depths=(2, 2), num_heads=(1, 2),
@@ -208,6 +219,8 @@ def PiT(
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"`drop_path_rate` must be in [0, 1). Received: drop_path_rate={drop_path_rate}")
     stage_mixers = _resolve_stage_mixers(mixers, depths)
+    if features_only:
+        out_indices = resolve_out_indices(out_indices, len(depths), default=range(len(depths)))
     input_shape = check_applications_args(
         include_top=include_top,
         weights=weights,
@@ -245,7 +258,7 @@ def PiT(
     outputs = apply_classifier_head(
         x, include_top=include_top, pooling=pooling, classes=classes, classifier_activation=classifier_activation
     )
-    return finish_model(
+    model = finish_model(
         inputs,
         outputs,
         input_tensor=input_tensor,
@@ -254,6 +267,11 @@ def PiT(
         name_map=_torch_name,
         head_prefixes=("head.",),
     )
+    if not features_only:
+        return model
+    stages = stage_output_names(model)
+    infos = [FeatureInfo(s, stages[s], dims[s], stride * 2**s) for s in out_indices]
+    return feature_model(model, [(info, model.get_layer(info.layer).output) for info in infos])
 
 
 def stage_output_names(model: keras.Model) -> list[str]:

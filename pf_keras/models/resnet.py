@@ -15,7 +15,8 @@ Layer names (stable; they are the left column of the PyTorch name table):
 - stem: ``stem_pad``, ``stem_conv``, ``stem_bn``, ``stem_relu``, ``stem_pool_pad``, ``stem_pool``
 - blocks: ``stage{s}_block{b}_*`` with 1-based s, b (see :mod:`pf_keras.blocks.bottleneck`);
   the output of stage ``s`` is layer ``stage{s}_block{depths[s-1]}_out``
-  (strides 4, 8, 16, 32 for s = 1..4; :func:`stage_output_names` lists them)
+  (strides 4, 8, 16, 32 for s = 1..4; :func:`stage_output_names` lists them); ``features_only``
+  returns these and ``stem_relu`` (stride 2)
 - head: ``avg_pool``/``max_pool``, ``predictions``; optional ``preprocessing`` after the input.
 
 Deviations from the reference: none in eval outputs. R50-hybrid requires input sides that
@@ -41,6 +42,7 @@ from pf_keras.models.common import (
     finish_model,
     make_inputs,
 )
+from pf_keras.models.features import FeatureInfo, feature_model, resolve_out_indices
 from pf_keras.models.registry import create_model, resolve_variant
 
 STEM_FILTERS = 64
@@ -120,6 +122,8 @@ def ResNet(
     classes: int = 1000,
     classifier_activation="softmax",
     include_preprocessing: bool = False,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
     name: str = "resnet",
 ) -> keras.Model:
     """Builds a bottleneck ResNet whose blocks are regular, max or efficient.
@@ -145,13 +149,20 @@ def ResNet(
         classifier_activation: activation of ``predictions``; None gives logits. Defaults to "softmax".
         include_preprocessing: bool. False: inputs are normalised float RGB as for the PyTorch
             originals; True: inputs are RGB in [0, 255]. Defaults to False.
+        features_only: bool. Return feature maps instead (see
+            :mod:`pf_keras.models.features`): index 0 is ``stem_relu`` (stride 2), index
+            ``s`` the output of stage ``s`` (stride ``2**(s+1)``); the model gets a
+            ``feature_info`` attribute. Defaults to False.
+        out_indices: int, sequence of ints or None. With ``features_only``: the maps to
+            return (an int n: the last n). Defaults to None: (1, 2, 3, 4), strides 4-32.
         name: str. Model name. Defaults to "resnet".
 
     Returns:
         A ``keras.Model``.
 
     Raises:
-        ValueError: for bad depths, widths, kinds, weights, pooling, classes or input sizes.
+        ValueError: for bad depths, widths, kinds, weights, pooling, classes, input sizes or
+            ``out_indices``.
 
     Example:
         >>> model = ResNet((1, 1, 1, 1), "max", width_mult=0.125, input_shape=(64, 64, 3), classes=10)
@@ -166,6 +177,8 @@ def ResNet(
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"`drop_path_rate` must be in [0, 1). Received: drop_path_rate={drop_path_rate}")
     kinds = _resolve_block_kinds(block_kinds, depths)
+    if features_only:
+        out_indices = resolve_out_indices(out_indices, 1 + len(depths), default=range(1, 1 + len(depths)))
     strided_efficient = any(stage[0] == "efficient" for stage in kinds[1:])
     input_shape = check_applications_args(
         include_top=include_top,
@@ -198,7 +211,7 @@ def ResNet(
     outputs = apply_classifier_head(
         x, include_top=include_top, pooling=pooling, classes=classes, classifier_activation=classifier_activation
     )
-    return finish_model(
+    model = finish_model(
         inputs,
         outputs,
         input_tensor=input_tensor,
@@ -207,6 +220,12 @@ def ResNet(
         name_map=functools.partial(_torch_name, efficient_blocks=frozenset(efficient_blocks)),
         head_prefixes=("fc.",),
     )
+    if not features_only:
+        return model
+    layers = ["stem_relu", *stage_output_names(model)]  # strides 2, 4, 8, 16, 32
+    maps = [model.get_layer(layers[i]).output for i in out_indices]
+    infos = [FeatureInfo(i, layers[i], int(m.shape[-1]), 2 ** (i + 1)) for i, m in zip(out_indices, maps, strict=True)]
+    return feature_model(model, list(zip(infos, maps, strict=True)))
 
 
 def ResNet50(**kwargs) -> keras.Model:

@@ -18,10 +18,15 @@ Layer names (stable; they are the left column of the PyTorch name table):
 ``patch_embed`` (Conv2D), ``patch_tokens`` (Reshape), ``pos_embed``, ``block{i}`` (0-based,
 as the reference's ``blocks.{i}``), ``norm``, ``feature_map`` (Reshape to the patch grid),
 then ``avg_pool``/``max_pool`` and ``predictions``; optional ``preprocessing`` after the input.
+With ``features_only``: ``block{i}_map`` (Reshape of block ``i``'s tokens to the patch grid).
 
 Deviations from the reference: none in eval outputs. The input size is fixed by the
-position embedding, so the input must be a known square whose side is a multiple of
-``patch_size`` (the reference silently drops the remainder pixels). ``include_top=False``
+position embedding, so it must be known, with sides that are multiples of ``patch_size``
+(the reference silently drops the remainder pixels); it may be non-square (the max-pool
+mixers get the grid). Weights trained at another size (a 224 checkpoint in a 384 model) have
+their position embedding resampled on load, bicubic without antialiasing, as timm's
+``resample_abs_pos_embed(..., antialias=False)`` and DeiT's fine-tuning script do
+(:func:`~pf_keras.layers.position_embedding.resample_position_embedding`). ``include_top=False``
 returns the final (LayerNorm-ed) tokens as a (batch, h, w, C) map.
 
 MACs follow the paper: dense and convolution layers only, without attention's two
@@ -45,6 +50,7 @@ from pf_keras.models.common import (
     finish_model,
     make_inputs,
 )
+from pf_keras.models.features import FeatureInfo, feature_model, resolve_out_indices
 from pf_keras.models.registry import create_model, resolve_variant
 
 DEFAULT_SIZE = 224
@@ -114,6 +120,8 @@ def ViT(
     classes: int = 1000,
     classifier_activation="softmax",
     include_preprocessing: bool = False,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
     name: str = "vit",
 ) -> keras.Model:
     """Builds a ViT without class token whose blocks mix tokens by attention or max-pool.
@@ -135,23 +143,30 @@ def ViT(
             only), or the path to an official PyTorch checkpoint or a Keras ``.weights.h5``
             file. Defaults to None.
         input_tensor: optional Keras tensor to build the model on.
-        input_shape: (side, side, channels), a known square; the side must be a multiple of
-            ``patch_size``. Defaults to (224, 224, 3).
+        input_shape: (height, width, channels), known sides that are multiples of
+            ``patch_size`` (square or not; the position embedding has one entry per patch,
+            and weights of another grid are resampled on load). Defaults to (224, 224, 3).
         pooling: None, "avg" or "max". Global pooling when ``include_top=False``. Defaults to None.
         classes: int. Number of classes with a top. Defaults to 1000.
         classifier_activation: activation of ``predictions``; None gives logits. Defaults to "softmax".
         include_preprocessing: bool. False: inputs are normalised float RGB as for the PyTorch
             originals; True: inputs are RGB in [0, 255]. Defaults to False.
+        features_only: bool. Return the block outputs as maps instead (see
+            :mod:`pf_keras.models.features`): outputs ``block{i}_map``, (batch, height /
+            patch_size, width / patch_size, hidden_dim), and a ``feature_info`` attribute.
+            Defaults to False.
+        out_indices: int, sequence of ints or None. With ``features_only``: the blocks to
+            return (an int n: the last n). Defaults to None (the last 3, as timm).
         name: str. Model name. Defaults to "vit".
 
     Returns:
         A ``keras.Model``. Without a top and pooling, its output is the final token map
-        (batch, side / patch_size, side / patch_size, hidden_dim).
+        (batch, height / patch_size, width / patch_size, hidden_dim).
 
     Raises:
         ValueError: for bad sizes, counts, rates or mixers, ``hidden_dim`` not divisible by
-            ``num_heads``, an unknown, non-square or wrongly sized input, or bad
-            weights/pooling/classes.
+            ``num_heads``, an unknown or wrongly sized input, bad weights/pooling/classes,
+            or bad ``out_indices``.
 
     Example:
         >>> model = ViT(patch_size=8, hidden_dim=16, depth=2, num_heads=2, input_shape=(32, 32, 3), classes=10)
@@ -169,16 +184,16 @@ def ViT(
             f"`hidden_dim` must be divisible by `num_heads` (each head gets hidden_dim / num_heads channels). "
             f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
         )
+    if features_only:
+        out_indices = resolve_out_indices(out_indices, depth, default=range(max(depth - 3, 0), depth))
     if input_shape is None:
         input_shape = (DEFAULT_SIZE, DEFAULT_SIZE, 3)
     input_shape = tuple(input_shape)
-    if len(input_shape) == 3:
-        side = input_shape[0]
-        if side is None or input_shape[1] != side:
-            raise ValueError(
-                "ViT needs a known square input (its position embedding has one entry per patch); resize or "
-                f"crop to e.g. ({DEFAULT_SIZE}, {DEFAULT_SIZE}, 3). Received: input_shape={input_shape}"
-            )
+    if len(input_shape) == 3 and None in input_shape[:2]:
+        raise ValueError(
+            "ViT needs a known input size (its position embedding has one entry per patch); resize or "
+            f"crop to e.g. ({DEFAULT_SIZE}, {DEFAULT_SIZE}, 3). Received: input_shape={input_shape}"
+        )
     input_shape = check_applications_args(
         include_top=include_top,
         weights=weights,
@@ -189,25 +204,28 @@ def ViT(
         default_size=DEFAULT_SIZE,
         min_size=patch_size,
     )
-    if input_shape[0] % patch_size:
-        raise ValueError(
-            f"The input side must be a multiple of patch_size={patch_size} (no partial patches); resize or "
-            f"crop to e.g. {input_shape[0] // patch_size * patch_size}. Received: input_shape={input_shape}"
-        )
-    grid = input_shape[0] // patch_size
+    for side in input_shape[:2]:
+        if side % patch_size:
+            raise ValueError(
+                f"The input sides must be multiples of patch_size={patch_size} (no partial patches); resize or "
+                f"crop to e.g. {side // patch_size * patch_size}. Received: input_shape={input_shape}"
+            )
+    grid = (input_shape[0] // patch_size, input_shape[1] // patch_size)
 
     inputs, x = make_inputs(input_tensor, input_shape, include_preprocessing)
     x = keras.layers.Conv2D(hidden_dim, patch_size, strides=patch_size, padding="valid", name="patch_embed")(x)
-    x = keras.layers.Reshape((grid * grid, hidden_dim), name="patch_tokens")(x)  # row-major, as torch's flatten
-    x = PositionEmbedding(name="pos_embed")(x)
+    x = keras.layers.Reshape((grid[0] * grid[1], hidden_dim), name="patch_tokens")(x)  # row-major, as torch's flatten
+    x = PositionEmbedding(grid_size=grid, name="pos_embed")(x)
     rates = [drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
-    x = apply_transformer_stack(x, num_heads=num_heads, mixers=kinds, mlp_ratio=mlp_ratio, drop_path_rates=rates)
+    x = apply_transformer_stack(
+        x, num_heads=num_heads, mixers=kinds, mlp_ratio=mlp_ratio, drop_path_rates=rates, grid_size=grid
+    )
     x = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="norm")(x)
-    x = keras.layers.Reshape((grid, grid, hidden_dim), name="feature_map")(x)
+    x = keras.layers.Reshape((*grid, hidden_dim), name="feature_map")(x)
     outputs = apply_classifier_head(
         x, include_top=include_top, pooling=pooling, classes=classes, classifier_activation=classifier_activation
     )
-    return finish_model(
+    model = finish_model(
         inputs,
         outputs,
         input_tensor=input_tensor,
@@ -216,6 +234,14 @@ def ViT(
         name_map=_torch_name,
         head_prefixes=("head.",),
     )
+    if not features_only:
+        return model
+    maps = []
+    for index in out_indices:  # block outputs are tokens: reshape them to the patch grid
+        tokens = model.get_layer(f"block{index}").output
+        info = FeatureInfo(index, f"block{index}_map", hidden_dim, patch_size)
+        maps.append((info, keras.layers.Reshape((*grid, hidden_dim), name=info.layer)(tokens)))
+    return feature_model(model, maps)
 
 
 def vit_ti_max(**kwargs) -> keras.Model:

@@ -55,6 +55,23 @@ class TestMaxPoolTokenMixer:
         assert tokens.shape == (2, 16, 6)
         np.testing.assert_allclose(tokens, keras.ops.reshape(mixer(grid), (2, 16, 6)), atol=1e-6)
 
+    def test_non_square_token_grid_from_grid_size(self):
+        grid = np.random.default_rng(3).normal(size=(2, 3, 5, 6)).astype("float32")
+        mixer = MaxPoolTokenMixer(grid_size=(3, 5))
+        mixer.build((2, 15, 6))
+        _randomise(mixer)
+        tokens = mixer(grid.reshape(2, 15, 6))
+        np.testing.assert_allclose(tokens, reference(mixer, grid).reshape(2, 15, 6), atol=1e-5)
+        assert mixer.token_grid == (3, 5)
+
+    def test_grid_is_fixed_at_build(self):
+        """``call`` takes the grid from ``build``: no shape is read (traced sizes are not ints on torch)."""
+        mixer = MaxPoolTokenMixer(grid_size=(2, 8))
+        mixer.build((None, None, 4))  # unknown token count: the grid still says 2x8
+        assert mixer.token_grid == (2, 8)
+        with pytest.raises(ValueError, match="tokens must fill grid_size=\\(2, 8\\). Received: tokens=15"):
+            mixer(np.zeros((1, 15, 4), "float32"))
+
     def test_sublayers_and_macs(self):
         mixer = MaxPoolTokenMixer(expansion=3)
         mixer.build((None, 16, 8))
@@ -73,9 +90,12 @@ class TestMaxPoolTokenMixer:
         assert not np.allclose(mixer(x, training=True), mixer(x, training=False))
 
     def test_config_round_trip(self):
-        mixer = MaxPoolTokenMixer(expansion=2, pool_size=5, use_bias=False, dropout_rate=0.1, name="m")
+        mixer = MaxPoolTokenMixer(
+            expansion=2, pool_size=5, use_bias=False, dropout_rate=0.1, grid_size=(3, 4), name="m"
+        )
         clone = MaxPoolTokenMixer.from_config(mixer.get_config())
         assert clone.get_config() == mixer.get_config()
+        assert clone.grid_size == (3, 4)
         assert keras.saving.get_registered_name(MaxPoolTokenMixer) == "pf_keras>MaxPoolTokenMixer"
 
     @pytest.mark.parametrize(
@@ -84,6 +104,8 @@ class TestMaxPoolTokenMixer:
             (dict(expansion=0), "positive int. Received: expansion=0"),
             (dict(pool_size=2), "positive odd int.*Received: pool_size=2"),
             (dict(dropout_rate=1.0), r"\[0, 1\). Received: dropout_rate=1.0"),
+            (dict(grid_size=(3,)), r"2 positive ints. Received: grid_size=\(3,\)"),
+            (dict(grid_size=(3, 0)), r"2 positive ints. Received: grid_size=\(3, 0\)"),
         ],
     )
     def test_invalid_arguments(self, kwargs, match):
@@ -101,6 +123,10 @@ class TestMaxPoolTokenMixer:
     def test_invalid_inputs(self, shape, match):
         with pytest.raises(ValueError, match=match):
             MaxPoolTokenMixer().build(shape)
+
+    def test_tokens_that_do_not_fill_the_grid(self):
+        with pytest.raises(ValueError, match="tokens must fill grid_size=\\(3, 5\\). Received: tokens=16"):
+            MaxPoolTokenMixer(grid_size=(3, 5)).build((2, 16, 8))
 
     def test_docstring_examples(self):
         assert doctest.testmod(max_pool_token_mixer, raise_on_error=True).attempted > 0

@@ -8,9 +8,15 @@ import math
 import keras
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 from pf_keras.layers import position_embedding
-from pf_keras.layers.position_embedding import PositionEmbedding, bicubic_resize_matrix, resize_grid
+from pf_keras.layers.position_embedding import (
+    PositionEmbedding,
+    bicubic_resize_matrix,
+    resample_position_embedding,
+    resize_grid,
+)
 
 A = -0.75  # PyTorch's cubic convolution constant
 
@@ -70,6 +76,78 @@ class TestBicubicResize:
         assert np.abs(tf_bicubic - reference).max() > 0.1  # measured 0.29 on unit-variance noise
 
 
+def _timm_fixture() -> dict[str, np.ndarray]:
+    """timm's resample_abs_pos_embed outputs (tests/fixtures/make_pos_embed.py)."""
+    import os
+
+    with np.load(os.path.join(FIXTURES, "pos_embed_resample.npz")) as data:
+        return {k: data[k] for k in data.files}
+
+
+class TestResampleOnLoad:
+    @pytest.mark.parametrize(
+        "key",
+        [f"{f}_{s}{aa}" for f, sizes in (("vit", ("24x24", "10x14", "7x9")), ("pit", ("47x47", "19x27")))
+         for s in sizes for aa in ("", "_aa")],
+    )
+    def test_matches_timm(self, key):
+        """timm.layers.resample_abs_pos_embed(_nhwc), bicubic, antialias False and True (``_aa``)."""
+        arrays = _timm_fixture()
+        family, size = key.split("_")[:2]
+        grid = tuple(int(n) for n in size.split("x"))
+        ours = resample_position_embedding(arrays[f"{family}_in"], grid, antialias=key.endswith("_aa"))
+        assert ours.shape == arrays[key].shape and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, arrays[key], atol=1e-5, rtol=0)  # float32 rounding: measured 6e-6
+
+    def test_default_rule_is_the_on_the_fly_resize(self):
+        grid = _timm_fixture()["pit_in"]
+        on_the_fly = keras.ops.convert_to_numpy(resize_grid(keras.ops.convert_to_tensor(grid), 19, 27))
+        np.testing.assert_allclose(resample_position_embedding(grid, (19, 27)), on_the_fly, atol=1e-5)
+
+    def test_antialias_matters_also_when_enlarging(self):
+        arrays = _timm_fixture()
+        assert np.abs(arrays["vit_24x24"] - arrays["vit_24x24_aa"]).max() > 0.1  # a = -0.75 vs Pillow's -0.5
+
+    def test_non_square_token_source(self):
+        tokens = np.arange(2 * 3 * 2, dtype="float32").reshape(1, 6, 2)
+        same = resample_position_embedding(tokens, (2, 3), source_grid=(2, 3))
+        np.testing.assert_allclose(same, tokens, atol=1e-6)
+        with pytest.raises(ValueError, match="6 tokens do not fill 2x2; pass `source_grid`"):
+            resample_position_embedding(tokens, (4, 4))
+
+    @pytest.mark.parametrize(
+        "shape,grid,match",
+        [
+            ((2, 4, 3), (2, 2), "is \\(1, tokens, C\\) or \\(1, h, w, C\\). Received: shape=\\(2, 4, 3\\)"),
+            ((1, 4, 3), (2,), "2 positive ints. Received: grid_size=\\(2,\\)"),
+            ((1, 4, 3), None, "2 positive ints. Received: grid_size=None"),
+        ],
+    )
+    def test_invalid(self, shape, grid, match):
+        with pytest.raises(ValueError, match=match):
+            resample_position_embedding(np.zeros(shape, "float32"), grid)
+
+    def test_layer_resamples_tokens_to_its_grid(self):
+        layer = PositionEmbedding(grid_size=(10, 14))
+        layer.build((None, 140, 2))
+        assert layer.embedding.shape == (1, 140, 2)
+        arrays = _timm_fixture()
+        np.testing.assert_allclose(layer.resample(arrays["vit_in"]), arrays["vit_10x14"], atol=1e-5)
+        with pytest.raises(ValueError, match="cannot be resampled to \\(1, 140, 2\\)"):
+            layer.resample(np.zeros((1, 196, 3), "float32"))
+
+    def test_keras_weights_of_another_grid_are_resampled(self, tmp_path):
+        small_in, large_in = keras.Input((27, 27, 2)), keras.Input((47, 47, 2))
+        small = keras.Model(small_in, PositionEmbedding(name="pos_embed")(small_in))
+        large = keras.Model(large_in, PositionEmbedding(name="pos_embed")(large_in))
+        stored = _timm_fixture()["pit_in"]
+        small.get_layer("pos_embed").embedding.assign(stored)
+        small.save_weights(tmp_path / "small.weights.h5")
+        large.load_weights(tmp_path / "small.weights.h5")
+        loaded = keras.ops.convert_to_numpy(large.get_layer("pos_embed").embedding)
+        np.testing.assert_allclose(loaded, _timm_fixture()["pit_47x47"], atol=1e-5)
+
+
 class TestPositionEmbedding:
     def test_tokens_add_a_sequence_embedding(self):
         layer = PositionEmbedding()
@@ -94,6 +172,25 @@ class TestPositionEmbedding:
         np.testing.assert_allclose(static.predict(x, verbose=0), expected, atol=1e-6)
         np.testing.assert_allclose(dynamic.predict(x, verbose=0), expected, atol=1e-6)
         np.testing.assert_allclose(dynamic.predict(np.zeros((1, 4, 4, 2), "float32"), verbose=0), grid[None], atol=1e-7)
+
+    def test_tokens_on_a_non_square_grid(self):
+        layer = PositionEmbedding(grid_size=(2, 3))
+        assert layer(np.zeros((1, 6, 4), "float32")).shape == (1, 6, 4)
+        with pytest.raises(ValueError, match="tokens must fill grid_size=\\(2, 3\\)"):
+            PositionEmbedding(grid_size=(2, 3)).build((None, 7, 4))
+
+    @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+    def test_mixed_precision_keeps_and_resizes_the_embedding_in_float32(self, policy):
+        layer = PositionEmbedding(grid_size=(4, 4), dtype=policy)
+        x = np.zeros((1, 6, 5, 2), "float32")
+        out = layer(x)
+        compute = policy.split("_")[1]
+        assert layer.embedding.dtype == "float32" and keras.backend.standardize_dtype(out.dtype) == compute
+        grid = keras.ops.convert_to_numpy(layer.embedding)[0].astype("float64")
+        expected = torch_bicubic_reference(grid, 6, 5)[None]
+        # Only the final cast rounds: the error is half a unit in the last place of the compute dtype.
+        tolerance = {"float16": 2**-11, "bfloat16": 2**-8}[compute] * np.abs(expected).max()
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")), expected, atol=tolerance)
 
     def test_weight_path(self):
         layer = PositionEmbedding(name="pos_embed")

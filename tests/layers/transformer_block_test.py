@@ -63,9 +63,19 @@ class TestTransformerBlock:
 
     @pytest.mark.parametrize("mixer", ["attention", "max"])
     def test_config_round_trip(self, mixer):
-        block = TransformerBlock(num_heads=3, mixer=mixer, mlp_ratio=2.0, drop_path_rate=0.1, dropout_rate=0.1)
+        block = TransformerBlock(
+            num_heads=3, mixer=mixer, mlp_ratio=2.0, drop_path_rate=0.1, dropout_rate=0.1, grid_size=(2, 5)
+        )
         clone = TransformerBlock.from_config(block.get_config())
         assert clone.get_config() == block.get_config()
+
+    def test_grid_size_reaches_the_max_mixer(self):
+        """Tokens of a non-square grid give the same numbers as the map they come from."""
+        x = np.random.default_rng(2).normal(size=(2, 2, 5, 8)).astype("float32")
+        block = TransformerBlock(num_heads=2, mixer="max", grid_size=(2, 5))
+        tokens = block(x.reshape(2, 10, 8))
+        assert block.mixer.token_grid == (2, 5)
+        np.testing.assert_allclose(tokens, keras.ops.reshape(block(x), (2, 10, 8)), atol=1e-5)
 
     @pytest.mark.parametrize(
         "kwargs,match",

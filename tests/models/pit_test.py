@@ -105,10 +105,10 @@ class TestPiTParity:
         model, arrays = _fixture_model()
         state = state_dict_of(arrays)
         del state["pools.1.conv.bias"]
-        state["pos_embed"] = np.zeros((1, 8, 9, 9), np.float32)
+        state["pos_embed"] = np.zeros((1, 6, 9, 9), np.float32)  # another width (another grid is resampled)
         with pytest.raises(ValueError, match="1 missing keys \\['pools.1.conv.bias'\\]") as error:
             plan_torch_transfer(model, state, pit._torch_name)
-        assert "pos_embed: checkpoint (1, 8, 9, 9) vs model (1, 8, 7, 7)" in str(error.value)
+        assert "pos_embed: checkpoint (1, 6, 9, 9) vs model (1, 8, 7, 7)" in str(error.value)
 
 
 def _small_fixture_kwargs() -> dict:
