@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections import Counter
 
 import keras
 
-from pf_keras.weights.errors import CheckpointError, describe
+from pf_keras.layers.position_embedding import PositionEmbedding
 from pf_keras.weights.torch_convert import NameMap, load_torch_state_dict
 from pf_keras.weights.torch_reader import read_state_dict
 
 TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".bin")
 KERAS_SUFFIXES = (".weights.h5", ".h5")
+POSITION_EMBEDDING = "a position embedding (any grid)"  # how the fit check counts them
 
 
 def weights_dir() -> str:
@@ -48,10 +50,6 @@ def load_weights_file(
     """Loads a PyTorch checkpoint (through ``name_map``) or a Keras weights file into ``model``.
 
     ``ignore_prefixes``: PyTorch keys allowed to stay unused (the classifier of a headless model).
-
-    Raises:
-        CheckpointError: one line naming the file and the problem, for a file that is
-            malformed, hostile, over a reader limit, or does not fit ``model``.
     """
     path = os.fspath(path)
     if path.endswith(TORCH_SUFFIXES):
@@ -61,7 +59,7 @@ def load_weights_file(
             if ignore_prefixes
             else state_dict
         )
-        load_torch_state_dict(model, state_dict, name_map, source=path)
+        load_torch_state_dict(model, state_dict, name_map)
     else:
         load_keras_weights(model, path)
 
@@ -74,26 +72,31 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
     a Keras warning about skipped layers is an error too.
 
     Raises:
-        CheckpointError: naming the mismatch, when the file is for another model, size or
-            head, or the problem, when it is not a readable HDF5 file (truncated, zero-filled,
-            another format).
+        ValueError: naming the mismatch, when the file is for another model, size or head.
     """
     import h5py
 
     hint = "Build the model with the name and arguments the file was saved from."
+    # Position embeddings may come from another resolution: counted, not shape-checked here;
+    # PositionEmbedding.load_own_variables resamples them (and refuses another width).
+    position = re.compile(r"(^|/)position_embedding(_\d+)?/vars/")
+    stored: Counter = Counter()
+
+    def count(name, item):
+        if isinstance(item, h5py.Dataset):
+            stored.update([POSITION_EMBEDDING if position.search(name) else tuple(item.shape)])
+
     try:
         with h5py.File(path, "r") as f:
-            stored: Counter = Counter()
-            f.visititems(lambda _, item: stored.update([tuple(item.shape)]) if isinstance(item, h5py.Dataset) else None)
-    except Exception as error:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError... on a damaged file
-        raise CheckpointError(
-            f"{path}: not a readable Keras .weights.h5 file ({describe(error)}). Received: weights={path!r}"
-        ) from error
-    expected = Counter(tuple(w.shape) for w in model.weights)
+            f.visititems(count)
+    except OSError as error:
+        raise ValueError(f"`weights` must be a Keras .weights.h5 file ({error}). Received: weights={path!r}") from error
+    resampled = {id(w) for layer in model.layers if isinstance(layer, PositionEmbedding) for w in layer.weights}
+    expected = Counter(POSITION_EMBEDDING if id(w) in resampled else tuple(w.shape) for w in model.weights)
     if stored != expected:
         only_model = dict(list((expected - stored).items())[:4])
         only_file = dict(list((stored - expected).items())[:4])
-        raise CheckpointError(
+        raise ValueError(
             f"The weights file does not fit model {model.name!r}: it holds {sum(stored.values())} arrays, the model "
             f"has {sum(expected.values())} weights (shapes only in the model: {only_model}; only in the file: "
             f"{only_file}). {hint} Received: weights={path!r}"
@@ -103,7 +106,7 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
             warnings.filterwarnings("error", message=".*(Skipping|retain their freshly-initialized).*")
             model.load_weights(path)
     except Exception as error:  # Keras raises assorted types (ValueError, KeyError, UserWarning) on a mismatch.
-        raise CheckpointError(
-            f"The weights file does not fit model {model.name!r} ({describe(error)}). {hint} "
+        raise ValueError(
+            f"The weights file does not fit model {model.name!r} ({type(error).__name__}: {error}). {hint} "
             f"Received: weights={path!r}"
         ) from error
