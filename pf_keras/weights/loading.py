@@ -10,6 +10,7 @@ from collections import Counter
 import keras
 
 from pf_keras.layers.position_embedding import PositionEmbedding
+from pf_keras.weights.errors import CheckpointError, describe
 from pf_keras.weights.torch_convert import NameMap, load_torch_state_dict
 from pf_keras.weights.torch_reader import read_state_dict
 
@@ -50,6 +51,10 @@ def load_weights_file(
     """Loads a PyTorch checkpoint (through ``name_map``) or a Keras weights file into ``model``.
 
     ``ignore_prefixes``: PyTorch keys allowed to stay unused (the classifier of a headless model).
+
+    Raises:
+        CheckpointError: one line naming the file and the problem, for a file that is
+            malformed, hostile, over a reader limit, or does not fit ``model``.
     """
     path = os.fspath(path)
     if path.endswith(TORCH_SUFFIXES):
@@ -59,7 +64,7 @@ def load_weights_file(
             if ignore_prefixes
             else state_dict
         )
-        load_torch_state_dict(model, state_dict, name_map)
+        load_torch_state_dict(model, state_dict, name_map, source=path)
     else:
         load_keras_weights(model, path)
 
@@ -72,7 +77,9 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
     a Keras warning about skipped layers is an error too.
 
     Raises:
-        ValueError: naming the mismatch, when the file is for another model, size or head.
+        CheckpointError: naming the mismatch, when the file is for another model, size or
+            head, or the problem, when it is not a readable HDF5 file (truncated, zero-filled,
+            another format).
     """
     import h5py
 
@@ -89,14 +96,16 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
     try:
         with h5py.File(path, "r") as f:
             f.visititems(count)
-    except OSError as error:
-        raise ValueError(f"`weights` must be a Keras .weights.h5 file ({error}). Received: weights={path!r}") from error
+    except Exception as error:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError... on a damaged file
+        raise CheckpointError(
+            f"{path}: not a readable Keras .weights.h5 file ({describe(error)}). Received: weights={path!r}"
+        ) from error
     resampled = {id(w) for layer in model.layers if isinstance(layer, PositionEmbedding) for w in layer.weights}
     expected = Counter(POSITION_EMBEDDING if id(w) in resampled else tuple(w.shape) for w in model.weights)
     if stored != expected:
         only_model = dict(list((expected - stored).items())[:4])
         only_file = dict(list((stored - expected).items())[:4])
-        raise ValueError(
+        raise CheckpointError(
             f"The weights file does not fit model {model.name!r}: it holds {sum(stored.values())} arrays, the model "
             f"has {sum(expected.values())} weights (shapes only in the model: {only_model}; only in the file: "
             f"{only_file}). {hint} Received: weights={path!r}"
@@ -106,7 +115,7 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
             warnings.filterwarnings("error", message=".*(Skipping|retain their freshly-initialized).*")
             model.load_weights(path)
     except Exception as error:  # Keras raises assorted types (ValueError, KeyError, UserWarning) on a mismatch.
-        raise ValueError(
-            f"The weights file does not fit model {model.name!r} ({type(error).__name__}: {error}). {hint} "
+        raise CheckpointError(
+            f"The weights file does not fit model {model.name!r} ({describe(error)}). {hint} "
             f"Received: weights={path!r}"
         ) from error

@@ -6,7 +6,10 @@ with sublayers (transformer blocks) may also answer for deeper paths such as
 ``"block1/mixer"`` or for a whole variable path (see :func:`_torch_key`). The
 engine here turns each Keras variable into a PyTorch key with the fixed leaf table below,
 converts the layout, and checks the whole state dict before writing anything: every
-missing, unexpected and mis-shaped key is reported in one ValueError.
+missing, unexpected and mis-shaped key is reported in one :class:`CheckpointError`, then
+every unusable value: non-finite values, integer or boolean values for a float weight, and
+a narrowing float cast (float64 -> float32) that changes a value, unless precision loss is
+allowed (``allow_precision_loss=True`` or :func:`precision_loss_allowed`).
 
 Layouts: Conv2d (out, in, kh, kw) -> (kh, kw, in, out); depthwise (C*m, 1, kh, kw) ->
 (kh, kw, C, m); Linear (out, in) -> (in, out); position embeddings (1, C, h, w) -> (1, h, w, C).
@@ -16,12 +19,15 @@ model's with :meth:`pf_keras.layers.PositionEmbedding.resample` (bicubic, as tim
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
 
 from pf_keras.layers.position_embedding import PositionEmbedding
+from pf_keras.weights.errors import CheckpointError
 
 # Keras variable name -> PyTorch parameter/buffer name.
 LEAF_NAMES = {
@@ -36,6 +42,45 @@ LEAF_NAMES = {
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 NameMap = Callable[[str], "str | None"]
+
+_ALLOW_PRECISION_LOSS = contextvars.ContextVar("allow_precision_loss", default=False)
+
+
+@contextlib.contextmanager
+def precision_loss_allowed(allow: bool = True) -> Iterator[None]:
+    """Within the block, conversions default to ``allow_precision_loss=allow``.
+
+    For callers that reach the converter through a builder (``create_model(name,
+    weights="x.pth")``, ``pf_keras.convert``), which has no argument for it.
+    """
+    token = _ALLOW_PRECISION_LOSS.set(allow)
+    try:
+        yield
+    finally:
+        _ALLOW_PRECISION_LOSS.reset(token)
+
+
+def _value_problem(array: np.ndarray, dtype: str, allow_precision_loss: bool) -> str | None:
+    """Why ``array`` cannot become a ``dtype`` weight, or None (checks before any cast)."""
+    target = np.dtype(dtype)
+    if target.kind != "f":
+        return None if array.dtype.kind in "iub" else f"{array.dtype} values for a {dtype} weight"
+    if array.dtype.kind != "f":
+        return f"{array.dtype} (non-float) values for a {dtype} weight"
+    finite = np.isfinite(array)
+    if not finite.all():
+        return f"{array.size - int(finite.sum())} NaN/Inf values"
+    if array.dtype.itemsize > target.itemsize:
+        with np.errstate(over="ignore"):
+            cast = array.astype(target)
+        if not np.isfinite(cast).all():
+            return f"{array.dtype} values beyond the {dtype} range"
+        if not allow_precision_loss and not np.array_equal(cast.astype(array.dtype), array):
+            return (
+                f"{array.dtype} values not exactly representable in {dtype} (pass allow_precision_loss=True / "
+                "--allow_precision_loss to round them)"
+            )
+    return None
 
 
 def _to_keras(leaf: str, array: np.ndarray, keras_shape: tuple) -> np.ndarray:
@@ -55,7 +100,12 @@ def _to_keras(leaf: str, array: np.ndarray, keras_shape: tuple) -> np.ndarray:
 
 
 def plan_torch_transfer(
-    model: keras.Model, state_dict: dict[str, np.ndarray], name_map: NameMap
+    model: keras.Model,
+    state_dict: dict[str, np.ndarray],
+    name_map: NameMap,
+    *,
+    allow_precision_loss: bool | None = None,
+    source: str = "Checkpoint",
 ) -> list[tuple[keras.Variable, np.ndarray]]:
     """Matches every Keras variable to a converted PyTorch array, or raises.
 
@@ -63,14 +113,21 @@ def plan_torch_transfer(
         model: keras.Model. The model to fill.
         state_dict: dict. PyTorch names to arrays in PyTorch layout.
         name_map: callable. Keras layer name -> PyTorch module prefix (None: no weights).
+        allow_precision_loss: bool or None. Round float64 values that float32 cannot hold
+            exactly instead of refusing them. Defaults to None: the current
+            :func:`precision_loss_allowed` setting (False unless set).
+        source: str. Names the checkpoint (its path) in error messages.
 
     Returns:
         (variable, array) pairs, arrays already in Keras layout.
 
     Raises:
-        ValueError: naming every missing, unexpected and mis-shaped key.
+        CheckpointError: naming every missing, unexpected and mis-shaped key; otherwise
+            every key with unusable values (non-finite, integer for a float weight, lossy).
     """
-    pairs, missing, misshaped, used = [], [], [], set()
+    if allow_precision_loss is None:
+        allow_precision_loss = _ALLOW_PRECISION_LOSS.get()
+    pairs, missing, misshaped, bad_values, used = [], [], [], [], set()
     for layer in model.layers:
         variables = layer.weights
         if not variables:
@@ -100,15 +157,21 @@ def plan_torch_transfer(
                     f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {_torch_shape(leaf, variable.shape)}"
                 )
                 continue
+            problem = _value_problem(array, variable.dtype, allow_precision_loss)
+            if problem:
+                bad_values.append(f"{key}: {problem}")
+                continue
             pairs.append((variable, array.astype(variable.dtype)))
     unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(IGNORED_SUFFIXES))
     if missing or unexpected or misshaped:
-        raise ValueError(
-            f"Checkpoint does not fit model {model.name!r}: "
+        raise CheckpointError(
+            f"{source} does not fit model {model.name!r}: "
             f"{len(missing)} missing keys {missing}; {len(unexpected)} unexpected keys {unexpected}; "
             f"{len(misshaped)} mis-shaped keys {misshaped}. Check that the model name and its "
             "arguments (depths, width_mult, classes, include_top) match the checkpoint."
         )
+    if bad_values:
+        raise CheckpointError(f"{source} has unusable values in {len(bad_values)} keys: {'; '.join(bad_values)}")
     return pairs
 
 
@@ -145,7 +208,15 @@ def _torch_shape(leaf: str, keras_shape) -> tuple:
     return shape
 
 
-def load_torch_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray], name_map: NameMap) -> None:
-    """Checks the whole state dict against the model, then assigns every variable."""
-    for variable, array in plan_torch_transfer(model, state_dict, name_map):
+def load_torch_state_dict(
+    model: keras.Model,
+    state_dict: dict[str, np.ndarray],
+    name_map: NameMap,
+    *,
+    allow_precision_loss: bool | None = None,
+    source: str = "Checkpoint",
+) -> None:
+    """Checks the whole state dict against the model (see :func:`plan_torch_transfer`), then assigns every variable."""
+    plan = plan_torch_transfer(model, state_dict, name_map, allow_precision_loss=allow_precision_loss, source=source)
+    for variable, array in plan:
         variable.assign(array)

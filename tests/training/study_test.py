@@ -1,0 +1,111 @@
+"""Tests of training/study.py: a 2-cell grid end to end, its outputs, and resume without retraining."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+import shutil
+
+import pytest
+
+from training import study
+
+
+def _base(shapes_dir: str):
+    overrides = {"schedule.steps_per_epoch": 2, "steps_per_loop": 1, "schedule.warmup_epochs": 0}
+    base = study.study_recipe(dataset=f"folder:{shapes_dir}", image_size=32, epochs=1, batch_size=16,
+                              depths=(1, 2, 1, 1), width_mult=0.125, overrides=overrides)
+    assert dict(base.model.kwargs) == {"depths": [1, 2, 1, 1], "width_mult": 0.125}
+    return base
+
+
+class TestStudy:
+    def test_two_cell_grid_writes_table_and_plot_and_resumes(self, shapes_dir, tmp_path):
+        out = str(tmp_path / "study")
+        cells = [study.Cell("max", "max"), study.parse_cell("mixed=regular,max+max,identity,average")]
+        base = _base(shapes_dir)
+        first = study.run_study(cells, out, base, verbose=False)
+        assert first["trained"] == ["max", "mixed"]
+        by_name = {r["name"]: r for r in first["results"]}
+        assert by_name["mixed"]["block_kinds"] == ["regular", ["max", "max"], "identity", "average"]
+        for r in first["results"]:
+            assert 0.0 <= r["val_top1"] <= 1.0 and r["steps"] == 2
+            assert r["tflite_ms"] > 0 and r["train_images_per_sec"] > 0
+        # The mixed cell's stage-1 3x3 conv costs exactly its params and MACs over the all-max cell.
+        filters = 8  # int(64 * 0.125)
+        assert by_name["mixed"]["params"] - by_name["max"]["params"] == 9 * filters * filters + 2 * filters
+        assert by_name["mixed"]["macs"] - by_name["max"]["macs"] == 8 * 8 * 9 * filters * filters
+        with open(first["paths"]["md"]) as f:
+            md = f.read()
+        assert md.startswith("| config | block kinds | val top-1 (%) | params | MMACs | TFLite ms | train img/s |")
+        assert "| mixed | regular,max+max,identity,average |" in md
+        with open(first["paths"]["csv"]) as f:
+            rows = list(csv.reader(f))
+        assert [row[0] for row in rows] == ["config", "max", "mixed"]
+        with open(first["paths"]["json"]) as f:
+            assert [r["name"] for r in json.load(f)] == ["max", "mixed"]
+        with open(first["paths"]["png"], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+        # Resume: finished cells are not retrained (their training folder is not even needed).
+        max_result = os.path.join(out, "cells", "max", "result.json")
+        stamp = os.stat(max_result).st_mtime_ns
+        shutil.rmtree(os.path.join(out, "cells", "max", "train"))
+        os.remove(os.path.join(out, "cells", "mixed", "result.json"))  # as if killed before the result
+        second = study.run_study(cells, out, base, verbose=False)
+        assert second["trained"] == ["mixed"]  # resumed from its finished checkpoint: no new steps
+        assert not os.path.exists(os.path.join(out, "cells", "max", "train"))
+        assert os.stat(max_result).st_mtime_ns == stamp
+        assert {r["name"]: r["steps"] for r in second["results"]} == {"max": 2, "mixed": 2}
+        assert study.run_study(cells, out, base, verbose=False)["trained"] == []
+
+        # Other settings in the same out_dir are refused in one line.
+        other = study.study_recipe(dataset=f"folder:{shapes_dir}", image_size=32, epochs=2, batch_size=16,
+                                   depths=(1, 2, 1, 1), width_mult=0.125, overrides={"schedule.steps_per_epoch": 2})
+        with pytest.raises(ValueError, match="run with other settings.*Received: out_dir="):
+            study.run_study(cells, out, other, verbose=False)
+
+    def test_second_study_in_the_same_folder_is_refused(self, shapes_dir, tmp_path):
+        out = str(tmp_path / "locked")
+        os.makedirs(out)
+        with open(os.path.join(out, ".lock"), "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            with pytest.raises(ValueError, match="Another study is running"):
+                study.run_study([study.Cell("max", "max")], out, _base(shapes_dir), verbose=False)
+
+
+class TestCells:
+    def test_parse(self):
+        assert study.parse_cell("conv=regular") == study.Cell("conv", "regular")
+        assert study.parse_cell("m=max,max,efficient+max,average").block_kinds == [
+            "max", "max", ["efficient", "max"], "average"]
+
+    @pytest.mark.parametrize(
+        "text,match",
+        [
+            ("conv", "NAME=SPEC"),
+            ("a b=max", "NAME=SPEC"),
+            ("c=max,max", "one kind or 4 comma-separated"),
+            ("c=avg", "Block kinds must be in .*Received: 'avg'"),
+        ],
+    )
+    def test_bad_cells(self, text, match):
+        with pytest.raises(ValueError, match=match):
+            study.parse_cell(text)
+
+    def test_default_grid_covers_every_kind(self):
+        from pf_keras.blocks import BLOCK_KINDS
+
+        assert sorted(study.DEFAULT_GRID.values()) == sorted(BLOCK_KINDS)
+
+    def test_cells_are_checked_against_the_depths_before_training(self, tmp_path):
+        with pytest.raises(ValueError, match="Stage 2 has 1 blocks but 2 block kinds"):
+            study.run_study([study.parse_cell("m=max,max+max,max,max")], str(tmp_path), study.study_recipe(),
+                            verbose=False)
+        assert not os.path.exists(tmp_path / "cells")
+
+    def test_duplicate_names(self, tmp_path):
+        with pytest.raises(ValueError, match="unique names"):
+            study.run_study([study.Cell("a", "max")] * 2, str(tmp_path), study.study_recipe(), verbose=False)
