@@ -99,7 +99,14 @@ def export_saved_model(
     archive.track(model)
     archive.add_endpoint(name="serve", fn=serve, input_signature=[spec])
     with fileio.atomic_path(path, directory=True) as temp:
-        archive.write_out(temp, verbose=False)
+        try:
+            archive.write_out(temp, verbose=False)
+        except tf.errors.OpError as error:  # TensorFlow's own file ops report a full disk as an OpError
+            reason = " ".join(error.message.split()[-6:])
+            if "No space left on device" in error.message:
+                reason = "ENOSPC: No space left on device"
+            message = f"cannot write {path} ({reason}); the previous version, if any, is intact"
+            raise fileio.WriteError(message) from None
     return path
 
 

@@ -16,6 +16,6 @@ $PY export/export.py --model resnet50_hybrid --weights "$RUN/final.weights.h5" -
 $PY export/benchmark.py --export_dir "$RUN/export" --formats fp32,fp16,dynamic,int8 --threads 1,2 --runs 50 \
   --output_dir "$RUN/bench"
 # The paper's speed claim at full size (224x224, random weights: latency does not depend on them).
-$PY export/benchmark.py --models resnet50,resnet50_max,resnet50_hybrid --formats fp32 --threads 1 --runs 20 \
+$PY export/benchmark.py --model resnet50,resnet50_max,resnet50_hybrid --formats fp32 --threads 1 --runs 20 \
   --output_dir "$RUN/bench_full"
 echo "Done: checkpoints and metrics in $RUN, exported files and report.json in $RUN/export, latency table in $RUN/bench"

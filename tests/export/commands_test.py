@@ -1,0 +1,169 @@
+"""Tests of the export command lines: flags, the error policy, atomic results on a full disk, quiet output.
+
+Most run ``main(argv)`` in-process; two run a real process where the process is the point: the
+installed console script from another folder with TensorFlow's start-up lines hidden, and the
+repository script ``python export/export.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import fill_disk
+
+from pf_keras import fileio
+from pf_keras_export import android, benchmark, benchmark_lib, validate
+from pf_keras_export import export as export_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = ["--model", "resnet50_max", "--model_kwargs", "depths=[1,1,1,1],width_mult=0.125,classes=10", "--image_size",
+        "32"]
+COMMON = {"--help", "--json", "--verbose", "--debug"}
+MODEL = {"--model", "--model_kwargs", "--weights", "--image_size", "--input_type", "--seed"}
+FLAGS = {
+    export_cli: COMMON | MODEL | {"--formats", "--dataset", "--data_dir", "--num_calibration", "--int8_input_type",
+                                  "--int8_output_type", "--require_full_delegation", "--batch_size", "--output_dir"},
+    validate: COMMON | MODEL | {"--require_full_delegation", "--batch_size", "--output_dir"},
+    benchmark: COMMON | {"--model", "--model_kwargs", "--image_size", "--formats", "--export_dir", "--threads",
+                         "--warmup", "--runs", "--num_calibration", "--output_dir"},
+    android: COMMON | {"--files", "--binary", "--threads", "--delegates", "--runs", "--warmup", "--adb", "--serial",
+                       "--parse", "--output_dir"},
+}
+NOISE = re.compile(r"absl::InitializeLog|oneDNN|cuInit|cuda|cpu_feature_guard|rebuild TensorFlow|XNNPACK delegate|"
+                   r"^[IWE]0000 ", re.MULTILINE)
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("tool", list(FLAGS), ids=lambda m: m.PROG)
+def test_help_lists_exactly_the_tools_flags(tool, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {tool.PROG} ")
+    assert set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_]*", out)) == FLAGS[tool]
+
+
+class TestErrorPolicy:
+    @pytest.mark.parametrize("argv, message", [
+        (["--model", "resnet50", "--formats", "fp64", "--output_dir", "x"], r"`formats` must be a non-empty subset"),
+        (["--model", "resnet50", "--model_kwargs", "depths", "--output_dir", "x"], r"`model_kwargs` must be a JSON"),
+        (["--model", "resnet51", "--output_dir", "x"], r"Unknown model name.*Received: name='resnet51'"),
+        (["--model", "resnet50", "--weights", "missing.weights.h5", "--output_dir", "x"], r"`weights` file"),
+        (["--model", "resnet50", "--image_size", "0", "--output_dir", "x"], r"argument --image_size: must be a pos"),
+        (["--output_dir", "x"], r"the following arguments are required: --model"),
+        (["--model", "resnet50", "--output_dir", "x", "--no_such_flag"], r"unrecognized arguments: --no_such_flag"),
+    ])
+    def test_user_errors_are_one_line_and_exit_2(self, argv, message, capsys, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        assert export_cli.main(argv) == 2
+        line = _one_line(capsys.readouterr().err)
+        assert line.startswith("pf-keras-export: error: ") and re.search(message, line), line
+
+    def test_debug_shows_the_traceback(self, capsys, tmp_path):
+        assert export_cli.main(["--model", "resnet51", "--output_dir", str(tmp_path), "--debug"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err and err.rstrip().endswith("Received: name='resnet51'")
+
+    def test_other_tools_follow_it(self, capsys, tmp_path):
+        assert benchmark.main(["--export_dir", str(tmp_path), "--output_dir", str(tmp_path / "b")]) == 2
+        assert "`export_dir` must hold the export tool's output" in _one_line(capsys.readouterr().err)
+        assert benchmark.main(["--threads", "0"]) == 2
+        assert "argument --threads: must be comma-separated positive ints" in _one_line(capsys.readouterr().err)
+        assert android.main(["--files", str(tmp_path)]) == 2
+        assert "--files and --binary are required" in _one_line(capsys.readouterr().err)
+        assert android.main(["--parse", str(tmp_path / "missing.txt")]) == 2
+        assert _one_line(capsys.readouterr().err).startswith("pf-keras-android: error: FileNotFoundError")
+        assert validate.main(TINY + ["--output_dir", str(tmp_path)]) == 2
+        assert "No exported files of 'resnet50_max' found" in _one_line(capsys.readouterr().err)
+
+    def test_android_parse(self, capsys):
+        fixture = os.path.join(ROOT, "tests", "fixtures", "benchmark_model", "resnet50_hybrid_fp32_xnnpack_4t.txt")
+        assert android.main(["--parse", fixture]) == 0
+        assert json.loads(capsys.readouterr().out)["inference_avg_us"] == 24247.9
+
+
+class TestExportAndValidate:
+    def test_export_then_validate_and_a_failed_check_exits_1(self, tmp_path, capsys):
+        out = str(tmp_path / "out")
+        assert export_cli.main(TINY + ["--formats", "saved_model,fp32", "--output_dir", out]) == 0
+        printed = capsys.readouterr().out
+        assert "| fp32 |" in printed and "| ok |" in printed
+        assert sorted(os.listdir(os.path.join(out, "resnet50_max"))) == ["report.json", "resnet50_max_fp32.tflite",
+                                                                         "saved_model"]
+        assert validate.main(TINY + ["--output_dir", out, "--json"]) == 0  # same seed: the same model
+        report = json.loads(capsys.readouterr().out)
+        assert report["passed"] and [e["format"] for e in report["files"]] == ["saved_model", "fp32"]
+        # Another seed is another model: every file fails, exit 1 with one line naming the report.
+        assert validate.main(TINY + ["--output_dir", out, "--seed", "1"]) == 1
+        report_path = os.path.join(out, "resnet50_max", "report.json")
+        line = _one_line(capsys.readouterr().err)
+        assert line == (f"pf-keras-validate: Exported files failed validation: saved_model (outside tolerance), "
+                        f"fp32 (outside tolerance). Report: {report_path}")
+        with open(report_path) as f:
+            assert json.load(f)["passed"] is False
+
+
+def _temp_files(folder) -> list[str]:
+    return [name for _, dirs, names in os.walk(folder) for name in dirs + names if fileio.TEMP_MARK in name]
+
+
+class TestFullDisk:
+    def test_export_keeps_the_previous_files(self, small_disk, capsys):
+        folder = small_disk / "out" / "resnet50_max"
+        folder.mkdir(parents=True)
+        (folder / "resnet50_max_fp32.tflite").write_bytes(b"previous tflite")
+        (folder / "saved_model").mkdir()
+        (folder / "saved_model" / "previous.txt").write_text("previous SavedModel")
+        fill_disk(small_disk, leave=32 * 1024)  # the tiny fp32 file is ~370 KB, its SavedModel ~1.2 MB
+        for formats in ("fp32", "saved_model"):
+            assert export_cli.main(TINY + ["--formats", formats, "--output_dir", str(small_disk / "out")]) == 2
+            line = _one_line(capsys.readouterr().err)
+            assert line.startswith("pf-keras-export: error: cannot write ") and "ENOSPC" in line, line
+            assert "the previous version, if any, is intact" in line
+        assert (folder / "resnet50_max_fp32.tflite").read_bytes() == b"previous tflite"
+        assert os.listdir(folder / "saved_model") == ["previous.txt"]
+        assert not (folder / "report.json").exists() and _temp_files(small_disk) == []
+
+    def test_benchmark_results_keep_the_previous_files(self, small_disk):
+        (small_disk / "benchmark.md").write_text("previous table")
+        row = {"model": "m", "format": "fp32", "threads": 1, "image_size": 32, "params": 10, "macs": 10 ** 6,
+               "size_bytes": 10, "median_ms": 1.0, "p90_ms": 1.2, "mean_ms": 1.1, "min_ms": 0.9, "runs": 2,
+               "warmup": 0, "fully_delegated": True, "cpu_ops": [], "path": "m_fp32.tflite"}
+        fill_disk(small_disk, leave=0)
+        with pytest.raises(fileio.WriteError, match=r"cannot write .*benchmark.md \(ENOSPC"):
+            benchmark_lib.write_results([row], {"cpu": "test"}, str(small_disk))
+        assert (small_disk / "benchmark.md").read_text() == "previous table" and _temp_files(small_disk) == []
+
+
+def _env_without_tf_settings() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "PF_KERAS"))}
+
+
+class TestProcesses:
+    def test_installed_command_from_another_folder_is_quiet(self, tmp_path):
+        command = [os.path.join(os.path.dirname(sys.executable), "pf-keras-export"), *TINY, "--formats", "fp32,int8",
+                   "--num_calibration", "2", "--output_dir", "out"]
+        result = subprocess.run(command, cwd=tmp_path, env=_env_without_tf_settings(), capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "| int8 |" in result.stdout and (tmp_path / "out" / "resnet50_max" / "report.json").is_file()
+        assert NOISE.search(result.stderr) is None and result.stderr == "", result.stderr
+
+    def test_repository_script(self):
+        result = subprocess.run([sys.executable, "export/export.py", "--model", "resnet50", "--formats", "fp64",
+                                 "--output_dir", "unused"], cwd=ROOT, env=_env_without_tf_settings(),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2
+        assert result.stderr.startswith("pf-keras-export: error: `formats` must be a non-empty subset")
+        assert result.stderr.count("\n") == 1 and result.stdout == ""

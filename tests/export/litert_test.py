@@ -1,0 +1,96 @@
+"""Tests of pf_keras_export.litert: the op list and XNNPACK coverage read from the flatbuffer, loading errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+from pf_keras_export import litert
+
+# The one gap of the table (documented in litert.py): XNNPACK refuses some int8 ADDs for their
+# quantization scales (the LayerNorm epsilon of the transformers), which op types cannot show.
+KNOWN_GAP = {"ADD"}
+
+
+def _runtime_cpu_ops(path: str) -> tuple[list[str], int]:
+    """(ops LiteRT runs itself, number of XNNPACK partitions), from the interpreter's node list.
+
+    The oracle of these tests only: it reads the private ``_get_ops_details`` (the public API has
+    no execution-plan view), which is why production code does not. XNNPACK replaces each
+    partition by one DELEGATE node and keeps the original nodes listed; walking back from each
+    DELEGATE node's outputs to its inputs through the original producers finds its nodes.
+    """
+    interpreter = Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()
+    original = [op for op in ops if op["op_name"] != "DELEGATE"]
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    producer = {int(t): op["index"] for op in original for t in op["outputs"]}
+    by_index = {op["index"]: op for op in original}
+    delegated: set[int] = set()
+    for node in delegates:
+        boundary = {int(t) for t in node["inputs"]}
+        stack = [int(t) for t in node["outputs"]]
+        while stack:
+            tensor = stack.pop()
+            if tensor in boundary or tensor not in producer or producer[tensor] in delegated:
+                continue
+            delegated.add(producer[tensor])
+            stack.extend(int(t) for t in by_index[producer[tensor]]["inputs"] if t >= 0)
+    return [op["op_name"] for op in original if op["index"] not in delegated], len(delegates)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class TestXnnpackCoverage:
+    def test_agrees_with_the_runtime(self, hybrid_export, vit_export):
+        checked = 0
+        for report in (hybrid_export, vit_export):
+            for entry in report["files"]:
+                if entry["format"] == "saved_model":
+                    continue
+                coverage = litert.xnnpack_coverage(_read(entry["path"]))
+                runtime_cpu_ops, partitions = _runtime_cpu_ops(entry["path"])
+                assert set(coverage["cpu_ops"]) <= set(runtime_cpu_ops), entry["path"]
+                assert set(runtime_cpu_ops) - set(coverage["cpu_ops"]) <= KNOWN_GAP, entry["path"]
+                assert coverage["fully_delegated"] == (not runtime_cpu_ops and partitions == 1), entry["path"]
+                assert coverage["total_nodes"] == coverage["delegated_nodes"] + len(coverage["cpu_ops"])
+                checked += 1
+        assert checked == 8
+        int8 = litert.xnnpack_coverage(_read(next(e["path"] for e in vit_export["files"] if e["format"] == "int8")))
+        # XNNPACK has no int8 LayerNorm pieces, GELU, softmax or batch matmul.
+        assert not int8["fully_delegated"]
+        assert set(int8["cpu_ops"]) == {"BATCH_MATMUL", "GELU", "RSQRT", "SOFTMAX", "SQUARED_DIFFERENCE"}
+
+    def test_op_list_is_read_from_the_file(self, hybrid_export):
+        entry = next(e for e in hybrid_export["files"] if e["format"] == "fp32")
+        ops, custom = litert.tflite_ops(_read(entry["path"]))
+        assert custom == [] and ops == entry["ops"]
+        assert {"CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "ADD", "MEAN", "FULLY_CONNECTED"} <= set(ops)
+        assert sum(ops.values()) == len(_runtime_cpu_ops(entry["path"])[0]) + entry["xnnpack"]["delegated_nodes"]
+
+
+class TestDamagedFiles:
+    def test_not_a_flatbuffer(self):
+        with pytest.raises(ValueError, match=r"not a .tflite flatbuffer \(no TFL3 identifier; 270 bytes\)"):
+            litert.tflite_ops(b"definitely not a flatbuffer" * 10)
+
+    def test_truncated_flatbuffer(self, hybrid_export):
+        content = _read(next(e["path"] for e in hybrid_export["files"] if e["format"] == "fp32"))
+        with pytest.raises(ValueError, match=r"damaged .tflite flatbuffer"):
+            litert.xnnpack_coverage(content[:4096])
+
+    def test_runtime_refusal_is_one_value_error(self):
+        with pytest.raises(ValueError, match=r"LiteRT cannot load model: The model is not a valid Flatbuffer buffer"):
+            litert.interpreter(b"\0" * 160)
+
+    def test_quantize_helpers_round_trip(self):
+        detail = {"dtype": np.int8, "quantization": (0.5, -3)}
+        x = np.array([[-10.0, 0.0, 1.26, 500.0]], np.float32)
+        q = litert._quantize(x, detail)
+        np.testing.assert_array_equal(q, [[-23, -3, -0, 127]])
+        np.testing.assert_allclose(litert._dequantize(q, detail), [[-10.0, 0.0, 1.5, 65.0]])
