@@ -18,7 +18,11 @@ Needs the TensorFlow backend (gradients through ``tf.GradientTape``).
 Command (one PNG overlay per image, the top class or ``--class_index``):
 
     python -m pf_keras.gradcam --model resnet50_hybrid --weights imagenet --out_dir cams a.jpg b.jpg
-    python -m pf_keras.gradcam --model runs/study/model.keras --image_size 40 --out_dir cams shape.jpg
+    python -m pf_keras.gradcam --model runs/demo --out_dir cams circle.jpg   # a training/train.py run folder
+    python -m pf_keras.gradcam --model my_model.keras --out_dir cams shape.jpg
+
+Images are resized to the model's input size and normalised with the ImageNet mean and std
+(as ``pf_keras.preprocess_input``; ``--raw_input`` feeds [0, 255] instead).
 """
 
 from __future__ import annotations
@@ -209,24 +213,49 @@ def read_image(path: str, size: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"Cannot read the image {path!r}: {' '.join(str(error).split())}") from None
 
 
-def _load_model(spec: str, weights: str | None) -> keras.Model:
+def _load_run(folder: str) -> tuple[keras.Model, list[str]]:
+    """The final model of a ``training/train.py`` run folder (``model.json`` + ``final.weights.h5``)."""
+    import json
+
+    from pf_keras.models.registry import create_model
+
+    try:
+        with open(os.path.join(folder, "model.json")) as f:
+            spec = json.load(f)
+        name, kwargs = spec["name"], dict(spec["kwargs"])
+        kwargs["input_shape"] = tuple(kwargs["input_shape"])
+        class_names = [str(c) for c in spec.get("class_names") or []]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"Cannot read the run's model.json in {folder!r}: {' '.join(str(error).split())}") from None
+    model = create_model(name, **kwargs)
+    try:
+        model.load_weights(os.path.join(folder, "final.weights.h5"))
+    except Exception as error:  # missing, truncated or mismatched file: one line
+        raise ValueError(f"Cannot load final.weights.h5 in {folder!r}: {' '.join(str(error).split())[:300]}") from None
+    return model, class_names
+
+
+def _load_model(spec: str, weights: str | None) -> tuple[keras.Model, list[str]]:
+    if os.path.isdir(spec):
+        return _load_run(spec)
     if spec.endswith(".keras"):
         if not os.path.isfile(spec):
             raise ValueError(f"The model file does not exist. Received: --model={spec!r}")
         try:
-            return keras.models.load_model(spec)
+            return keras.models.load_model(spec), []
         except Exception as error:  # hostile or truncated file: one line
             raise ValueError(f"Cannot load the model file {spec!r}: {' '.join(str(error).split())[:300]}") from None
     from pf_keras.models.registry import create_model
 
-    return create_model(spec, weights=weights)
+    return create_model(spec, weights=weights), []
 
 
 def main(argv: list[str]) -> int:
     """Writes ``<out_dir>/<image stem>_gradcam.png`` for every image and prints the class explained."""
     parser = argparse.ArgumentParser(prog="python -m pf_keras.gradcam", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
-    parser.add_argument("--model", required=True, help="registry name (with --weights) or a .keras file")
+    parser.add_argument("--model", required=True,
+                        help="registry name (with --weights), a .keras file or a training/train.py run folder")
     parser.add_argument("--weights", default=None, help="registry models: imagenet, a .pth or .weights.h5 file")
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--image_size", type=int, default=0, help="input side; default: the model's")
@@ -239,7 +268,7 @@ def main(argv: list[str]) -> int:
     for path in args.images:
         if not os.path.isfile(path):
             raise ValueError(f"The image file does not exist. Received: {path!r}")
-    model = _load_model(args.model, args.weights)
+    model, class_names = _load_model(args.model, args.weights)
     side = args.image_size or model.input_shape[1]
     if not side or side < 1:
         raise ValueError(f"The model's input size is unknown: pass --image_size. Received: --image_size={side}")
@@ -254,7 +283,9 @@ def main(argv: list[str]) -> int:
                                  class_index=args.class_index, layer=args.layer)
         stem = os.path.splitext(os.path.basename(path))[0]
         out = write_overlay(os.path.join(args.out_dir, f"{stem}_gradcam.png"), image, heat[0])
-        print(f"{path}: class {int(classes[0])} -> {out}")
+        label = int(classes[0])
+        named = f" ({class_names[label]})" if label < len(class_names) else ""
+        print(f"{path}: class {label}{named} -> {out}")
     return 0
 
 

@@ -142,3 +142,26 @@ class TestOverlayAndCommand:
         assert run_cli(main, ["--model", str(tmp_path / "none.keras"), "--out_dir", out_dir,
                               str(tmp_path / "circle.jpg")]) == 2
         assert "The model file does not exist" in capsys.readouterr().err
+
+    def test_command_reads_a_training_run_folder(self, tmp_path, capsys):
+        import json
+
+        from pf_keras import fileio
+
+        kwargs = {"depths": [1, 1, 1, 1], "width_mult": 0.125, "block_kinds": "max", "input_shape": [32, 32, 3],
+                  "classes": 10, "include_top": True, "classifier_activation": None}
+        run = tmp_path / "run"
+        run.mkdir()
+        model = randomised(pf_keras.create_model("resnet50", **{**kwargs, "input_shape": (32, 32, 3)}))
+        fileio.save_weights(model, run / "final.weights.h5")
+        (run / "model.json").write_text(json.dumps({"name": "resnet50", "kwargs": kwargs,
+                                                    "class_names": list(builtin_data.CLASSES)}))
+        Image.fromarray(builtin_data.example(1)[0]).save(tmp_path / "square.png")
+        assert run_cli(main, ["--model", str(run), "--out_dir", str(tmp_path / "o"), str(tmp_path / "square.png")]) == 0
+        label = int(np.argmax(model.predict(
+            pf_keras.preprocess_input(np.asarray(Image.fromarray(builtin_data.example(1)[0]).resize((32, 32),
+                                      Image.BILINEAR))[None].astype("float32")), verbose=0)))
+        assert f"class {label} ({builtin_data.CLASSES[label]})" in capsys.readouterr().out
+        (run / "model.json").write_text("{truncated")
+        assert run_cli(main, ["--model", str(run), "--out_dir", str(tmp_path / "o"), str(tmp_path / "square.png")]) == 2
+        assert "Cannot read the run's model.json" in capsys.readouterr().err
