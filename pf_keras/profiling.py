@@ -96,20 +96,31 @@ def profile(model: keras.Model | str, image_size: int | None = None, **create_kw
     return Profile(model.name, input_shape, int(params), int(macs))
 
 
+def profile_table(names: list[str], image_size: int = 224) -> str:
+    """Markdown table of measured params / GMACs next to the paper's (from each model's spec)."""
+    from pf_keras.models.specs import SPECS  # noqa: PLC0415
+
+    rows = [f"| model | params (M) | paper | GMACs @ {image_size} | paper @ 224 |", "|---|---|---|---|---|"]
+    for name in names:
+        result = profile(name, image_size=image_size)
+        spec = SPECS.get(name)
+        paper = (f"{spec.params / 1e6:.2f}", f"{spec.macs_g:.2f}") if spec else ("-", "-")
+        rows.append(f"| {name} | {result.params / 1e6:.2f} | {paper[0]} | {result.macs / 1e9:.2f} | {paper[1]} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Prints the profile of registry models (all of them by default)."""
+    """Prints the profile of registry models (all of them by default) next to the paper's numbers."""
     import argparse
 
     from pf_keras.models.registry import list_models
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="registry name (repeatable); default: all")
+    parser.add_argument("--pattern", default=None, help="shell-style pattern of names, e.g. '*max*'")
     parser.add_argument("--image_size", type=int, default=224)
     args = parser.parse_args(argv)
-    print(f"| model | params (M) | GMACs @ {args.image_size} |\n|---|---|---|")
-    for name in args.model or list_models():
-        result = profile(name, image_size=args.image_size)
-        print(f"| {name} | {result.params / 1e6:.2f} | {result.macs / 1e9:.2f} |")
+    print(profile_table(args.model or list_models(args.pattern), args.image_size))
 
 
 if __name__ == "__main__":

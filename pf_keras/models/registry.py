@@ -75,7 +75,8 @@ def _canonical(value):
     return tuple(_canonical(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _changed_architecture(spec: ModelSpec, kwargs: dict) -> dict:
+def changed_architecture(spec: ModelSpec, kwargs: dict) -> dict:
+    """The entries of ``kwargs`` that change ``spec``'s architecture (lists and tuples compare equal)."""
     args = spec.builder_args
     return {k: v for k, v in kwargs.items() if k in args and _canonical(v) != _canonical(args[k])}
 
@@ -87,9 +88,9 @@ def _is_checkpoint_tag(spec: ModelSpec, weights) -> bool:
 def _build_pretrained(spec: ModelSpec, tag: str, kwargs: dict) -> keras.Model:
     """The published model with its official weights: from the cached preset, else converted and cached."""
     from pf_keras.weights import download  # noqa: PLC0415 (keeps the registry light to import)
-    from pf_keras.weights.preset import is_preset, write_preset  # noqa: PLC0415
+    from pf_keras.weights.preset import is_preset, source_metadata, write_preset  # noqa: PLC0415
 
-    changed = _changed_architecture(spec, kwargs)
+    changed = changed_architecture(spec, kwargs)
     if changed:
         raise ValueError(
             f"weights={tag!r} exists only for the published configurations: drop the architecture overrides, "
@@ -116,15 +117,7 @@ def _build_pretrained(spec: ModelSpec, tag: str, kwargs: dict) -> keras.Model:
     path = download.fetch_checkpoint(spec, tag)
     model = spec.builder()(**{**spec.builder_args, "name": spec.name, **kwargs, "weights": path})
     if cacheable:
-        metadata = {
-            "spec": spec.name,
-            "checkpoint": checkpoint.tag,
-            "source_url": checkpoint.url,
-            "source_file": os.path.basename(path),
-            "source_sha256": download.sha256_of(path),
-            "eval_transform": spec.eval.__dict__,
-            "license": spec.license,
-        }
+        metadata = source_metadata(spec, path, source_url=checkpoint.url, checkpoint=checkpoint.tag)
         config = {**spec.builder_args, "include_top": include_top}
         try:
             write_preset(model, cache, name=spec.name, family=spec.family, config=config, metadata=metadata)

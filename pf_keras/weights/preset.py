@@ -109,6 +109,63 @@ def write_preset(
     return folder
 
 
+def source_metadata(spec, source: str, *, source_url: str | None, checkpoint: str | None = None) -> dict[str, Any]:
+    """The ``metadata.json`` fields saying where a preset's weights come from (spec, file, sha256, URL, eval)."""
+    from pf_keras.weights.download import sha256_of  # noqa: PLC0415
+
+    return {
+        "spec": spec.name,
+        "checkpoint": checkpoint,
+        "source_url": source_url,
+        "source_file": os.path.basename(source),
+        "source_sha256": sha256_of(source),
+        "eval_transform": dataclasses.asdict(spec.eval),
+        "license": spec.license,
+    }
+
+
+def convert_to_preset(
+    model_name: str,
+    checkpoint: str,
+    folder: str | os.PathLike,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    source_url: str | None = None,
+):
+    """Converts a checkpoint of a published model into a preset folder (atomically); returns the model.
+
+    Args:
+        model_name: str. A spec name (``pf_keras.list_models()`` minus custom registrations).
+        checkpoint: str. Official PyTorch checkpoint (or Keras ``.weights.h5``) of that model.
+        folder: str. The preset folder to write.
+        model_kwargs: dict or None. Builder arguments (``classes``, ``include_top``, architecture
+            overrides); they go into ``config.json``.
+        source_url: str or None. Where the checkpoint came from. Defaults to the spec's official
+            ``imagenet`` checkpoint URL when the architecture is the published one.
+
+    Raises:
+        ValueError: for a name without a spec, arguments a preset cannot hold, or a checkpoint
+            that does not fit (then nothing is written).
+    """
+    from pf_keras.models.registry import changed_architecture, create_model  # noqa: PLC0415
+    from pf_keras.models.specs import SPECS, list_specs  # noqa: PLC0415
+
+    if model_name not in SPECS:
+        raise ValueError(f"Presets are written for the published models. Valid names: {list_specs()}. "
+                         f"Received: model={model_name!r}")
+    spec = SPECS[model_name]
+    kwargs = dict(model_kwargs or {})
+    if {"weights", "name", "input_tensor"} & set(kwargs):
+        raise ValueError(f"`model_kwargs` of a preset cannot set weights, name or input_tensor. Received: {kwargs}")
+    model = create_model(model_name, weights=checkpoint, **kwargs)
+    if source_url is None and not changed_architecture(spec, kwargs) and spec.checkpoints:
+        source_url = spec.checkpoints[0].url
+    metadata = source_metadata(spec, checkpoint, source_url=source_url)
+    write_preset(model, folder, name=model_name, family=spec.family, config={**spec.builder_args, **kwargs},
+                 metadata=metadata)
+    return model
+
+
 def _read_json(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
@@ -146,4 +203,14 @@ def read_preset(folder: str | os.PathLike) -> Preset:
     return Preset(folder, model, family, config, _read_json(os.path.join(folder, METADATA_FILE)))
 
 
-__all__ = ["CONFIG_FILE", "METADATA_FILE", "Preset", "WEIGHTS_FILE", "is_preset", "read_preset", "write_preset"]
+__all__ = [
+    "CONFIG_FILE",
+    "METADATA_FILE",
+    "Preset",
+    "WEIGHTS_FILE",
+    "convert_to_preset",
+    "is_preset",
+    "read_preset",
+    "source_metadata",
+    "write_preset",
+]

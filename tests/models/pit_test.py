@@ -16,7 +16,8 @@ from pf_keras import convert
 from pf_keras.models import pit
 from pf_keras.weights import plan_torch_transfer
 
-PUBLISHED = {"pit_ti_max": (5_174_504, 0.53), "pit_s_max": (25_119_784, 2.60), "pit_b_max": (79_005_928, 11.28)}
+# (params, GMACs) of the published models: the paper's numbers, from their specs.
+PUBLISHED = {n: (s.params, s.macs_g) for n, s in pf_keras.SPECS.items() if s.family == "pit"}
 SMALL = dict(head_dims=(4, 4), depths=(2, 1), num_heads=(1, 2), image_size=64, classes=5)
 
 
