@@ -202,13 +202,14 @@ def write_overlay(path: str | os.PathLike, image: np.ndarray, heatmap: np.ndarra
     return str(path)
 
 
-def read_image(path: str, size: tuple[int, int]) -> np.ndarray:
-    """An image file as RGB uint8 resized to ``size`` (h, w); one-line ValueError for a bad file."""
+def read_image(path: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """An image file as RGB uint8, as stored and resized to ``size`` (h, w); one-line ValueError for a bad file."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+            rgb = img.convert("RGB")
+            return np.asarray(rgb), np.asarray(rgb.resize((size[1], size[0]), Image.BILINEAR))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"Cannot read the image {path!r}: {' '.join(str(error).split())}") from None
 
@@ -251,7 +252,7 @@ def _load_model(spec: str, weights: str | None) -> tuple[keras.Model, list[str]]
 
 
 def main(argv: list[str]) -> int:
-    """Writes ``<out_dir>/<image stem>_gradcam.png`` for every image and prints the class explained."""
+    """Writes ``<out_dir>/<image stem>_gradcam.png`` (the heatmap over the image at its own size) per image."""
     parser = argparse.ArgumentParser(prog="python -m pf_keras.gradcam", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
     parser.add_argument("--model", required=True,
@@ -277,12 +278,12 @@ def main(argv: list[str]) -> int:
     from pf_keras.imagenet import preprocess_input
 
     for path in args.images:
-        image = read_image(path, size)
+        original, image = read_image(path, size)
         batch = image[None].astype(np.float32)
         heat, classes = grad_cam(model, batch if args.raw_input else preprocess_input(batch),
                                  class_index=args.class_index, layer=args.layer)
         stem = os.path.splitext(os.path.basename(path))[0]
-        out = write_overlay(os.path.join(args.out_dir, f"{stem}_gradcam.png"), image, heat[0])
+        out = write_overlay(os.path.join(args.out_dir, f"{stem}_gradcam.png"), original, heat[0])
         label = int(classes[0])
         named = f" ({class_names[label]})" if label < len(class_names) else ""
         print(f"{path}: class {label}{named} -> {out}")
