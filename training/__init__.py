@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
-def cli_main(main: Callable[[list[str]], int | None], argv: list[str]) -> int:
-    """Runs a script's absl ``main``; a ValueError (a user error that says what to change) exits 2 with its message."""
-    try:
-        return main(argv) or 0
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def cli_main(main: Callable[[Any], int | None], define_flags: Callable[[Any], None],
+             argv: Sequence[str] | None = None, *, prog: str) -> int:
+    """Parses ``argv`` into fresh absl flags and runs ``main(flag_values)`` under :func:`pf_keras.cli.run_cli`.
+
+    A bad flag value or any user error is one line ``<prog>: error: ...`` on stderr and status 2;
+    ``--debug`` (or ``PF_KERAS_DEBUG=1``) shows the traceback. ``--help`` prints the flags.
+    """
+    from absl import flags
+
+    from pf_keras.cli import run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    flags.DEFINE_bool("debug", False, "Show the traceback of an error.", flag_values=flag_values)
+    if any(a in ("-h", "--help", "--helpfull", "-help") for a in argv):
+        print(f"usage: {prog} [flags]\n{flag_values.get_help()}")
+        return 0
+
+    def body(args: list[str]) -> int | None:
+        try:
+            flag_values([prog, *args])
+        except flags.Error as error:
+            raise ValueError(f"bad command line: {error}") from None
+        return main(flag_values)
+
+    return run_cli(body, argv, prog=prog)

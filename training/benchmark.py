@@ -13,7 +13,6 @@ ImageNet train transform (partial decode, crop, flip, jitter, RandAugment if ask
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -25,8 +24,10 @@ if __package__ in (None, ""):  # run as a script: make `training` importable fro
 import keras
 import tensorflow as tf
 
+from pf_keras import fileio
 from training import cli_main
 from training import data as data_lib
+from training import evaluate as evaluate_lib
 from training import loop as loop_lib
 from training import recipes as recipes_lib
 from training import train as train_lib
@@ -63,13 +64,18 @@ def train_throughput(model_name: str, *, model_kwargs: dict[str, Any], image_siz
         keras.mixed_precision.set_global_policy(previous)
 
 
-def main(argv: list[str]) -> int:
+def _main(f) -> int:
     """Times every model in ``--models``, then the input pipeline; prints a table (and JSON with ``--output``)."""
-    from absl import flags, logging
+    from absl import logging
 
-    del argv
     logging.set_verbosity(logging.WARNING)
-    f = flags.FLAGS
+    for name in ("image_size", "batch_size", "steps", "pipeline_batches"):
+        if getattr(f, name) < 1:
+            raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(f, name)}")
+    if f.warmup_steps < 0:
+        raise ValueError(f"`warmup_steps` must be >= 0. Received: warmup_steps={f.warmup_steps}")
+    if f.output:
+        evaluate_lib.check_writable(f.output)  # before the timings
     if f.strategy == "mirrored" and f.num_replicas and not tf.config.list_physical_devices("GPU"):
         loop_lib.configure_cpu_replicas(f.num_replicas)
     strategy = loop_lib.create_strategy(f.strategy, num_replicas=f.num_replicas)
@@ -102,29 +108,41 @@ def main(argv: list[str]) -> int:
         for threads, rate in pipeline.items():
             print(f"{threads:<20} {rate:>15.1f} {rate / threads:>15.1f}")
     if f.output:
-        with open(f.output, "w") as out:
-            json.dump({"train": rows, "pipeline": {str(k): v for k, v in pipeline.items()}, "device": device,
-                       "batch_size": f.batch_size, "image_size": f.image_size, "tf": tf.__version__,
-                       "keras": keras.__version__}, out, indent=2)
+        fileio.write_json(f.output, {
+            "train": rows, "pipeline": {str(k): v for k, v in pipeline.items()}, "device": device,
+            "batch_size": f.batch_size, "image_size": f.image_size, "tf": tf.__version__,
+            "keras": keras.__version__})
     return 0
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def define_flags(fv) -> None:
+    """The absl flags of the command line, on ``fv``."""
+    from absl import flags
 
-    flags.DEFINE_string("models", "resnet50,resnet50_max,resnet50_hybrid", "Comma-separated model names.")
-    flags.DEFINE_string("model_kwargs", "", "create_model overrides for every model: JSON or k=v,k2=v2.")
-    flags.DEFINE_integer("image_size", 224, "Image side.")
-    flags.DEFINE_integer("batch_size", 32, "Global batch.")
-    flags.DEFINE_integer("steps", 10, "Timed steps.")
-    flags.DEFINE_integer("warmup_steps", 3, "Untimed steps first (tracing).")
-    flags.DEFINE_enum("strategy", "one_device", list(loop_lib.STRATEGIES), "Distribution strategy.")
-    flags.DEFINE_integer("num_replicas", 0, "mirrored: logical CPU devices / GPUs.")
-    flags.DEFINE_enum("mixed_precision", "float32", list(train_lib.PRECISIONS), "Compute precision.")
-    flags.DEFINE_bool("jit_compile", False, "XLA for the forward/backward pass.")
-    flags.DEFINE_string("pipeline_dataset", "builtin", "Dataset for the input-pipeline benchmark ('' = skip).")
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
-    flags.DEFINE_bool("randaugment", False, "Include RandAugment m9 in the pipeline benchmark.")
-    flags.DEFINE_integer("pipeline_batches", 20, "Batches timed in the pipeline benchmark.")
-    flags.DEFINE_string("output", "", "Also write the numbers as JSON here.")
-    app.run(lambda argv: sys.exit(cli_main(main, argv)))
+    flags.DEFINE_string("models", "resnet50,resnet50_max,resnet50_hybrid", "Comma-separated model names.",
+                        flag_values=fv)
+    flags.DEFINE_string("model_kwargs", "", "create_model overrides for every model: JSON or k=v,k2=v2.",
+                        flag_values=fv)
+    flags.DEFINE_integer("image_size", 224, "Image side.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 32, "Global batch.", flag_values=fv)
+    flags.DEFINE_integer("steps", 10, "Timed steps.", flag_values=fv)
+    flags.DEFINE_integer("warmup_steps", 3, "Untimed steps first (tracing).", flag_values=fv)
+    flags.DEFINE_enum("strategy", "one_device", list(loop_lib.STRATEGIES), "Distribution strategy.", flag_values=fv)
+    flags.DEFINE_integer("num_replicas", 0, "mirrored: logical CPU devices / GPUs.", flag_values=fv)
+    flags.DEFINE_enum("mixed_precision", "float32", list(train_lib.PRECISIONS), "Compute precision.", flag_values=fv)
+    flags.DEFINE_bool("jit_compile", False, "XLA for the forward/backward pass.", flag_values=fv)
+    flags.DEFINE_string("pipeline_dataset", "builtin", "Dataset for the input-pipeline benchmark ('' = skip).",
+                        flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir.", flag_values=fv)
+    flags.DEFINE_bool("randaugment", False, "Include RandAugment m9 in the pipeline benchmark.", flag_values=fv)
+    flags.DEFINE_integer("pipeline_batches", 20, "Batches timed in the pipeline benchmark.", flag_values=fv)
+    flags.DEFINE_string("output", "", "Also write the numbers as JSON here.", flag_values=fv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (``argv`` without the program name); returns the exit status."""
+    return cli_main(_main, define_flags, argv, prog="benchmark.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

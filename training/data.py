@@ -15,12 +15,18 @@ uninterrupted run sees. If no file was dropped in the consumed part of the epoch
 checkpoint counts drops per epoch), the consumed files are skipped before decoding;
 otherwise they are decoded again and their batches discarded (exact either way).
 
-Bad files: a file that fails to decode (empty, truncated, not an image) is dropped by
-``ignore_errors`` and counted: each element carries its position in the stream, and the gap
-to the previous surviving element is the number of files dropped in between
-(``skipped``). A truncated JPEG whose random crop lies wholly inside the intact part decodes
-correctly and is used. PNG (or any non-JPEG) content under a ``.JPEG`` name is decoded in
-full and then cropped; CMYK JPEGs decode to RGB.
+Bad files: a file that fails to decode (empty, truncated, not an image, a format other than
+JPEG/PNG/GIF/BMP/WebP) or whose header declares more than ``max_image_pixels`` pixels (checked
+before decoding: a 1 MB PNG may declare 20000x20000) is skipped and counted. Each file is
+decoded in its own one-element dataset whose failure yields a marker instead (no error is
+logged per file), so every skip is seen: in training it is added to the ``skipped`` count of
+the next good example, in evaluation the file becomes a padding element (weight 0,
+``skipped`` 1), so files at the end of the list count too. ``max_consecutive_skips``
+consecutive failures (or a whole pass of the host's files) in a training stream stop it with
+an error naming the dataset (:func:`explain_data_error`) instead of looping forever. A
+truncated JPEG whose random crop lies wholly inside the intact part decodes correctly and is
+used. PNG (or any non-JPEG) content under a ``.JPEG`` name is decoded in full and then
+cropped; CMYK JPEGs decode to RGB.
 
 Every train/eval dataset yields batches of per-replica size as dicts: train
 ``{"images", "targets" (soft labels), "labels", "skipped"}``, eval ``{"images", "labels",
@@ -31,8 +37,10 @@ number of batches so that multi-worker collectives stay in step.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -43,6 +51,9 @@ from training import builtin_data
 from training.recipes import DataConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
+MAX_IMAGE_PIXELS = 40_000_000  # 40 MP: above any ImageNet image (the largest is ~ 4300x6000 = 26 MP)
+MAX_CONSECUTIVE_SKIPS = 1000  # consecutive undecodable training files that stop a run (0 = no limit)
+_STALL_MARK = "pf-keras: no decodable image in a row of files"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +113,15 @@ def _tfds_builder(name: str, data_dir: str | None):
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # unknown name
+    except Exception as e:  # noqa: BLE001 (an unknown name, or a builder that cannot load: one line either way)
+        base = re.split(r"[/:]", name, maxsplit=1)[0]
+        close = difflib.get_close_matches(base, tfds.list_builders(), n=5, cutoff=0.6)
+        if isinstance(e, tfds.core.registered.DatasetNotFoundError):
+            reason = f"close TFDS names: {close}" if close else "no TFDS name is close"
+        else:
+            reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
         raise ValueError(
-            f"Unknown dataset. Use a TFDS name (e.g. imagenet2012), folder:PATH, builtin or synthetic ({e}). "
+            f"Unknown dataset ({reason}). Use a TFDS name (e.g. imagenet2012), folder:PATH, builtin or synthetic. "
             f"Received: dataset={name!r}"
         ) from None
     if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
@@ -122,6 +139,9 @@ def resolve_source(cfg: DataConfig) -> Source:
     """Finds the dataset named by ``cfg.dataset``; ValueError with instructions if it is missing."""
     dataset = cfg.dataset
     if dataset == "synthetic":
+        if cfg.eval_examples < 0 or cfg.train_examples < 0:
+            raise ValueError(f"Example counts must be >= 0. Received: train_examples={cfg.train_examples}, "
+                             f"eval_examples={cfg.eval_examples}")
         return Source("synthetic", pf_keras.imagenet.NUM_CLASSES, cfg.train_examples or 1_281_167,
                       cfg.eval_examples or 50_000, name="synthetic")
     if dataset == "builtin" or dataset.startswith("folder:"):
@@ -132,6 +152,12 @@ def resolve_source(cfg: DataConfig) -> Source:
         eval_paths, eval_labels, _ = _list_folder(root, "val", names)
         train_paths, train_labels = _subset(train_paths, train_labels, cfg.train_examples)
         eval_paths, eval_labels = _subset(eval_paths, eval_labels, cfg.eval_examples)
+        if not train_paths or not eval_paths:
+            split = "train" if not train_paths else "val"
+            raise ValueError(
+                f"The {split} split has no files: {os.path.join(root, split)}/<class>/ folders are empty. "
+                f"Received: dataset={dataset!r}"
+            )
         return Source("folder", len(names), len(train_paths), len(eval_paths), name=dataset, data_dir=root,
                       train_files=(train_paths, train_labels), eval_files=(eval_paths, eval_labels), class_names=names)
     builder = _tfds_builder(dataset, cfg.data_dir)
@@ -139,6 +165,9 @@ def resolve_source(cfg: DataConfig) -> Source:
     eval_split = "validation" if "validation" in splits else "test"
     train_n = cfg.train_examples or splits["train"].num_examples
     eval_n = cfg.eval_examples or splits[eval_split].num_examples
+    if not train_n or not eval_n:
+        raise ValueError(f"The TFDS dataset has an empty {'train' if not train_n else eval_split} split. "
+                         f"Received: dataset={dataset!r}")
     return Source("tfds", builder.info.features["label"].num_classes, train_n, eval_n, name=dataset,
                   data_dir=cfg.data_dir)
 
@@ -206,6 +235,117 @@ def decode_full(image_bytes: tf.Tensor) -> tf.Tensor:
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
+
+
+def header_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Width x height declared by the header of a JPEG, PNG, GIF, BMP or WebP file (int64; -1 if unknown).
+
+    Reads at most the first 32 bytes (JPEG: its markers, via ``extract_jpeg_shape``), so a
+    file that would inflate to gigabytes is measured before anything is allocated.
+    """
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(image_bytes, 0, 32), "\0" * 32]), 0, 32)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def le(i: int, n: int) -> tf.Tensor:
+        return tf.add_n([b[i + k] * (256 ** k) for k in range(n)])
+
+    def be(i: int, n: int) -> tf.Tensor:
+        return tf.add_n([b[i + k] * (256 ** (n - 1 - k)) for k in range(n)])
+
+    def starts(i: int, magic: bytes) -> tf.Tensor:
+        return tf.reduce_all(tf.equal(b[i:i + len(magic)], tf.constant(list(magic), tf.int64)))
+
+    def signed32(v: tf.Tensor) -> tf.Tensor:
+        return tf.abs(tf.where(v >= 2 ** 31, v - 2 ** 32, v))
+
+    def jpeg():
+        return tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64))
+
+    def bmp():
+        core = tf.equal(le(14, 4), 12)  # BITMAPCOREHEADER: 16-bit sizes
+        return tf.where(core, le(18, 2) * le(20, 2), signed32(le(18, 4)) * signed32(le(22, 4)))
+
+    def webp():
+        vp8l = le(21, 4)
+        return tf.case([
+            (starts(12, b"VP8 "), lambda: (le(26, 2) % 16384) * (le(28, 2) % 16384)),
+            (starts(12, b"VP8L"), lambda: (vp8l % 16384 + 1) * (vp8l // 16384 % 16384 + 1)),
+            (starts(12, b"VP8X"), lambda: (le(24, 3) + 1) * (le(27, 3) + 1)),
+        ], default=lambda: tf.constant(-1, tf.int64))
+
+    return tf.case([
+        (starts(0, b"\xff\xd8"), jpeg),
+        (starts(0, b"\x89PNG\r\n\x1a\n"), lambda: be(16, 4) * be(20, 4)),
+        (starts(0, b"GIF8"), lambda: le(6, 2) * le(8, 2)),
+        (starts(0, b"BM"), bmp),
+        (starts(0, b"RIFF") & starts(8, b"WEBP"), webp),
+    ], default=lambda: tf.constant(-1, tf.int64))
+
+
+def checked(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    """``image_bytes``, after checking its header: an unknown format or more than ``max_pixels`` pixels
+    fails (the caller's per-file error handling skips and counts it) before any decoding."""
+    pixels = header_pixels(image_bytes)
+    ok = (pixels >= 0) & (pixels <= max_pixels) if max_pixels > 0 else pixels >= 0
+    with tf.control_dependencies([tf.debugging.Assert(ok, ["image too large or of unknown format:", pixels])]):
+        return tf.identity(image_bytes)
+
+
+def _decode_each(ds: tf.data.Dataset, fn: Callable, failed: Callable) -> tf.data.Dataset:
+    """``fn`` on every element, in order and in parallel; where ``fn`` fails, ``failed(element)`` instead.
+
+    Yields ``(value, ok)``. Each element runs in its own one-element dataset whose error is
+    dropped without a log line and replaced by the marker, so failures stay visible downstream.
+    """
+
+    def one(*element):
+        good = tf.data.Dataset.from_tensors(element).map(lambda *e: (fn(*e), True)).ignore_errors()
+        return good.concatenate(tf.data.Dataset.from_tensors((failed(*element), False))).take(1)
+
+    return ds.interleave(one, cycle_length=AUTOTUNE, block_length=1, num_parallel_calls=AUTOTUNE,
+                         deterministic=True)
+
+
+def _count_skips(ds: tf.data.Dataset, limit: int) -> tf.data.Dataset:
+    """Drops failed elements of ``(element, ok)`` pairs; each good element's ``skipped`` is the number of
+    failures right before it. ``limit`` > 0 consecutive failures end the stream with an error."""
+
+    def step(run, pair):
+        element, ok = pair
+        new_run = tf.where(ok, tf.constant(0, tf.int64), run + 1)
+        if limit > 0:
+            with tf.control_dependencies([tf.debugging.Assert(new_run < limit, [_STALL_MARK, new_run])]):
+                new_run = tf.identity(new_run)
+        element = dict(element)
+        element["skipped"] = tf.cast(tf.where(ok, run, 0), tf.int32)
+        del element["index"]
+        return new_run, (element, ok)
+
+    return ds.scan(tf.constant(0, tf.int64), step).filter(_second).map(_first)
+
+
+def _first(element, ok):
+    return element
+
+
+def _second(element, ok):
+    return ok
+
+
+def explain_data_error(error: Exception, source: Source, split: str, limit: int) -> Exception:
+    """A one-line ValueError for a stopped input stream (too many undecodable files in a row), else ``error``."""
+    if not isinstance(error, tf.errors.OpError) or _STALL_MARK not in str(error):
+        return error
+    files = len((source.train_files if split == "train" else source.eval_files)[0])
+    where = f"{source.data_dir}/{split}" if source.kind == "folder" else f"TFDS {source.name} ({source.data_dir})"
+    found = re.search(re.escape(_STALL_MARK) + r"\D*(\d+)", str(error))
+    run = found.group(1) if found else "?"
+    listed = f"{files} files listed" if files else f"{source.train_examples} examples"
+    return ValueError(
+        f"The {split} data yielded no decodable image in {run} consecutive files of {where} ({listed}); "
+        f"the files are not images of a supported format (JPEG, PNG, GIF, BMP, WebP) or exceed the pixel limit. "
+        f"Received: max_consecutive_skips={limit}"
+    )
 
 
 def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float, interpolation: str) -> tf.Tensor:
@@ -413,20 +553,6 @@ def _options(cfg: DataConfig) -> tf.data.Options:
     return options
 
 
-def _count_gaps(ds: tf.data.Dataset, start: int = 0) -> tf.data.Dataset:
-    """After ignore_errors: adds ``skipped`` = files dropped since the previous surviving element
-    (the stream's first index is ``start``)."""
-
-    def step(last, element):
-        index = element["index"]
-        element = dict(element)
-        element["skipped"] = tf.cast(index - last - 1, tf.int32)
-        del element["index"]
-        return index, element
-
-    return ds.scan(tf.constant(start - 1, tf.int64), step)
-
-
 def _encoded_stream(source: Source, split: str, ctx: tf.distribute.InputContext, seed: int, epoch: int,
                     cfg: DataConfig, *, training: bool) -> tf.data.Dataset:
     """(image bytes, label) of this host's shard, in the epoch's order; train streams repeat forever."""
@@ -465,7 +591,8 @@ def local_batches_per_step(ctx: tf.distribute.InputContext) -> int:
 
 
 def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: int, steps_per_epoch: int,
-                          skip_steps: int, label_smoothing: float, interpolation: str, clean_prefix: bool = False
+                          skip_steps: int, label_smoothing: float, interpolation: str, clean_prefix: bool = False,
+                          max_image_pixels: int = MAX_IMAGE_PIXELS, max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS
                           ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """The dataset function of one training epoch (for ``distribute_datasets_from_function``).
 
@@ -473,7 +600,9 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
     stream of the epoch with the first ``skip_steps`` steps dropped. ``clean_prefix``
     (no file was dropped on any host in those steps) skips the consumed files before
     decoding; otherwise the consumed part is decoded again and its batches discarded. Both
-    give the same stream.
+    give the same stream. Files over ``max_image_pixels`` (0 = no limit) are skipped; the
+    stream fails after ``max_consecutive_skips`` failures in a row, or a whole pass of the host's
+    files (0 = never; see :func:`explain_data_error`).
     """
     num_classes = source.num_classes
     interpolation = interpolation or "bilinear"
@@ -502,11 +631,16 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
         def example(index, pair):
             image_bytes, label = pair
             s = _seed(seed, epoch, ctx.input_pipeline_id, index)
-            return {"images": train_example(image_bytes, s, cfg, interpolation), "labels": label, "index": index}
+            image = train_example(checked(image_bytes, max_image_pixels), s, cfg, interpolation)
+            return {"images": image, "labels": label, "index": index}
 
-        parallel = AUTOTUNE if cfg.parallel_calls < 0 else cfg.parallel_calls
-        ds = ds.map(example, num_parallel_calls=parallel, deterministic=True).ignore_errors(log_warning=True)
-        ds = _count_gaps(ds, start=skip_batches * batch if fast_skip else 0)
+        def failed(index, pair):
+            return {"images": tf.zeros([cfg.image_size, cfg.image_size, 3]), "labels": pair[1], "index": index}
+
+        limit = max_consecutive_skips
+        if limit > 0 and source.kind == "folder":  # a whole pass of this host's files
+            limit = min(limit, max(1, len(source.train_files[0]) // ctx.num_input_pipelines))
+        ds = _count_skips(_decode_each(ds, example, failed), limit)
         if fast_skip:
             ds = ds.batch(batch, drop_remainder=True).enumerate(start=skip_batches).take(total - skip_batches)
         else:
@@ -532,9 +666,14 @@ def eval_steps(source: Source, cfg: DataConfig) -> int:
     return max(1, math.ceil(source.eval_examples / cfg.global_batch_size))
 
 
-def make_eval_dataset_fn(source: Source, cfg: DataConfig, *, interpolation: str
+def make_eval_dataset_fn(source: Source, cfg: DataConfig, *, interpolation: str,
+                         max_image_pixels: int = MAX_IMAGE_PIXELS
                          ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
-    """The validation dataset function: every host yields ``eval_steps`` steps; padding has weight 0."""
+    """The validation dataset function: every host yields ``eval_steps`` steps; padding has weight 0.
+
+    A file that cannot be decoded (or exceeds ``max_image_pixels``) takes a padding slot with
+    ``skipped`` 1, wherever it is in the list.
+    """
     interpolation = interpolation or "bilinear"
     steps = eval_steps(source, cfg)
 
@@ -554,12 +693,13 @@ def make_eval_dataset_fn(source: Source, cfg: DataConfig, *, interpolation: str
             ds = _encoded_stream(source, "val", ctx, 0, 0, cfg, training=False).enumerate()
 
             def example(index, pair):
-                image_bytes, label = pair
-                image = eval_transform(decode_full(image_bytes), cfg.image_size, cfg.crop_fraction, interpolation)
-                return {"images": image, "labels": label, "weights": tf.constant(1.0), "index": index}
+                image = decode_full(checked(pair[0], max_image_pixels))
+                image = eval_transform(image, cfg.image_size, cfg.crop_fraction, interpolation)
+                return {"images": image, "labels": pair[1], "weights": tf.constant(1.0),
+                        "skipped": tf.constant(0, tf.int32)}
 
-            ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
-            ds = _count_gaps(ds)
+            ds = _decode_each(ds, example, lambda index, pair: dict(pad, skipped=tf.constant(1, tf.int32)))
+            ds = ds.map(_first)
         ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat()).take(count)
         return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options(cfg))
 

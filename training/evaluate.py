@@ -7,13 +7,18 @@ Reproducing the published 77.1 % top-1 of R50-hybrid from the official PyTorch c
         --dataset imagenet2012 --data_dir ~/tensorflow_datasets --output r50_hybrid_eval.json
 
 A run of train.py: ``--model_dir runs/demo`` reads ``model.json`` and ``final.weights.h5``.
+Every user error (an unfinished run, a bad flag, a damaged weights file, an ``--output`` that
+cannot be written: checked before evaluating) is one line on stderr and status 2; ``--debug``
+shows the traceback. ``--output`` is written atomically.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import tempfile
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `training` importable from the repo root
@@ -22,6 +27,8 @@ if __package__ in (None, ""):  # run as a script: make `training` importable fro
 import tensorflow as tf
 
 import pf_keras
+from pf_keras import fileio
+from pf_keras.cli import one_line
 from training import cli_main
 from training import data as data_lib
 from training import loop as loop_lib
@@ -49,7 +56,20 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
 
     Returns:
         ``{"top1", "top5", "loss", "examples", "skipped", ...}``.
+
+    Raises:
+        ValueError: for a bad setting, a weights file that cannot be read, or a validation split
+            without one decodable image.
     """
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
+    if image_size < 0 or eval_examples < 0:
+        raise ValueError(f"`image_size` and `eval_examples` must be >= 0. Received: image_size={image_size}, "
+                         f"eval_examples={eval_examples}")
+    if not (math.isfinite(crop_fraction) and 0 <= crop_fraction <= 1):
+        raise ValueError(
+            f"`crop_fraction` must be in (0, 1] (0 = the preset's). Received: crop_fraction={crop_fraction}"
+        )
     spec = pf_keras.SPECS.get(model_name)
     transform = spec.eval if spec else pf_keras.models.EvalTransform()
     image_size = image_size or transform.size
@@ -69,7 +89,13 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
                   classifier_activation=None, include_preprocessing=False)
     with strategy.scope():
         # .pth files are converted by the builder; Keras weight files load into the built model.
-        model = pf_keras.create_model(model_name, weights=weights or None, **kwargs)
+        try:
+            model = pf_keras.create_model(model_name, weights=weights or None, **kwargs)
+        except Exception as error:  # noqa: BLE001 (a damaged or foreign weights file is one line)
+            if not weights or isinstance(error, ValueError):  # already one line that says what is wrong
+                raise
+            raise ValueError(f"cannot load weights {weights}: {one_line(error)[:500]}. Received: weights={weights!r}"
+                             ) from None
     evaluator = loop_lib.Evaluator(strategy, model)
     result = evaluator.evaluate(data_lib.make_eval_dataset_fn(source, cfg, interpolation=interpolation),
                                 data_lib.eval_steps(source, cfg))
@@ -82,25 +108,64 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
 
 
 def _from_model_dir(model_dir: str) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
-    """(name, weights path, create_model kwargs, eval settings) of a finished train.py run."""
-    with open(os.path.join(model_dir, "model.json")) as f:
-        info = json.load(f)
-    kwargs = dict(info["kwargs"])
-    image_size = kwargs.pop("input_shape")[0]
+    """(name, weights path, create_model kwargs, eval settings) of a finished train.py run.
+
+    Raises:
+        ValueError: if ``model_dir`` holds no finished run (no or a damaged ``model.json``, no final weights).
+    """
+    path = os.path.join(model_dir, "model.json")
+    weights = os.path.join(model_dir, "final.weights.h5")
+    if not os.path.isdir(model_dir):
+        raise ValueError(f"`model_dir` does not exist. Received: model_dir={model_dir!r}")
+    if not (os.path.isfile(path) and os.path.isfile(weights)):
+        raise ValueError(
+            f"{model_dir} holds no finished run: model.json and final.weights.h5 are written when train.py ends "
+            f"(finish or resume the run first, or pass --model and --weights). Received: model_dir={model_dir!r}"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.loads(f.read(1 << 20))
+        kwargs = dict(info["kwargs"])
+        image_size = int(kwargs.pop("input_shape")[0])
+        name = str(info["name"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise ValueError(f"{path} is damaged ({type(error).__name__}: {one_line(error)[:200]}). "
+                         f"Received: model_dir={model_dir!r}") from None
     for key in ("classes", "classifier_activation", "include_preprocessing", "include_top"):
         kwargs.pop(key, None)
     extra = {"image_size": image_size, "crop_fraction": info.get("crop_fraction") or 0.0,
              "interpolation": info.get("interpolation") or ""}
-    return info["name"], os.path.join(model_dir, "final.weights.h5"), kwargs, extra
+    return name, weights, kwargs, extra
 
 
-def main(argv: list[str]) -> int:
+def check_writable(path: str) -> None:
+    """Fails now (one line) if ``path`` cannot be written later: its folder is missing or read-only, or it is a folder.
+
+    Raises:
+        ValueError: naming the path and the reason.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"`output` is a folder; pass a file name. Received: output={path!r}")
+    if not os.path.isdir(folder):
+        raise ValueError(f"The folder of `output` does not exist. Received: output={path!r}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pf-probe-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f"`output` cannot be written ({error.strerror or error}). Received: output={path!r}") from None
+
+
+def _main(f) -> int:
     """Resolves the model (``--model``/``--weights`` or ``--model_dir``), evaluates, prints and writes JSON."""
-    from absl import flags, logging
+    from absl import logging
 
-    del argv
     logging.set_verbosity(logging.WARNING)
-    f = flags.FLAGS
+    if f.output:
+        check_writable(f.output)  # before the (long) evaluation
+    if f.batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={f.batch_size}")
     extra: dict[str, Any] = {}
     name, weights, kwargs = f.model, f.weights, parse_kwargs(f.model_kwargs)
     if f.model_dir:
@@ -121,28 +186,37 @@ def main(argv: list[str]) -> int:
     print(f"{name}: top-1 {100 * result['top1']:.2f} %  top-5 {100 * result['top5']:.2f} %  "
           f"({result['examples']} images, {result['skipped']} skipped)")
     if f.output:
-        with open(f.output, "w") as out:
-            json.dump(result, out, indent=2)
+        fileio.write_json(f.output, result)
     print(json.dumps(result))
     return 0
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def define_flags(fv) -> None:
+    """The absl flags of the command line, on ``fv``."""
+    from absl import flags
 
-    flags.DEFINE_string("model", None, "Registered model name.")
-    flags.DEFINE_string("weights", None, ".pth (official) or .weights.h5.")
-    flags.DEFINE_string("model_dir", None, "A finished train.py run (reads model.json and final.weights.h5).")
-    flags.DEFINE_string("model_kwargs", "", "create_model overrides: JSON or k=v,k2=v2.")
-    flags.DEFINE_string("dataset", "imagenet2012", "TFDS name, folder:PATH, builtin or synthetic.")
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
-    flags.DEFINE_integer("batch_size", 250, "Global eval batch.")
-    flags.DEFINE_integer("image_size", 0, "Crop size (0 = preset).")
-    flags.DEFINE_float("crop_fraction", 0.0, "Crop fraction (0 = preset, 0.875).")
-    flags.DEFINE_string("interpolation", "", "bilinear / bicubic ('' = preset).")
-    flags.DEFINE_integer("eval_examples", 0, "Only the first N (0 = all).")
-    flags.DEFINE_enum("strategy", "one_device", list(loop_lib.STRATEGIES), "Distribution strategy.")
-    flags.DEFINE_integer("num_replicas", 0, "mirrored: logical CPU devices / GPUs.")
-    flags.DEFINE_string("tpu", "", "TPU address.")
-    flags.DEFINE_string("output", "", "Write the result as JSON here.")
-    app.run(lambda argv: sys.exit(cli_main(main, argv)))
+    flags.DEFINE_string("model", None, "Registered model name.", flag_values=fv)
+    flags.DEFINE_string("weights", None, ".pth (official) or .weights.h5.", flag_values=fv)
+    flags.DEFINE_string("model_dir", None, "A finished train.py run (reads model.json and final.weights.h5).",
+                        flag_values=fv)
+    flags.DEFINE_string("model_kwargs", "", "create_model overrides: JSON or k=v,k2=v2.", flag_values=fv)
+    flags.DEFINE_string("dataset", "imagenet2012", "TFDS name, folder:PATH, builtin or synthetic.", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 250, "Global eval batch.", flag_values=fv)
+    flags.DEFINE_integer("image_size", 0, "Crop size (0 = preset).", flag_values=fv)
+    flags.DEFINE_float("crop_fraction", 0.0, "Crop fraction (0 = preset, 0.875).", flag_values=fv)
+    flags.DEFINE_string("interpolation", "", "bilinear / bicubic ('' = preset).", flag_values=fv)
+    flags.DEFINE_integer("eval_examples", 0, "Only the first N (0 = all).", flag_values=fv)
+    flags.DEFINE_enum("strategy", "one_device", list(loop_lib.STRATEGIES), "Distribution strategy.", flag_values=fv)
+    flags.DEFINE_integer("num_replicas", 0, "mirrored: logical CPU devices / GPUs.", flag_values=fv)
+    flags.DEFINE_string("tpu", "", "TPU address.", flag_values=fv)
+    flags.DEFINE_string("output", "", "Write the result as JSON here.", flag_values=fv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (``argv`` without the program name); returns the exit status."""
+    return cli_main(_main, define_flags, argv, prog="evaluate.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,6 +17,8 @@ timm's no-decay group). A step equals timm's (tests/training/step_parity_test.py
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from pf_keras import fileio
 from training import optim as optim_lib
 from training import recipes as recipes_lib
 from training.recipes import Recipe
@@ -300,6 +303,9 @@ class Evaluator:
         self.strategy = strategy
         self.model = model
         self.eval_loop = tf.function(self._eval_loop)
+        # Eval steps done (a heartbeat the preemption watchdog of train.py reads from another thread).
+        self.steps_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="eval_steps_done",
+                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def _eval_replica(self, batch):
         logits = tf.cast(self.model(batch["images"], training=False), tf.float32)
@@ -318,13 +324,18 @@ class Evaluator:
             values = self.strategy.run(self._eval_replica, args=(next(iterator),))
             totals = [t + self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                       for t, v in zip(totals, values, strict=True)]
+            self.steps_done.assign_add(1)
         return totals
 
     def evaluate(self, dataset_fn, num_steps: int) -> dict:
         """Runs ``num_steps`` global eval steps of ``dataset_fn``'s stream; returns the metrics."""
         dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
         top1, top5, loss, count, skipped = (float(x) for x in self.eval_loop(iter(dataset), tf.constant(num_steps)))
-        count = max(count, 1.0)
+        if count == 0:
+            raise ValueError(
+                f"The validation data yielded no decodable image ({int(skipped)} files skipped); an accuracy over "
+                f"zero images means nothing. Check the files. Received: val_examples=0"
+            )
         return {"val_top1": top1 / count, "val_top5": top5 / count, "val_loss": loss / count,
                 "val_examples": int(count), "val_skipped": int(skipped)}
 
@@ -397,13 +408,35 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"kind": kind, "time": time.time(), **record}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
         with self._writer.as_default(step=int(record.get("step", 0))):
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "time"):
                     tf.summary.write(f"{kind}/{key}", tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
         self._writer.flush()
+
+
+def append_line(path: str, line: str) -> None:
+    """Appends one line to ``path`` whole or not at all: a failed write (full disk) is cut off again.
+
+    Raises:
+        fileio.WriteError: one line naming the file; the lines before are intact.
+    """
+    data = (line + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise fileio.WriteError(f"cannot append to {path} ({errno.errorcode.get(error.errno or 0, 'OSError')}: "
+                                    f"{error.strerror or error}); the earlier records are intact") from None
+    finally:
+        os.close(fd)
 
 
 def read_metrics(model_dir: str, kind: str | None = None) -> list[dict]:

@@ -10,8 +10,13 @@ Examples (from the repository root):
         --dataset imagenet2012 --data_dir ~/tensorflow_datasets --mixed_precision mixed_float16 \\
         --model_dir runs/r50_hybrid
 
-Rerunning the same command resumes from ``model_dir``. SIGTERM saves a checkpoint at the
-current step and exits with status 143; see the README, "Training on tf.distribute".
+Rerunning the same command resumes from ``model_dir`` (its newest intact checkpoint; see
+:mod:`checkpoint`). One run per ``model_dir``: a second one exits 2 naming the holder's PID
+(:mod:`lock`). SIGTERM saves a checkpoint at the current step and exits with status 143; if
+no training or eval step completes within ``--sigterm_stall_s`` seconds after it (a stuck
+input pipeline), the process exits 143 without saving (the last checkpoint is intact). Every
+user error is one line on stderr and status 2 (``--debug`` shows the traceback); see the
+README, "Training on tf.distribute" and "Safety and recovery".
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,37 +39,105 @@ import keras
 import tensorflow as tf
 
 import pf_keras
+from pf_keras import fileio
+from pf_keras.cli import one_line
 from training import checkpoint as checkpoint_lib
 from training import cli_main
 from training import data as data_lib
+from training import lock as lock_lib
 from training import loop as loop_lib
 from training import recipes as recipes_lib
 from training.recipes import Recipe
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers restart the job, which then resumes
+SIGTERM_STALL_S = 30.0  # after SIGTERM, exit without a checkpoint if no step completes for this long
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls between inner loops."""
+    """Turns SIGTERM into a flag the loop polls between inner loops, with a watchdog for stalls.
 
-    def __init__(self) -> None:
+    The Python handler only runs when the main thread returns to Python, which a stuck input
+    pipeline (a batch that never arrives inside the ``tf.function``) never does. So the
+    signal also wakes a watchdog thread (``signal.set_wakeup_fd`` is written by the C-level
+    handler at once); the watchdog reads ``heartbeat()`` (global and eval step counters) and,
+    if it stops changing for ``stall_seconds`` before the loop has acknowledged the request,
+    prints one line and exits the process with status 143 without saving.
+    """
+
+    def __init__(self, heartbeat: Callable[[], Any] = lambda: 0, stall_seconds: float = SIGTERM_STALL_S) -> None:
         self.requested = False
+        self.acknowledged = False
+        self._heartbeat = heartbeat
+        self._stall_seconds = stall_seconds
         self._previous = None
+        self._pipe: tuple[int, int] | None = None
+        self._old_wakeup = -1
+        self._closed = threading.Event()
 
     def __enter__(self):
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread: no signal handling
             self._previous = None
+            return self
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        self._old_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        self._pipe = (read, write)
+        threading.Thread(target=self._watch, args=(read,), daemon=True, name="sigterm-watchdog").start()
         return self
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
 
+    def _watch(self, read: int) -> None:
+        while True:
+            try:
+                data = os.read(read, 64)
+            except OSError:
+                return
+            if not data or self._closed.is_set():
+                return
+            if signal.SIGTERM in data:
+                self.requested = True
+                self._watch_stall()
+                return
+
+    def _watch_stall(self) -> None:
+        state = {"beat": None, "changed": time.monotonic()}
+
+        def poll() -> None:  # a separate thread: a read that blocks must not block the watchdog
+            while not self._closed.is_set():
+                try:
+                    beat = self._heartbeat()
+                except Exception:  # noqa: BLE001 (the run is ending; the watchdog just keeps the last value)
+                    return
+                if beat != state["beat"]:
+                    state["beat"], state["changed"] = beat, time.monotonic()
+                time.sleep(0.1)
+
+        threading.Thread(target=poll, daemon=True, name="sigterm-heartbeat").start()
+        while not self._closed.wait(0.1):
+            if self.acknowledged:
+                return
+            if time.monotonic() - state["changed"] > self._stall_seconds:
+                sys.stdout.flush()
+                sys.stderr.write(
+                    f"train.py: SIGTERM: no step completed in {self._stall_seconds:g} s (the input pipeline is "
+                    f"stuck?); exiting without a checkpoint, the last one is intact.\n")
+                sys.stderr.flush()
+                os._exit(PREEMPTED_EXIT_CODE)
+
     def __exit__(self, *exc) -> None:
+        self._closed.set()
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            for fd in reversed(self._pipe):  # the write end first: the watchdog's read returns
+                os.close(fd)
+            self._pipe = None
 
 
 def model_build_kwargs(recipe: Recipe, num_classes: int) -> dict[str, Any]:
@@ -91,7 +165,15 @@ def model_build_kwargs(recipe: Recipe, num_classes: int) -> dict[str, Any]:
 def build_model(recipe: Recipe, num_classes: int) -> keras.Model:
     """The model of ``recipe`` (logits, normalised float input), SyncBN if ``model.sync_bn``."""
     kwargs = model_build_kwargs(recipe, num_classes)
-    model = pf_keras.create_model(recipe.model.name, weights=recipe.model.init_weights or None, **kwargs)
+    init = recipe.model.init_weights or None
+    if init is None:
+        model = pf_keras.create_model(recipe.model.name, **kwargs)
+    else:
+        try:
+            model = pf_keras.create_model(recipe.model.name, weights=init, **kwargs)
+        except Exception as error:  # noqa: BLE001 (any failure to read the user's file is one line)
+            raise ValueError(f"cannot start from init_weights {init}: {one_line(error)[:500]}. "
+                             f"Received: model.init_weights={init!r}") from None
     if recipe.model.sync_bn:
         model = with_sync_batchnorm(model)
     return model
@@ -113,11 +195,19 @@ def with_sync_batchnorm(model: keras.Model) -> keras.Model:
     return synced
 
 
+def _read_json(path: str, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.loads(f.read(1 << 20))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} ({what}) cannot be read ({one_line(error)}); restore it or use a new model_dir. "
+                         f"Received: model_dir={os.path.dirname(path)!r}") from None
+
+
 def _check_recipe_file(model_dir: str, recipe: Recipe, chief: bool) -> None:
     path = os.path.join(model_dir, "recipe.json")
     if os.path.exists(path):
-        with open(path) as f:
-            stored = recipes_lib.from_dict(json.load(f))
+        stored = recipes_lib.from_dict(_read_json(path, "the run's recipe"))
         old, new = recipes_lib.to_dict(stored), recipes_lib.to_dict(recipe)
         diffs = [f"{s}.{k}" for s in old if isinstance(old[s], dict) for k in old[s] if old[s][k] != new[s].get(k)]
         diffs += [s for s in old if not isinstance(old[s], dict) and old[s] != new[s]]
@@ -127,16 +217,32 @@ def _check_recipe_file(model_dir: str, recipe: Recipe, chief: bool) -> None:
                 f"Differences: {diffs}. Received: model_dir={model_dir!r}"
             )
     elif chief:
-        with open(path + ".tmp", "w") as f:  # atomic: other workers may be reading
-            f.write(recipes_lib.dumps(recipe))
-        os.replace(path + ".tmp", path)
+        fileio.write_text(path, recipes_lib.dumps(recipe))  # atomic: other workers may be reading
+
+
+def _check_settings(model_dir: str, settings: dict[str, Any], chief: bool) -> None:
+    """Run settings outside the recipe that a resume must keep (the precision: it shapes the optimizer state)."""
+    path = os.path.join(model_dir, "settings.json")
+    if os.path.exists(path):
+        stored = _read_json(path, "the run's settings")
+        diffs = [f"{k}: {stored[k]} -> {v}" for k, v in settings.items()
+                 if isinstance(stored, dict) and k in stored and stored[k] != v]
+        if diffs:
+            raise ValueError(
+                f"model_dir holds a run with other settings; resume with the same settings or use a new model_dir. "
+                f"Differences: {diffs}. Received: model_dir={model_dir!r}"
+            )
+    elif chief:
+        fileio.write_json(path, settings)
 
 
 def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | None = None,
         strategy_name: str = "one_device", num_replicas: int = 0, tpu: str = "", mixed_precision: str = "float32",
         jit_compile: bool = False, deterministic: bool = False, resume_from: str = "", max_steps: int = 0,
         eval_at_end: bool = True, verbose: bool = True, loop_end_hook: Callable[[dict], None] | None = None,
-        return_trainer: bool = False) -> dict[str, Any]:
+        return_trainer: bool = False, restart_from_scratch: bool = False,
+        max_image_pixels: int = data_lib.MAX_IMAGE_PIXELS, max_consecutive_skips: int = data_lib.MAX_CONSECUTIVE_SKIPS,
+        sigterm_stall_s: float = SIGTERM_STALL_S) -> dict[str, Any]:
     """Trains ``recipe`` into ``model_dir``; resumes if ``model_dir`` holds a checkpoint.
 
     Args:
@@ -148,12 +254,19 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
         jit_compile: bool. XLA for the forward/backward pass.
         deterministic: bool. TensorFlow op determinism (identical weights across resumes).
         resume_from: str. A checkpoint prefix to start from when model_dir has none.
+        restart_from_scratch: bool. Start at step 0 although model_dir holds checkpoints (they are
+            moved to ``checkpoints/before_restart/``); without it a model_dir whose checkpoints are all
+            damaged is an error.
         max_steps: int. Stop (with a checkpoint, status "stopped") after this global step; 0 = run to the end.
         eval_at_end: bool. Evaluate after the last epoch even if eval_every_epochs skips it.
         verbose: bool. Progress bar and run summary on the chief.
         loop_end_hook: called on the host after every inner loop with its metrics (custom
             reporting; tests use it to deliver SIGTERM at a known step).
         return_trainer: bool. Add the live ``Trainer`` to the summary under "trainer" (tests).
+        max_image_pixels: int. Files whose header declares more pixels are skipped (0 = no limit).
+        max_consecutive_skips: int. This many undecodable training files in a row (or a whole pass)
+            stop the run with an error (0 = never).
+        sigterm_stall_s: float. After SIGTERM, exit 143 without saving if no step completes for this long.
 
     Returns:
         A summary dict: status ("completed", "preempted" or "stopped"), step, loss, val_top1,
@@ -161,13 +274,21 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
 
     Raises:
         ValueError: for impossible settings (batch not divisible by the replicas, a dataset
-            smaller than one batch, an unknown precision, a recipe differing from model_dir's).
+            smaller than one batch, an unknown precision, a recipe differing from model_dir's,
+            model_dir used by another run, no intact checkpoint, undecodable data).
+        fileio.WriteError: (a ValueError) a result or checkpoint could not be written (full disk).
     """
     if mixed_precision not in PRECISIONS:
         raise ValueError(
             f"`mixed_precision` must be one of {list(PRECISIONS)}. Received: mixed_precision={mixed_precision!r}"
         )
     recipes_lib.validate(recipe)
+    for name, value in (("max_image_pixels", max_image_pixels), ("max_consecutive_skips", max_consecutive_skips),
+                        ("max_steps", max_steps)):
+        if value < 0:
+            raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
+    if not (math.isfinite(sigterm_stall_s) and sigterm_stall_s > 0):
+        raise ValueError(f"`sigterm_stall_s` must be a finite number > 0. Received: sigterm_stall_s={sigterm_stall_s}")
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(recipe.seed)
@@ -190,7 +311,27 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
     total_steps = steps_per_epoch * recipe.schedule.epochs
     chief = checkpoint_lib.is_chief(strategy)
     os.makedirs(model_dir, exist_ok=True)
+    run_lock = lock_lib.RunLock(model_dir) if chief else None  # the chief holds it for the whole run
+    try:
+        return _run_locked(recipe, model_dir, strategy=strategy, source=source, chief=chief,
+                           steps_per_epoch=steps_per_epoch, total_steps=total_steps, mixed_precision=mixed_precision,
+                           jit_compile=jit_compile, resume_from=resume_from, max_steps=max_steps,
+                           eval_at_end=eval_at_end, verbose=verbose, loop_end_hook=loop_end_hook,
+                           return_trainer=return_trainer, restart_from_scratch=restart_from_scratch,
+                           data_limits={"max_image_pixels": max_image_pixels,
+                                        "max_consecutive_skips": max_consecutive_skips},
+                           sigterm_stall_s=sigterm_stall_s)
+    finally:
+        if run_lock is not None:
+            run_lock.release()
+
+
+def _run_locked(recipe: Recipe, model_dir: str, *, strategy, source, chief: bool, steps_per_epoch: int,
+                total_steps: int, mixed_precision: str, jit_compile: bool, resume_from: str, max_steps: int,
+                eval_at_end: bool, verbose: bool, loop_end_hook, return_trainer: bool, restart_from_scratch: bool,
+                data_limits: dict[str, int], sigterm_stall_s: float) -> dict[str, Any]:
     _check_recipe_file(model_dir, recipe, chief)
+    _check_settings(model_dir, {"mixed_precision": mixed_precision}, chief)
     spec = pf_keras.SPECS.get(recipe.model.name)
     interpolation = recipe.data.interpolation or (spec.eval.interpolation if spec else "bilinear")
 
@@ -208,14 +349,23 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
             if trainer.ema:
                 objects["ema"] = trainer.ema
             checkpointer = checkpoint_lib.Checkpointer(model_dir, strategy, keep=recipe.keep_checkpoints, **objects)
-        restored = checkpointer.latest or resume_from or None
+        restored, note = checkpointer.choose(restart_from_scratch=restart_from_scratch)
+        if note and chief:
+            print(f"[train] {note}", file=sys.stderr, flush=True)
+        if restored is None and resume_from:
+            reason = checkpoint_lib.verify(resume_from)
+            if reason:
+                raise ValueError(f"`resume_from` is not an intact checkpoint: {reason}. Received: resume_from="
+                                 f"{resume_from!r}")
+            restored = resume_from
         if restored:
             checkpointer.restore(restored)
         return _train(recipe, model_dir, strategy=strategy, trainer=trainer, checkpointer=checkpointer,
                       source=source, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                       interpolation=interpolation, chief=chief, restored=restored, max_steps=max_steps,
                       eval_at_end=eval_at_end, verbose=verbose, mixed_precision=mixed_precision,
-                      loop_end_hook=loop_end_hook, return_trainer=return_trainer)
+                      loop_end_hook=loop_end_hook, return_trainer=return_trainer, data_limits=data_limits,
+                      sigterm_stall_s=sigterm_stall_s)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -223,7 +373,8 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
 def _train(recipe: Recipe, model_dir: str, *, strategy, trainer: loop_lib.Trainer, checkpointer, source,
            steps_per_epoch: int, total_steps: int, interpolation: str, chief: bool, restored: str | None,
            max_steps: int, eval_at_end: bool, verbose: bool, mixed_precision: str,
-           loop_end_hook: Callable[[dict], None] | None, return_trainer: bool) -> dict[str, Any]:
+           loop_end_hook: Callable[[dict], None] | None, return_trainer: bool, data_limits: dict[str, int],
+           sigterm_stall_s: float) -> dict[str, Any]:
     say = print if (verbose and chief) else (lambda *a, **k: None)
     replicas = strategy.num_replicas_in_sync
     step = int(trainer.global_step.numpy())
@@ -239,7 +390,8 @@ def _train(recipe: Recipe, model_dir: str, *, strategy, trainer: loop_lib.Traine
             f"batch {step % steps_per_epoch})")
     logger = loop_lib.MetricsLogger(model_dir, enabled=chief)
     progress = loop_lib.Progress(total_steps, enabled=verbose and chief)
-    eval_fn = data_lib.make_eval_dataset_fn(source, recipe.data, interpolation=interpolation)
+    eval_fn = data_lib.make_eval_dataset_fn(source, recipe.data, interpolation=interpolation,
+                                            max_image_pixels=data_limits["max_image_pixels"])
     n_eval = data_lib.eval_steps(source, recipe.data)
     last, evaluation = {}, {}
     last_saved = step
@@ -251,9 +403,11 @@ def _train(recipe: Recipe, model_dir: str, *, strategy, trainer: loop_lib.Traine
         preempted right at an epoch end evaluates that epoch when it resumes)."""
         if not (done % recipe.eval_every_epochs == 0 or (done == recipe.schedule.epochs and eval_at_end)):
             return {}
-        result = {"epoch": done, "step": done * steps_per_epoch, **trainer.evaluate(eval_fn, n_eval)}
+        with _data_errors(source, "val", data_limits):
+            result = {"epoch": done, "step": done * steps_per_epoch, **trainer.evaluate(eval_fn, n_eval)}
         if trainer.ema:
-            ema = trainer.evaluate(eval_fn, n_eval, use_ema=True)
+            with _data_errors(source, "val", data_limits):
+                ema = trainer.evaluate(eval_fn, n_eval, use_ema=True)
             result.update({f"ema_{k}": v for k, v in ema.items()})
         trainer.evaluated_epoch.assign(done)
         logger.write(result, kind="eval")
@@ -265,7 +419,10 @@ def _train(recipe: Recipe, model_dir: str, *, strategy, trainer: loop_lib.Traine
     pending = step // steps_per_epoch if step > 0 and step % steps_per_epoch == 0 else 0
     if pending > int(trainer.evaluated_epoch.numpy()):  # preempted between an epoch's last step and its eval
         evaluation = run_eval(pending)
-    with _Preemption() as preemption:
+    def heartbeat() -> tuple[int, int]:
+        return int(trainer.global_step.numpy()), int(trainer.evaluator.steps_done.numpy())
+
+    with _Preemption(heartbeat, sigterm_stall_s) as preemption:
         while step < stop_at:
             epoch = step // steps_per_epoch
             epoch_end = (epoch + 1) * steps_per_epoch
@@ -275,13 +432,14 @@ def _train(recipe: Recipe, model_dir: str, *, strategy, trainer: loop_lib.Traine
             dataset_fn = data_lib.make_train_dataset_fn(
                 source, recipe.data, seed=recipe.seed, epoch=epoch, steps_per_epoch=steps_per_epoch,
                 skip_steps=skip_steps, label_smoothing=recipe.optim.label_smoothing, interpolation=interpolation,
-                clean_prefix=int(trainer.epoch_skipped_files.numpy()) == 0)
+                clean_prefix=int(trainer.epoch_skipped_files.numpy()) == 0, **data_limits)
             iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
             while step < min(epoch_end, stop_at):
                 next_ckpt = (step // recipe.checkpoint_every_steps + 1) * recipe.checkpoint_every_steps
                 n = min(recipe.steps_per_loop, epoch_end - step, next_ckpt - step, stop_at - step)
                 trainer.train_loop_begin()
-                outputs = trainer.train_loop(iterator, tf.constant(n, tf.int32))
+                with _data_errors(source, "train", data_limits):
+                    outputs = trainer.train_loop(iterator, tf.constant(n, tf.int32))
                 last = trainer.train_loop_end(outputs, n)
                 step = last["step"]
                 if not math.isfinite(last["loss"]):
@@ -295,6 +453,7 @@ def _train(recipe: Recipe, model_dir: str, *, strategy, trainer: loop_lib.Traine
                 if loop_end_hook is not None:
                     loop_end_hook(dict(last))
                 if agree(preemption.requested):
+                    preemption.acknowledged = True
                     checkpointer.save(step)
                     progress.newline()
                     say(f"[train] SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume.")
@@ -321,6 +480,22 @@ def _train(recipe: Recipe, model_dir: str, *, strategy, trainer: loop_lib.Traine
     return summary
 
 
+class _data_errors:  # noqa: N801 (a context manager used like a function)
+    """Turns a stopped input stream (too many undecodable files in a row) into a one-line ValueError."""
+
+    def __init__(self, source, split: str, limits: dict[str, int]) -> None:
+        self.source, self.split, self.limit = source, split, limits["max_consecutive_skips"]
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, tb) -> None:
+        if error is not None:
+            explained = data_lib.explain_data_error(error, self.source, self.split, self.limit)
+            if explained is not error:
+                raise explained from None
+
+
 def _flag_reducer(strategy):
     """A function telling whether any worker raised its flag (a collective only in multi-host runs)."""
     if loop_lib.num_workers(strategy) <= 1:
@@ -335,19 +510,26 @@ def _flag_reducer(strategy):
 
 
 def _save_final(recipe: Recipe, model_dir: str, trainer: loop_lib.Trainer, source) -> None:
-    trainer.model.save_weights(os.path.join(model_dir, "final.weights.h5"))
+    """final.weights.h5 (+ final_ema.weights.h5) and model.json, each written atomically (fileio).
+
+    Raises:
+        fileio.WriteError: one line (full disk, ...); no partial file under a final name, the previous
+            version intact.
+    """
+    fileio.save_weights(trainer.model, os.path.join(model_dir, "final.weights.h5"))
     if trainer.ema:
         backup = [tf.identity(w.value) for w in trainer.model.weights]
         for w, e in zip(trainer.model.weights, trainer.ema, strict=True):
             w.assign(tf.cast(e, w.dtype))
-        trainer.model.save_weights(os.path.join(model_dir, "final_ema.weights.h5"))
-        for w, b in zip(trainer.model.weights, backup, strict=True):
-            w.assign(b)
+        try:
+            fileio.save_weights(trainer.model, os.path.join(model_dir, "final_ema.weights.h5"))
+        finally:
+            for w, b in zip(trainer.model.weights, backup, strict=True):
+                w.assign(b)
     kwargs = model_build_kwargs(recipe, source.num_classes)
-    with open(os.path.join(model_dir, "model.json"), "w") as f:
-        json.dump({"name": recipe.model.name, "kwargs": kwargs, "class_names": list(source.class_names),
-                   "interpolation": recipe.data.interpolation or None, "crop_fraction": recipe.data.crop_fraction},
-                  f, indent=2)
+    fileio.write_json(os.path.join(model_dir, "model.json"), {
+        "name": recipe.model.name, "kwargs": kwargs, "class_names": list(source.class_names),
+        "interpolation": recipe.data.interpolation or None, "crop_fraction": recipe.data.crop_fraction})
 
 
 def _summary(status: str, step: int, last: dict, evaluation: dict, trainer, model_dir: str,
@@ -394,60 +576,75 @@ def recipe_from_flags(flag_values) -> Recipe:
     return recipe
 
 
-def define_flags() -> None:
+def define_flags(fv) -> None:
     """Defines the absl flags of the command line (see the README, "Training on tf.distribute" for the table)."""
     from absl import flags
 
-    flags.DEFINE_string("model_dir", None, "Run folder (checkpoints, logs, final weights).")
-    flags.DEFINE_string("recipe", "resnet90", f"Recipe: {recipes_lib.list_recipes()}.")
-    flags.DEFINE_string("model", None, f"Registered model name: {pf_keras.list_models()}.")
-    flags.DEFINE_string("model_kwargs", "", "create_model overrides: JSON or k=v,k2=v2 (e.g. depths=[1,1,1,1]).")
-    flags.DEFINE_multi_string("set", [], "Recipe override section.field=value (repeatable), e.g. optim.momentum=0.95.")
-    flags.DEFINE_string("dataset", None, "TFDS name (imagenet2012), folder:PATH, builtin or synthetic.")
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
-    flags.DEFINE_integer("batch_size", None, "Global batch size (all replicas).")
-    flags.DEFINE_integer("image_size", None, "Train/eval crop size.")
-    flags.DEFINE_integer("epochs", None, "Epochs.")
-    flags.DEFINE_float("lr", None, "Base learning rate for optim.base_batch_size images (scaled linearly).")
-    flags.DEFINE_float("weight_decay", None, "Weight decay (not on norms/biases).")
-    flags.DEFINE_float("warmup_epochs", None, "Warm-up epochs.")
-    flags.DEFINE_integer("seed", None, "Seed of init and data order.")
-    flags.DEFINE_integer("steps_per_loop", None, "Steps per tf.function call.")
-    flags.DEFINE_integer("steps_per_epoch", None, "Override steps per epoch (0 = dataset size / batch).")
-    flags.DEFINE_float("drop_path_rate", None, "Stochastic depth rate passed to the model.")
-    flags.DEFINE_float("ema_decay", None, "EMA decay (0 = off).")
-    flags.DEFINE_string("init_weights", None, "Start from these weights (.pth or .weights.h5).")
-    flags.DEFINE_bool("sync_bn", False, "Synchronized BatchNorm across replicas.")
-    flags.DEFINE_enum("strategy", "one_device", list(loop_lib.STRATEGIES), "Distribution strategy.")
-    flags.DEFINE_integer("num_replicas", 0, "mirrored: logical CPU devices on a CPU host / GPUs to use (0 = all).")
-    flags.DEFINE_string("tpu", "", "TPU name or address (strategy=tpu).")
-    flags.DEFINE_enum("mixed_precision", "float32", list(PRECISIONS), "Compute precision.")
-    flags.DEFINE_bool("jit_compile", False, "XLA-compile the forward/backward pass.")
-    flags.DEFINE_bool("deterministic", False, "Deterministic ops (bitwise-identical resumes).")
-    flags.DEFINE_string("resume_from", "", "Checkpoint prefix to start from if model_dir has none.")
-    flags.DEFINE_integer("max_steps", 0, "Stop after this global step (0 = run the recipe to the end).")
-    flags.mark_flag_as_required("model_dir")
+    flags.DEFINE_string("model_dir", None, "Run folder (checkpoints, logs, final weights).", flag_values=fv)
+    flags.DEFINE_string("recipe", "resnet90", f"Recipe: {recipes_lib.list_recipes()}.", flag_values=fv)
+    flags.DEFINE_string("model", None, f"Registered model name: {pf_keras.list_models()}.", flag_values=fv)
+    flags.DEFINE_string("model_kwargs", "", "create_model overrides: JSON or k=v,k2=v2 (e.g. depths=[1,1,1,1]).",
+                        flag_values=fv)
+    flags.DEFINE_multi_string("set", [], "Recipe override section.field=value (repeatable), e.g. optim.momentum=0.95.",
+                              flag_values=fv)
+    flags.DEFINE_string("dataset", None, "TFDS name (imagenet2012), folder:PATH, builtin or synthetic.", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", None, "Global batch size (all replicas).", flag_values=fv)
+    flags.DEFINE_integer("image_size", None, "Train/eval crop size.", flag_values=fv)
+    flags.DEFINE_integer("epochs", None, "Epochs.", flag_values=fv)
+    flags.DEFINE_float("lr", None, "Base learning rate for optim.base_batch_size images (scaled linearly).",
+                       flag_values=fv)
+    flags.DEFINE_float("weight_decay", None, "Weight decay (not on norms/biases).", flag_values=fv)
+    flags.DEFINE_float("warmup_epochs", None, "Warm-up epochs.", flag_values=fv)
+    flags.DEFINE_integer("seed", None, "Seed of init and data order.", flag_values=fv)
+    flags.DEFINE_integer("steps_per_loop", None, "Steps per tf.function call.", flag_values=fv)
+    flags.DEFINE_integer("steps_per_epoch", None, "Override steps per epoch (0 = dataset size / batch).",
+                         flag_values=fv)
+    flags.DEFINE_float("drop_path_rate", None, "Stochastic depth rate passed to the model.", flag_values=fv)
+    flags.DEFINE_float("ema_decay", None, "EMA decay (0 = off).", flag_values=fv)
+    flags.DEFINE_string("init_weights", None, "Start from these weights (.pth or .weights.h5).", flag_values=fv)
+    flags.DEFINE_bool("sync_bn", False, "Synchronized BatchNorm across replicas.", flag_values=fv)
+    flags.DEFINE_enum("strategy", "one_device", list(loop_lib.STRATEGIES), "Distribution strategy.", flag_values=fv)
+    flags.DEFINE_integer("num_replicas", 0, "mirrored: logical CPU devices on a CPU host / GPUs to use (0 = all).",
+                         flag_values=fv)
+    flags.DEFINE_string("tpu", "", "TPU name or address (strategy=tpu).", flag_values=fv)
+    flags.DEFINE_enum("mixed_precision", "float32", list(PRECISIONS), "Compute precision.", flag_values=fv)
+    flags.DEFINE_bool("jit_compile", False, "XLA-compile the forward/backward pass.", flag_values=fv)
+    flags.DEFINE_bool("deterministic", False, "Deterministic ops (bitwise-identical resumes).", flag_values=fv)
+    flags.DEFINE_string("resume_from", "", "Checkpoint prefix to start from if model_dir has none.", flag_values=fv)
+    flags.DEFINE_bool("restart_from_scratch", False, "Start at step 0 although model_dir holds checkpoints (they "
+                      "are moved to checkpoints/before_restart/).", flag_values=fv)
+    flags.DEFINE_integer("max_image_pixels", data_lib.MAX_IMAGE_PIXELS, "Skip images whose header declares more "
+                         "pixels (0 = no limit).", flag_values=fv)
+    flags.DEFINE_integer("max_consecutive_skips", data_lib.MAX_CONSECUTIVE_SKIPS, "Stop after this many undecodable "
+                         "training files in a row, or a whole pass (0 = never).", flag_values=fv)
+    flags.DEFINE_float("sigterm_stall_s", SIGTERM_STALL_S, "After SIGTERM, exit 143 without a checkpoint if no step "
+                       "completes for this many seconds (a stuck input pipeline).", flag_values=fv)
+    flags.DEFINE_integer("max_steps", 0, "Stop after this global step (0 = run the recipe to the end).", flag_values=fv)
+    flags.mark_flag_as_required("model_dir", flag_values=fv)
 
 
-def main(argv: list[str]) -> int:
-    """Parses the flags, resolves the recipe, calls :func:`run`; returns 143 when preempted."""
-    from absl import flags, logging
+def _main(f) -> int:
+    """Resolves the recipe from the parsed flags ``f``, calls :func:`run`; returns 143 when preempted."""
+    from absl import logging
 
-    del argv
     logging.set_verbosity(logging.WARNING)
-    f = flags.FLAGS
     if f.strategy == "mirrored" and f.num_replicas and not tf.config.list_physical_devices("GPU"):
         loop_lib.configure_cpu_replicas(f.num_replicas)  # before anything starts TensorFlow's runtime
     recipe = recipe_from_flags(f)
     summary = run(recipe, f.model_dir, strategy_name=f.strategy, num_replicas=f.num_replicas, tpu=f.tpu,
                   mixed_precision=f.mixed_precision, jit_compile=f.jit_compile, deterministic=f.deterministic,
-                  resume_from=f.resume_from, max_steps=f.max_steps)
+                  resume_from=f.resume_from, max_steps=f.max_steps, restart_from_scratch=f.restart_from_scratch,
+                  max_image_pixels=f.max_image_pixels, max_consecutive_skips=f.max_consecutive_skips,
+                  sigterm_stall_s=f.sigterm_stall_s)
     print(json.dumps(summary))
     return PREEMPTED_EXIT_CODE if summary["status"] == "preempted" else 0
 
 
-if __name__ == "__main__":
-    from absl import app
+def main(argv: list[str] | None = None) -> int:
+    """The command line (``argv`` without the program name; default ``sys.argv[1:]``); returns the exit status."""
+    return cli_main(_main, define_flags, argv, prog="train.py")
 
-    define_flags()
-    app.run(lambda argv: sys.exit(cli_main(main, argv)))
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,3 +16,10 @@ class TestBenchmark:
         cfg = recipes.DataConfig(dataset=f"folder:{shapes_dir}", global_batch_size=8, image_size=32, color_jitter=0.4)
         rate = data.input_pipeline_throughput(data.resolve_source(cfg), cfg, num_batches=3, threads=1)
         assert rate > 0
+
+
+class TestBenchmarkErrors:
+    def test_bad_values_are_one_line(self, capsys):
+        assert benchmark.main(["--batch_size", "0", "--models", "resnet50"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == "benchmark.py: error: `batch_size` must be >= 1. Received: batch_size=0"

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from pf_keras import fileio
 from training import checkpoint, loop, recipes, train
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_worker.py")
@@ -146,8 +149,8 @@ class TestPreemption:
 
         # Only the chief wrote model_dir: one TensorBoard file per chief process, one set of
         # checkpoint files; worker 1's private checkpoint copies (in its TMPDIR) were deleted.
-        assert sorted(os.listdir(model_dir)) == ["checkpoints", "final.weights.h5", "metrics.jsonl", "model.json",
-                                                 "recipe.json", "tb"]
+        assert sorted(os.listdir(model_dir)) == [".lock", "checkpoints", "final.weights.h5", "metrics.jsonl",
+                                                 "model.json", "recipe.json", "settings.json", "tb"]
         assert len(os.listdir(os.path.join(model_dir, "tb"))) == 2
         ckpts = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
         assert all(re.fullmatch(r"checkpoint|ckpt-\d+\.(index|data-00000-of-00001)", n) for n in ckpts), ckpts
@@ -177,3 +180,216 @@ class TestPreemptionInProcess:
 class TestCheckpointer:
     def test_is_chief_without_cluster(self):
         assert checkpoint.is_chief(tf.distribute.get_strategy())
+
+
+# ---------------------------------------------------------------- damaged checkpoints, resume choice
+
+
+def _one_device():
+    return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shapes_dir, make_recipe):
+    """(recipe, model_dir) of a tiny run stopped at step 8: intact ckpt-4, ckpt-6 (epoch end), ckpt-8, the pointer."""
+    recipe = make_recipe(f"folder:{shapes_dir}", **{"data.eval_examples": 8})
+    model_dir = str(tmp_path_factory.mktemp("trained") / "run")
+    summary = train.run(recipe, model_dir, strategy=_one_device(), verbose=False, max_steps=8)
+    assert summary["step"] == 8
+    return recipe, model_dir
+
+
+def _copy(trained, tmp_path) -> tuple[recipes.Recipe, str, str]:
+    recipe, source = trained
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(source, model_dir)
+    return recipe, model_dir, os.path.join(model_dir, "checkpoints")
+
+
+def _data_file(ckpts: str, step: int) -> str:
+    return os.path.join(ckpts, f"ckpt-{step}.data-00000-of-00001")
+
+
+def _resume(recipe, model_dir, capsys, **kwargs) -> tuple[dict, str, str]:
+    summary = train.run(recipe, model_dir, strategy=_one_device(), verbose=True, **kwargs)
+    out, err = capsys.readouterr()
+    return summary, out, err
+
+
+def _truncate(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _zero_fill(path: str) -> None:
+    size = os.path.getsize(path)
+    with open(path, "wb") as f:
+        f.write(b"\0" * size)
+
+
+class TestResumeChoice:
+    @pytest.mark.parametrize("damage, reason", [
+        (lambda c: os.remove(os.path.join(c, "ckpt-8.index")), "its .index file is missing"),
+        (lambda c: _truncate(_data_file(c, 8)), "ckpt-8 ("),
+        (lambda c: _zero_fill(_data_file(c, 8)), "ckpt-8 ("),
+        (lambda c: os.remove(_data_file(c, 8)), "its .data file is missing"),
+    ], ids=["index_deleted", "data_truncated", "data_zero_filled", "data_deleted"])
+    def test_damaged_newest_falls_back_to_the_newest_intact(self, trained, tmp_path, capsys, damage, reason):
+        recipe, model_dir, ckpts = _copy(trained, tmp_path)
+        damage(ckpts)
+        summary, out, err = _resume(recipe, model_dir, capsys, max_steps=8)
+        note = [line for line in err.splitlines() if line.startswith("[train]")]
+        assert len(note) == 1 and "ckpt-8" in note[0] and reason in note[0], err
+        assert note[0].endswith("resuming from ckpt-6, the newest intact one")
+        assert f"resumed from {os.path.join(ckpts, 'ckpt-6')} at step 6" in out
+        assert summary["step"] == 8
+        # The damaged files were set aside; the intact ones were kept, ckpt-8 written anew and intact.
+        assert os.listdir(os.path.join(ckpts, "damaged"))
+        assert sorted(checkpoint.list_checkpoints(ckpts)) == [4, 6, 8]
+        assert checkpoint.verify(os.path.join(ckpts, "ckpt-6")) is None
+        assert checkpoint.verify(os.path.join(ckpts, "ckpt-8")) is None
+        assert tf.train.latest_checkpoint(ckpts).endswith("ckpt-8")
+
+    @pytest.mark.parametrize("pointer, problem", [
+        (None, "the checkpoint pointer file is missing"),
+        (b"\x00\xff garbage", "the checkpoint pointer file is garbled"),
+        (b'model_checkpoint_path: "ckpt-99"\n', "the checkpoint pointer names ckpt-99, which is missing"),
+    ], ids=["missing", "garbled", "names_missing"])
+    def test_bad_pointer_uses_the_newest_intact_in_the_folder(self, trained, tmp_path, capsys, pointer, problem):
+        recipe, model_dir, ckpts = _copy(trained, tmp_path)
+        os.remove(os.path.join(ckpts, "checkpoint"))
+        if pointer is not None:
+            with open(os.path.join(ckpts, "checkpoint"), "wb") as f:
+                f.write(pointer)
+        summary, out, err = _resume(recipe, model_dir, capsys, max_steps=9)
+        assert f"[train] {problem}; resuming from ckpt-8, the newest intact one" in err
+        assert "at step 8 (epoch 1, batch 2)" in out and summary["step"] == 9
+
+    def test_no_intact_checkpoint_is_an_error_unless_restart_is_asked(self, trained, tmp_path, capsys):
+        recipe, model_dir, ckpts = _copy(trained, tmp_path)
+        for step in (4, 6, 8):
+            _zero_fill(_data_file(ckpts, step))
+        with pytest.raises(ValueError, match=r"none is intact: ckpt-8 \(.*\); ckpt-6 \(.*\); ckpt-4 \(.*"
+                                             r"--restart_from_scratch"):
+            train.run(recipe, model_dir, strategy=_one_device(), verbose=False)
+        assert sorted(checkpoint.list_checkpoints(ckpts)) == [4, 6, 8]  # nothing deleted or moved
+        summary, out, err = _resume(recipe, model_dir, capsys, max_steps=4, restart_from_scratch=True)
+        assert "restart_from_scratch: moved 3 old checkpoint(s)" in err and "resumed from" not in out
+        assert summary["step"] == 4
+        assert sorted(checkpoint.list_checkpoints(ckpts)) == [4]
+        assert len(os.listdir(os.path.join(ckpts, "before_restart"))) == 6
+
+    def test_rotation_never_deletes_an_intact_checkpoint_while_the_newest_is_damaged(self, trained, tmp_path, capsys):
+        recipe, model_dir, ckpts = _copy(trained, tmp_path)
+        os.remove(os.path.join(ckpts, "checkpoint"))  # the old failure: no pointer -> step 0 -> rotation
+        _truncate(_data_file(ckpts, 8))
+        os.makedirs(os.path.join(ckpts, "ckpt-12_temp"))  # our own leftovers of an interrupted save
+        open(os.path.join(ckpts, "ckpt-12_temp", "part-00000-of-00001.data-00000-of-00001"), "wb").close()
+        open(os.path.join(ckpts, "checkpoint.tmp3f2a9c"), "wb").close()
+        open(os.path.join(ckpts, "notes.txt"), "w").close()  # not ours: kept
+        checker = checkpoint.Checkpointer(model_dir, _one_device(), keep=3, step=tf.Variable(0, dtype=tf.int64))
+        path, note = checker.choose()
+        assert path.endswith("ckpt-6") and "ckpt-8 (" in note
+        assert sorted(os.listdir(ckpts)) == ["checkpoint", "ckpt-4.data-00000-of-00001", "ckpt-4.index",
+                                             "ckpt-6.data-00000-of-00001", "ckpt-6.index", "damaged", "notes.txt"]
+        checker.save(7)  # keep=3: ckpt-4, ckpt-6 and ckpt-7
+        assert sorted(checkpoint.list_checkpoints(ckpts)) == [4, 6, 7]
+        checker.save(9)  # only now, with three newer intact ones, ckpt-4 goes
+        assert sorted(checkpoint.list_checkpoints(ckpts)) == [6, 7, 9]
+        assert checkpoint.read_pointer(ckpts) == (9, None)
+
+    def test_mixed_precision_change_on_resume_is_refused_like_a_recipe_change(self, trained, tmp_path):
+        recipe, model_dir, _ = _copy(trained, tmp_path)
+        with pytest.raises(ValueError, match=r"other settings.*\['mixed_precision: float32 -> mixed_float16'\]"):
+            train.run(recipe, model_dir, strategy=_one_device(), verbose=False, mixed_precision="mixed_float16")
+
+    def test_a_run_without_recorded_settings_still_fails_in_one_line(self, trained, tmp_path):
+        recipe, model_dir, _ = _copy(trained, tmp_path)
+        os.remove(os.path.join(model_dir, "settings.json"))  # a run from before settings.json existed
+        with pytest.raises(ValueError, match=r"does not fit this run .*Received: checkpoint="):
+            train.run(recipe, model_dir, strategy=_one_device(), verbose=False, mixed_precision="mixed_float16")
+
+
+class TestCheckpointWrites:
+    def test_full_disk_during_a_save_is_one_line_and_keeps_the_previous(self, small_disk):
+        from conftest import fill_disk
+
+        model_dir = str(small_disk / "run")
+        step = tf.Variable(1, dtype=tf.int64)
+        weights = tf.Variable(tf.zeros([256]))
+        checker = checkpoint.Checkpointer(model_dir, _one_device(), step=step, weights=weights)
+        checker.save(1)
+        ckpts = os.path.join(model_dir, "checkpoints")
+        before = {n: open(os.path.join(ckpts, n), "rb").read() for n in os.listdir(ckpts)}
+        weights.assign(tf.ones([256]))
+        big = checkpoint.Checkpointer(model_dir, _one_device(), step=step, weights=weights,
+                                      more=tf.Variable(tf.zeros([64 * 1024])))
+        big._kept = [1]
+        fill_disk(str(small_disk), leave=16 * 1024)
+        with pytest.raises(fileio.WriteError, match=r"cannot write checkpoint .*ckpt-2 \(.*\); the previous "
+                                                    r"checkpoint .*ckpt-1 is intact$") as error:
+            big.save(2)
+        assert "\n" not in str(error.value)
+        after = {n: open(os.path.join(ckpts, n), "rb").read() for n in os.listdir(ckpts)}
+        assert after == before  # no ckpt-2 files, no temporaries, the pointer unchanged
+        assert checkpoint.verify(os.path.join(ckpts, "ckpt-1")) is None
+
+
+class TestMultiWorkerChoice:
+    def test_workers_agree_on_the_fallback_checkpoint(self, trained, tmp_path, port_picker):
+        """The chief verifies the folder and broadcasts its choice: both workers resume from ckpt-6."""
+        recipe, model_dir, ckpts = _copy(trained, tmp_path)
+        os.remove(os.path.join(ckpts, "ckpt-8.index"))
+        os.remove(os.path.join(ckpts, "checkpoint"))
+        cluster = {"worker": [f"localhost:{port_picker()}", f"localhost:{port_picker()}"]}
+        procs = []
+        try:
+            for index in range(2):
+                worker_tmp = tmp_path / f"tmp{index}"
+                worker_tmp.mkdir()
+                spec = {"recipe": recipes.to_dict(recipe), "model_dir": model_dir, "strategy": "multi_worker",
+                        "max_steps": 8}
+                tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+                procs.append(_start(tmp_path, f"w{index}", spec, TF_CONFIG=json.dumps(tf_config),
+                                    TMPDIR=str(worker_tmp)))
+            outs = []
+            for p in procs:
+                out, _ = p.communicate(timeout=240)
+                assert p.returncode == 0, out[-3000:]
+                outs.append((out, json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        (chief_out, chief), (worker_out, worker) = outs
+        assert [(s["step"], s["first_loop_step"]) for s in (chief, worker)] == [(8, 8)] * 2
+        assert ("[train] the checkpoint pointer file is missing; ckpt-8 (its .index file is missing) (moved to "
+                in chief_out) and "resuming from ckpt-6, the newest intact one" in chief_out
+        assert "[train]" not in worker_out  # one line, from the chief only
+        assert sorted(checkpoint.list_checkpoints(ckpts)) == [4, 6, 8]
+
+
+class TestStalledInput:
+    def test_sigterm_while_no_batch_ever_arrives_exits_143_promptly(self, shapes_dir, make_recipe, tmp_path):
+        recipe = make_recipe(f"folder:{shapes_dir}", **{"data.eval_examples": 8})
+        marker = tmp_path / "stalled"
+        spec = {"recipe": recipes.to_dict(recipe), "model_dir": str(tmp_path / "run"), "stall_marker": str(marker),
+                "sigterm_stall_s": 2}
+        proc = _start(tmp_path, "stalled", spec)
+        try:
+            deadline = time.time() + 120
+            while not marker.exists():
+                assert proc.poll() is None, proc.communicate()[0][-3000:]
+                assert time.time() < deadline, "the input pipeline never started"
+                time.sleep(0.05)
+            time.sleep(1.0)  # the train loop now waits inside the tf.function for a batch that never comes
+            start = time.time()
+            os.kill(proc.pid, signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == train.PREEMPTED_EXIT_CODE, out[-3000:]
+        assert time.time() - start < 20
+        assert "train.py: SIGTERM: no step completed in 2 s (the input pipeline is stuck?); exiting without a " \
+               "checkpoint, the last one is intact." in out

@@ -48,7 +48,7 @@ def shapes_dir(tmp_path_factory) -> str:
     return builtin_data.generate(str(tmp_path_factory.mktemp("shapes") / "data"), train_per_class=24, val_per_class=4)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_recipe():
     """:func:`tiny_recipe` as a fixture."""
     return tiny_recipe

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -216,3 +218,128 @@ class TestSources:
 
         root = builtin_data.generate(os.path.join(str(tmp_path), "b"), train_per_class=2, val_per_class=1)
         assert sorted(os.listdir(os.path.join(root, "train"))) == sorted(builtin_data.CLASSES)
+
+
+# ---------------------------------------------------------------- limits: pixels, skips, empty splits
+
+
+def _huge_png(side: int = 20000) -> bytes:
+    """A valid greyscale PNG of side x side pixels (~0.4 MB: all zeros compress ~1000:1)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    deflate = zlib.compressobj(1)
+    row = b"\0" * (side + 1)
+    body = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def _encoded(array: np.ndarray, fmt: str, **kwargs) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+class TestLimits:
+    @pytest.mark.parametrize("fmt, kwargs", [("JPEG", {}), ("PNG", {}), ("GIF", {}), ("BMP", {}),
+                                             ("WEBP", {"lossless": False}), ("WEBP", {"lossless": True}),
+                                             ("WEBP", {"exif": b"Exif\0\0MM\0*\0\0\0\x08\0\0"})],
+                             ids=["jpeg", "png", "gif", "bmp", "webp_lossy", "webp_lossless", "webp_extended"])
+    def test_header_pixels(self, fmt, kwargs):
+        encoded = _encoded(_image(5, 37, 53), fmt, **kwargs)
+        assert int(data.header_pixels(tf.constant(encoded))) == 37 * 53
+        decoded = data.decode_full(data.checked(tf.constant(encoded), 37 * 53))
+        assert decoded.shape == (37, 53, 3)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="too large or of unknown format"):
+            data.checked(tf.constant(encoded), 37 * 53 - 1)
+
+    def test_unknown_format_and_short_files_are_refused(self):
+        for raw in (b"", b"\x89PN", b"II*\0" + b"\0" * 40, b"RIFF\0\0\0\0WEBPXXXX" + b"\0" * 20):
+            assert int(data.header_pixels(tf.constant(raw))) == -1
+
+    def test_a_huge_png_is_skipped_before_decoding_within_bounded_memory(self, tmp_path, images):
+        root = tmp_path / "huge"
+        for split in ("train", "val"):
+            folder = root / split / "a"
+            folder.mkdir(parents=True)
+            for i in range(3):
+                (folder / f"good_{i}.JPEG").write_bytes(images.jpeg(_image(i)))
+            (folder / "zz_huge.png").write_bytes(_huge_png())
+        script = f"""
+import resource, sys
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))!r})
+import tensorflow as tf
+from training import data, recipes
+cfg = recipes.DataConfig(dataset="folder:{root}", global_batch_size=2, image_size=32)
+source = data.resolve_source(cfg)
+ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1)
+batches = list(data.make_eval_dataset_fn(source, cfg, interpolation="bilinear")(ctx))
+train = list(data.make_train_dataset_fn(source, cfg, seed=0, epoch=0, steps_per_epoch=3, skip_steps=0,
+                                        label_smoothing=0.0, interpolation="bilinear")(ctx))
+print(sum(float(tf.reduce_sum(b["weights"])) for b in batches), sum(int(tf.reduce_sum(b["skipped"])) for b in batches),
+      sum(int(tf.reduce_sum(b["skipped"])) for b in train) > 0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        weights, skipped, train_skipped, peak_kib = done.stdout.split()
+        assert (float(weights), int(skipped), train_skipped) == (3.0, 1, "True")
+        assert int(peak_kib) < 1_500_000  # decoding it would take 1.2 GB (uint8) + 4.8 GB (float)
+
+    def test_undecodable_files_at_the_end_of_the_val_list_are_counted(self, tmp_path, images):
+        root = tmp_path / "tail"
+        for split in ("train", "val"):
+            for name in ("a", "b"):
+                folder = root / split / name
+                folder.mkdir(parents=True)
+                for i in range(2):
+                    (folder / f"good_{i}.JPEG").write_bytes(images.jpeg(_image(i)))
+            (root / split / "b" / "zz_empty.JPEG").write_bytes(b"")
+            (root / split / "b" / "zz_text.JPEG").write_bytes(b"not an image")
+        cfg = recipes.DataConfig(dataset=f"folder:{root}", global_batch_size=4, image_size=32)
+        source = data.resolve_source(cfg)
+        batches = list(data.make_eval_dataset_fn(source, cfg, interpolation="bilinear")(CTX))
+        weights = sum(float(tf.reduce_sum(b["weights"])) for b in batches)
+        skipped = sum(int(tf.reduce_sum(b["skipped"])) for b in batches)
+        assert (weights, skipped) == (4.0, 2)
+
+    def test_a_training_stream_without_decodable_images_stops_with_one_error(self, tmp_path, images):
+        root = tmp_path / "bad"
+        for split in ("train", "val"):
+            folder = root / split / "a"
+            folder.mkdir(parents=True)
+            for i in range(5):
+                (folder / f"bad_{i}.JPEG").write_bytes(b"" if split == "train" else images.jpeg(_image(i)))
+        cfg = recipes.DataConfig(dataset=f"folder:{root}", global_batch_size=2, image_size=32)
+        source = data.resolve_source(cfg)
+        fn = data.make_train_dataset_fn(source, cfg, seed=0, epoch=0, steps_per_epoch=2, skip_steps=0,
+                                        label_smoothing=0.0, interpolation="bilinear", max_consecutive_skips=1000)
+        with pytest.raises(tf.errors.InvalidArgumentError) as error:
+            list(fn(CTX))
+        explained = data.explain_data_error(error.value, source, "train", 1000)
+        assert str(explained).startswith(f"The train data yielded no decodable image in 5 consecutive files of "
+                                         f"{root}/train (5 files listed)")
+        assert str(explained).endswith("Received: max_consecutive_skips=1000")
+
+    def test_an_empty_val_split_is_an_error_at_start(self, tmp_path, images):
+        (tmp_path / "d" / "train" / "a").mkdir(parents=True)
+        (tmp_path / "d" / "val" / "a").mkdir(parents=True)
+        (tmp_path / "d" / "train" / "a" / "x.JPEG").write_bytes(images.jpeg(_image(1)))
+        with pytest.raises(ValueError, match=r"The val split has no files: .*/val/<class>/ folders are empty"):
+            data.resolve_source(recipes.DataConfig(dataset=f"folder:{tmp_path / 'd'}"))
+
+    def test_tfds_typo_suggests_at_most_five_close_names(self, tmp_path):
+        with pytest.raises(ValueError) as error:
+            data.resolve_source(recipes.DataConfig(dataset="imagenet2021", data_dir=str(tmp_path)))
+        message = str(error.value)
+        names = message.split("close TFDS names: [", 1)[1].split("]", 1)[0].split(", ")
+        assert "'imagenet2012'" in names and len(names) <= 5
+        assert len(message) < 400 and "\n" not in message

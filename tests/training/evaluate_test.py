@@ -31,3 +31,52 @@ class TestEvaluate:
             evaluate.evaluate("resnet50_max", weights=None, dataset=f"folder:{shapes_dir}", batch_size=5,
                               image_size=32, model_kwargs={"depths": (1, 1, 1, 1), "width_mult": 0.125},
                               strategy=mirrored_strategy)
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("evaluate.py: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0][len("evaluate.py: error: "):]
+
+
+class TestEvaluateErrors:
+    def test_an_unfinished_run_dir_is_one_line(self, shapes_dir, tmp_path, capsys):
+        model_dir = tmp_path / "run"
+        (model_dir / "checkpoints").mkdir(parents=True)  # a run still training: no model.json, no final weights
+        code = evaluate.main(["--model_dir", str(model_dir), "--dataset", f"folder:{shapes_dir}"])
+        assert code == 2
+        assert _error_line(capsys).startswith(f"{model_dir} holds no finished run: model.json and final.weights.h5")
+
+    def test_a_damaged_model_json_is_one_line(self, shapes_dir, tmp_path, capsys):
+        model_dir = tmp_path / "run"
+        model_dir.mkdir()
+        (model_dir / "model.json").write_text('{"name": "resnet50_max", "kwa')
+        (model_dir / "final.weights.h5").write_bytes(b"")
+        assert evaluate.main(["--model_dir", str(model_dir), "--dataset", f"folder:{shapes_dir}"]) == 2
+        assert _error_line(capsys).startswith(f"{model_dir / 'model.json'} is damaged (JSONDecodeError")
+
+    def test_batch_size_zero_is_one_line(self, shapes_dir, capsys):
+        code = evaluate.main(["--model", "resnet50_max", "--dataset", f"folder:{shapes_dir}", "--batch_size", "0"])
+        assert code == 2
+        assert _error_line(capsys) == "`batch_size` must be >= 1. Received: batch_size=0"
+
+    @pytest.mark.parametrize("where", ["missing_folder", "a_folder", "under_a_file"])
+    def test_an_unwritable_output_is_refused_before_evaluating(self, shapes_dir, tmp_path, capsys, where):
+        (tmp_path / "file").write_text("x")
+        output = {"missing_folder": tmp_path / "no" / "out.json", "a_folder": tmp_path,
+                  "under_a_file": tmp_path / "file" / "out.json"}[where]
+        code = evaluate.main(["--model", "resnet50_max", "--model_kwargs", "depths=[1,1,1,1],width_mult=0.125",
+                              "--image_size", "32", "--dataset", f"folder:{shapes_dir}", "--output", str(output)])
+        assert code == 2
+        assert _error_line(capsys).endswith(f"Received: output={str(output)!r}")
+        assert "top-1" not in capsys.readouterr().out  # nothing was evaluated
+
+    def test_a_val_split_without_decodable_images_is_an_error(self, tmp_path, images):
+        for split in ("train", "val"):
+            (tmp_path / "d" / split / "a").mkdir(parents=True)
+            (tmp_path / "d" / split / "a" / "x.JPEG").write_bytes(b"broken")
+        with pytest.raises(ValueError, match=r"no decodable image \(1 files skipped\).*Received: val_examples=0"):
+            evaluate.evaluate("resnet50_max", weights=None, dataset=f"folder:{tmp_path / 'd'}", batch_size=2,
+                              image_size=32, model_kwargs={"depths": (1, 1, 1, 1), "width_mult": 0.125})
+

@@ -3,7 +3,10 @@
 SPEC: {"recipe": recipes.to_dict(...), "model_dir", "strategy", "deterministic",
 "pause_at_step" (optional: write "marker" there and wait until the test, having sent SIGTERM,
 deletes it),
-"weights_out" (optional: this process's final weights as .npz)}. Exits 143 when preempted.
+"weights_out" (optional: this process's final weights as .npz),
+"stall_marker" (optional: the training input never yields a batch; its generator writes this file
+when it starts, then blocks as a hung file system would), "sigterm_stall_s", "max_steps"}.
+Exits 143 when preempted; a user error is one line and status 2 (pf_keras.cli.run_cli).
 The printed summary adds "first_loop_step": the global step after this process's first inner
 loop (shows where a resumed run started, also on non-chief workers, which print no log).
 """
@@ -19,7 +22,32 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
-from training import recipes, train  # noqa: E402
+from pf_keras.cli import run_cli  # noqa: E402
+from training import data, recipes, train  # noqa: E402
+
+
+def _stalled_input(marker: str):
+    """A make_train_dataset_fn whose dataset never delivers a batch (a stuck input pipeline)."""
+    import tensorflow as tf
+
+    def make(source, cfg, **kwargs):
+        def generate():
+            with open(marker, "w") as f:
+                f.write(str(os.getpid()))
+            while True:
+                time.sleep(0.05)
+            yield  # pragma: no cover
+
+        def dataset_fn(ctx):
+            batch = ctx.get_per_replica_batch_size(cfg.global_batch_size)
+            signature = {"images": tf.TensorSpec([batch, cfg.image_size, cfg.image_size, 3], tf.float32),
+                         "targets": tf.TensorSpec([batch, source.num_classes], tf.float32),
+                         "labels": tf.TensorSpec([batch], tf.int64), "skipped": tf.TensorSpec([batch], tf.int32)}
+            return tf.data.Dataset.from_generator(generate, output_signature=signature)
+
+        return dataset_fn
+
+    return make
 
 
 def main(spec_path: str) -> int:
@@ -38,9 +66,12 @@ def main(spec_path: str) -> int:
             while os.path.exists(spec["marker"]) and time.time() < deadline:
                 time.sleep(0.05)  # the test sends SIGTERM, then deletes the marker
 
+    if spec.get("stall_marker"):
+        data.make_train_dataset_fn = _stalled_input(spec["stall_marker"])
+    extra = {k: spec[k] for k in ("sigterm_stall_s", "max_steps") if k in spec}
     summary = train.run(recipe, spec["model_dir"], strategy_name=spec.get("strategy", "one_device"),
                         deterministic=spec.get("deterministic", False), loop_end_hook=hook,
-                        return_trainer=True, verbose=True)
+                        return_trainer=True, verbose=True, **extra)
     trainer = summary.pop("trainer")
     summary["first_loop_step"] = seen[0] if seen else None
     if spec.get("weights_out"):
@@ -50,4 +81,4 @@ def main(spec_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(run_cli(lambda argv: main(argv[0]), sys.argv[1:], prog="run_worker"))

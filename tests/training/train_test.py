@@ -9,6 +9,7 @@ import types
 import numpy as np
 import pytest
 
+from pf_keras import fileio
 from training import loop, recipes, train
 
 
@@ -124,3 +125,90 @@ class TestCommandLine:
         with open(output) as f:
             result = json.load(f)
         assert result["model"] == "resnet50_max" and result["examples"] == 40 and 0 <= result["top1"] <= 1
+
+
+# ---------------------------------------------------------------- user errors: one line, exit 2
+
+
+def _cli_args(shapes_dir: str, model_dir: str, *extra: str) -> list[str]:
+    return ["--recipe", "demo", "--model_kwargs", "depths=[1,1,1,1],width_mult=0.125", "--dataset",
+            f"folder:{shapes_dir}", "--batch_size", "16", "--epochs", "1", "--steps_per_epoch", "2",
+            "--set", "data.eval_examples=8", "--model_dir", model_dir, *extra]
+
+
+def _one_error_line(capsys, prog: str = "train.py") -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith(f"{prog}: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0][len(f"{prog}: error: "):]
+
+
+class TestCommandLineErrors:
+    @pytest.mark.parametrize("flag, value, message", [
+        ("--lr", "nan", "`optim.base_lr` must be a finite number. Received: optim.base_lr=nan"),
+        ("--warmup_epochs", "inf", "`schedule.warmup_epochs` must be a finite number. Received: "
+                                   "schedule.warmup_epochs=inf"),
+        ("--set", "optim.momentum=nan", "`optim.momentum` must be a finite number."),
+        ("--batch_size", "abc", "bad command line: flag --batch_size=abc"),
+        ("--sigterm_stall_s", "nan", "`sigterm_stall_s` must be a finite number > 0."),
+    ])
+    def test_bad_values_are_one_line_and_exit_2(self, shapes_dir, tmp_path, capsys, flag, value, message):
+        code = train.main(_cli_args(shapes_dir, str(tmp_path / "run"), flag, value))
+        assert code == 2
+        assert message in _one_error_line(capsys)
+
+    def test_debug_shows_the_traceback(self, shapes_dir, tmp_path, capsys):
+        assert train.main(_cli_args(shapes_dir, str(tmp_path / "run"), "--lr", "nan", "--debug")) == 2
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err and err.rstrip().endswith("optim.base_lr=nan")
+
+    @pytest.mark.parametrize("name, content", [("bad.weights.h5", b"\x89HDF\r\n\x1a\n" + b"\0" * 64),
+                                               ("bad.pth", b"PK\x03\x04 not a zip at all"),
+                                               ("empty.weights.h5", b"")])
+    def test_a_corrupt_init_weights_file_is_one_line(self, shapes_dir, tmp_path, capsys, name, content):
+        path = tmp_path / name
+        path.write_bytes(content)
+        code = train.main(_cli_args(shapes_dir, str(tmp_path / "run"), "--init_weights", str(path)))
+        assert code == 2
+        line = _one_error_line(capsys)
+        assert line.startswith(f"cannot start from init_weights {path}: ")
+        assert line.endswith(f"Received: model.init_weights={str(path)!r}")
+
+
+class TestAtomicResults:
+    def _trainer(self, recipe, source):
+        model = train.build_model(recipe, source.num_classes)
+        optimizer = loop.build_optimizer(recipe, model, mixed_precision="float32")
+        return loop.Trainer(strategy=loop.create_strategy("one_device"), model=model, optimizer=optimizer,
+                            recipe=recipe, steps_per_epoch=2)
+
+    def test_full_disk_while_writing_the_final_weights(self, shapes_dir, make_recipe, small_disk):
+        from conftest import fill_disk
+
+        from training import data
+
+        recipe = make_recipe(f"folder:{shapes_dir}", **{"model.ema_decay": 0.9})
+        source = data.resolve_source(recipe.data)
+        trainer = self._trainer(recipe, source)
+        model_dir = small_disk / "run"
+        model_dir.mkdir()
+        previous = {"final.weights.h5": b"previous weights", "final_ema.weights.h5": b"previous ema",
+                    "model.json": b'{"previous": true}\n'}
+        for name, content in previous.items():
+            (model_dir / name).write_bytes(content)
+        fill_disk(str(small_disk), leave=32 * 1024)
+        with pytest.raises(fileio.WriteError, match=r"cannot write .*final.weights.h5 \(ENOSPC: No space left on "
+                                                    r"device\); the previous version, if any, is intact$"):
+            train._save_final(recipe, str(model_dir), trainer, source)
+        assert {n: (model_dir / n).read_bytes() for n in os.listdir(model_dir)} == previous  # no temporaries
+
+    def test_full_disk_while_appending_a_metrics_record(self, small_disk):
+        from conftest import fill_disk
+
+        path = str(small_disk / "metrics.jsonl")
+        loop.append_line(path, '{"step": 1}')
+        fill_disk(str(small_disk), leave=0)
+        with pytest.raises(fileio.WriteError, match=r"cannot append to .*metrics.jsonl \(ENOSPC"):
+            loop.append_line(path, json.dumps({"step": 2, "pad": "x" * 100_000}))
+        with open(path) as f:
+            assert f.read() == '{"step": 1}\n'
