@@ -3,20 +3,29 @@
     python -m pf_keras.convert --model resnet50_hybrid --checkpoint r50_hybrid.pth \
         --output resnet50_hybrid.weights.h5
 
-The checkpoint is read without PyTorch and without running pickled code
-(:mod:`pf_keras.weights.torch_reader`). Every key and shape is checked against the model
-first; a mismatch fails naming the missing, unexpected and mis-shaped keys. Load the result
-with ``create_model(name, weights="OUT.weights.h5")`` (same ``--model_kwargs``).
+The checkpoint is read without PyTorch and without running pickled code, under the
+reader's limits (:mod:`pf_keras.weights.torch_reader`). Every key and shape is checked
+against the model first; a mismatch fails naming the missing, unexpected and mis-shaped
+keys, and non-finite, integer or lossy float64 values fail naming the key
+(``--allow_precision_loss`` rounds float64 to float32). The output is written atomically:
+on a full disk nothing is left under its name and a previous file stays intact. Errors are
+one line on stderr and exit status 2; ``--debug`` shows the traceback. Load the result with
+``create_model(name, weights="OUT.weights.h5")`` (same ``--model_kwargs``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
 import keras
 
+from pf_keras import fileio
+from pf_keras.cli import DEBUG_FLAG, parse_model_kwargs, run_cli
 from pf_keras.models.registry import create_model
+from pf_keras.weights.torch_convert import precision_loss_allowed
+
+PROG = "pf_keras.convert"
 
 
 def convert(
@@ -25,6 +34,7 @@ def convert(
     output: str,
     *,
     model_kwargs: dict | None = None,
+    allow_precision_loss: bool = False,
 ) -> keras.Model:
     """Builds ``model_name`` with the checkpoint's weights and saves them to ``output``.
 
@@ -33,40 +43,62 @@ def convert(
         checkpoint: str. PyTorch checkpoint file (.pth/.pt/.pth.tar/.bin).
         output: str. Keras weights file to write; must end with ".weights.h5".
         model_kwargs: dict or None. Extra builder arguments (``classes``, ``depths``, ...).
+        allow_precision_loss: bool. Round float64 values float32 cannot hold exactly instead
+            of refusing them. Defaults to False.
 
     Returns:
         The converted model.
 
     Raises:
-        ValueError: for a bad output name, unknown model, or a checkpoint that does not fit.
+        ValueError: for a bad output name or unknown model.
+        CheckpointError: for a malformed or hostile checkpoint, or one that does not fit.
+        WriteError: when the output cannot be written (the previous file is intact).
     """
     if not output.endswith(".weights.h5"):
         raise ValueError(
             f"The output must be a Keras weights file ending in '.weights.h5'. Received: output={output!r}"
         )
-    model = create_model(model_name, weights=checkpoint, **(model_kwargs or {}))
-    model.save_weights(output)
+    with precision_loss_allowed(allow_precision_loss):
+        model = create_model(model_name, weights=checkpoint, **(model_kwargs or {}))
+    fileio.save_weights(model, output)
     return model
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise ValueError(f"{message} (see --help)")
+
+
+def _main(argv: list[str]) -> int:
+    parser = _ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="registry name, e.g. resnet50_hybrid")
     parser.add_argument("--checkpoint", required=True, help="official PyTorch checkpoint (.pth)")
     parser.add_argument("--output", required=True, help="Keras weights file to write (*.weights.h5)")
-    parser.add_argument("--model_kwargs", default="{}", help="JSON builder arguments, e.g. '{\"classes\": 10}'")
+    parser.add_argument(
+        "--model_kwargs", default="", help="builder arguments: JSON object, k=v pairs or a JSON file, e.g. classes=10"
+    )
+    parser.add_argument(
+        "--allow_precision_loss", action="store_true", help="round float64 weights float32 cannot hold exactly"
+    )
+    parser.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    try:
-        model_kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as error:
-        parser.error(f"--model_kwargs must be a JSON object: {error}")
-    try:
-        model = convert(args.model, args.checkpoint, args.output, model_kwargs=model_kwargs)
-    except (ValueError, FileNotFoundError) as error:  # user errors: the message says what to change
-        parser.exit(2, f"error: {error}\n")
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
+    model = convert(
+        args.model,
+        args.checkpoint,
+        args.output,
+        model_kwargs=model_kwargs,
+        allow_precision_loss=args.allow_precision_loss,
+    )
     params = sum(int(w.numpy().size) for w in model.trainable_weights)
     print(f"Wrote {args.output}: {model.name}, {params:,} trainable params from {args.checkpoint}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status (2 and one line on stderr for any bad input)."""
+    return run_cli(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Tests of pf_keras/weights/loading.py's error paths: a damaged Keras weights file is one CheckpointError."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import pf_keras
+from pf_keras import fileio
+from pf_keras.weights import CheckpointError
+from pf_keras.weights.loading import load_keras_weights
+
+SMALL = {"depths": [1, 1, 1, 1], "width_mult": 0.125, "classes": 10, "input_shape": [32, 32, 3]}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """(path, bytes) of a valid .weights.h5 of the SMALL resnet50_max."""
+    path = str(tmp_path_factory.mktemp("h5") / "good.weights.h5")
+    fileio.save_weights(pf_keras.create_model("resnet50_max", **SMALL), path)
+    with open(path, "rb") as f:
+        return path, f.read()
+
+
+def _damaged(tmp_path, data: bytes) -> str:
+    path = str(tmp_path / "damaged.weights.h5")
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+class TestKerasWeightsFile:
+    @pytest.mark.parametrize("fraction", [0.0, 0.01, 0.3, 0.6, 0.95])
+    def test_truncated(self, saved, tmp_path, fraction):
+        _, data = saved
+        path = _damaged(tmp_path, data[: int(len(data) * fraction)])
+        with pytest.raises(
+            CheckpointError, match=r"damaged.weights.h5: not a readable Keras .weights.h5 file|does not fit"
+        ):
+            pf_keras.create_model("resnet50_max", weights=path, **SMALL)
+
+    @pytest.mark.parametrize("where", ["header", "middle", "all"])
+    def test_zero_filled(self, saved, tmp_path, where):
+        _, data = saved
+        span = {"header": slice(0, 512), "middle": slice(len(data) // 3, 2 * len(data) // 3), "all": slice(None)}[where]
+        damaged = bytearray(data)
+        damaged[span] = bytes(len(damaged[span]))
+        path = _damaged(tmp_path, bytes(damaged))
+        try:
+            load_keras_weights(pf_keras.create_model("resnet50_max", **SMALL), path)
+        except CheckpointError as error:
+            message = str(error)
+            assert "\n" not in message and path in message or "does not fit" in message, message
+        else:
+            assert where == "middle"  # zeroed raw weight data is valid HDF5 (HDF5 has no data checksum)
+
+    def test_not_hdf5(self, tmp_path):
+        path = _damaged(tmp_path, b"this is not an HDF5 file\n" * 10)
+        with pytest.raises(CheckpointError, match=r"^\S*damaged.weights.h5: not a readable Keras .weights.h5 file \("):
+            pf_keras.create_model("resnet50_max", weights=path, **SMALL)
+
+    def test_other_model_is_refused(self, saved):
+        path, _ = saved
+        with pytest.raises(CheckpointError, match=r"does not fit model 'resnet50_max'"):
+            pf_keras.create_model("resnet50_max", weights=path, **{**SMALL, "classes": 7})
+
+    def test_valid_file_loads(self, saved):
+        path, _ = saved
+        model = pf_keras.create_model("resnet50_max", weights=path, **SMALL)
+        assert np.isfinite(model.predict(np.zeros((1, 32, 32, 3)), verbose=0)).all()
+        assert isinstance(model, keras.Model) and os.path.getsize(path) > 0
