@@ -100,12 +100,13 @@ def profile_table(names: list[str], image_size: int = 224) -> str:
     """Markdown table of measured params / GMACs next to the paper's (from each model's spec)."""
     from pf_keras.models.specs import SPECS  # noqa: PLC0415
 
-    rows = [f"| model | params (M) | paper | GMACs @ {image_size} | paper @ 224 |", "|---|---|---|---|---|"]
+    header = f"| model | params (M) | GMACs @ {image_size} | paper params (M) | paper GMACs @ 224 |"
+    rows = [header, "|---|---|---|---|---|"]
     for name in names:
         result = profile(name, image_size=image_size)
         spec = SPECS.get(name)
         paper = (f"{spec.params / 1e6:.2f}", f"{spec.macs_g:.2f}") if spec else ("-", "-")
-        rows.append(f"| {name} | {result.params / 1e6:.2f} | {paper[0]} | {result.macs / 1e9:.2f} | {paper[1]} |")
+        rows.append(f"| {name} | {result.params / 1e6:.2f} | {result.macs / 1e9:.2f} | {paper[0]} | {paper[1]} |")
     return "\n".join(rows)
 
 

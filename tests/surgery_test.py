@@ -56,7 +56,7 @@ class TestPortResNets:
         model = pf_keras.ResNet50(weights=None)
         assert make_parameter_free(model, "max")[1].params_after == 14_232_232  # resnet50_max
         report = make_parameter_free(model, "hybrid")[1]
-        assert report.params_after == 17_330_600 == pf_keras.PRESETS["resnet50_hybrid"].params
+        assert report.params_after == 17_330_600 == pf_keras.SPECS["resnet50_hybrid"].params
         assert report.params_before == 25_557_032
         assert str(report).startswith("rule hybrid: 16 spatial units, 13 -> 3x3 max-pool, 3 -> efficient")
 

@@ -134,6 +134,19 @@ class TestFirstUse:
         again = pf_keras.create_model("tiny_max", weights="imagenet", include_top=False, input_shape=(64, 64, 3))
         assert again.output_shape == (None, 2, 2, 256)
 
+    def test_other_checkpoint_tags_have_their_own_files(self, drive, tiny, cache, monkeypatch):
+        spec, data, _ = tiny
+        longer_id = "1TinyLongerCheckpointForTests"
+        longer = Checkpoint(f"https://drive.google.com/file/d/{longer_id}/view", None, None, tag="imagenet_longer")
+        both = ModelSpec(**{**spec.__dict__, "checkpoints": (*spec.checkpoints, longer)})
+        monkeypatch.setitem(SPECS, "tiny_max", both)
+        drive.files[longer_id] = data
+        pf_keras.create_model("tiny_max", weights="imagenet_longer", **BUILD)
+        assert _files(cache) == ["tiny_max_imagenet_longer.pth", "tiny_max_imagenet_longer/config.json",
+                                 "tiny_max_imagenet_longer/metadata.json", "tiny_max_imagenet_longer/model.weights.h5"]
+        with pytest.raises(ValueError, match=r"has checkpoints \['imagenet', 'imagenet_longer'\]"):
+            SPECS["tiny_max"].checkpoint("imagenet_21k")
+
     def test_a_file_put_there_by_hand_works_offline(self, tiny, cache, monkeypatch):
         spec, data, path = tiny
         _use_proxy(monkeypatch, _closed_port_url())
