@@ -10,10 +10,12 @@ from pf_keras.imagenet import decode_predictions, preprocess_input
 from pf_keras.models import SPECS, PfPiT, PfResNet50, PfViT, ResNet, ResNet50, create_model, get_spec, list_models
 from pf_keras.preprocessing import eval_transform, normalize
 from pf_keras.profiling import profile
+from pf_keras.weights.errors import CheckpointError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
     "PfPiT",
     "PfResNet50",
     "PfViT",

@@ -20,7 +20,7 @@ import hostile_checkpoints as hostile
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from torch_save_writer import save_state_dict
+from torch_save_writer import save_state_dict, write_archive
 
 from pf_keras.weights import CheckpointError, ReadLimits, read_state_dict, read_torch_file
 from pf_keras.weights.torch_reader import Placeholder
@@ -136,6 +136,42 @@ class TestValidFiles:
         _refused(tmp_path / "absent.pth", r"cannot read the checkpoint \(FileNotFoundError")
 
 
+class TestFuzz:
+    """Seeded random damage to a real torch.save file: every outcome is a value or one CheckpointError line."""
+
+    @pytest.mark.parametrize("target", ["pickle", "file"])
+    def test_mutations_never_escape(self, tmp_path, target):
+        import random
+
+        source = os.path.join(FIXTURES, "pth", "tensors.pth")
+        with zipfile.ZipFile(source) as archive:
+            pickled = archive.read("tensors/data.pkl")
+            storages = {n.rsplit("/", 1)[1]: archive.read(n) for n in archive.namelist() if "/data/" in n}
+        with open(source, "rb") as f:
+            whole = f.read()
+        rng = random.Random(8)
+        path = str(tmp_path / "fuzz.pth")
+        outcomes = {"read": 0, "refused": 0}
+        for _ in range(150):
+            data = bytearray(pickled if target == "pickle" else whole)
+            for _ in range(rng.randint(1, 6)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            if rng.random() < 0.2:
+                data = data[: rng.randrange(len(data))]
+            if target == "pickle":
+                write_archive(path, bytes(data), storages, root="tensors")
+            else:
+                with open(path, "wb") as f:
+                    f.write(data)
+            try:
+                read_torch_file(path)
+                outcomes["read"] += 1
+            except CheckpointError as error:
+                assert "\n" not in str(error) and path in str(error)
+                outcomes["refused"] += 1
+        assert outcomes["refused"] > 50, outcomes
+
+
 _PEAK_SCRIPT = r"""
 import json, os, sys, time, types
 
@@ -201,3 +237,9 @@ def test_worst_files_peak_memory_and_time(tmp_path):
         else:
             assert entry["error"] and re.search(case.error, entry["error"]), entry
     assert not os.path.exists(tmp_path / "PWNED")
+
+
+def test_one_error_type_exported_everywhere():
+    import pf_keras
+
+    assert pf_keras.CheckpointError is CheckpointError and issubclass(CheckpointError, ValueError)
