@@ -174,6 +174,21 @@ def _too_many_entries(path: str, marker: str) -> None:
         f.write(record + locator + eocd)
 
 
+def _huge_directory(path: str, marker: str) -> None:
+    """An end record claiming one entry in a 100 MiB central directory (zipfile parses by size)."""
+    eocd = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, 100 << 20, 0, 0)
+    with open(path, "wb") as f:
+        f.write(eocd)
+
+
+def _storage_redeclared(path: str, marker: str) -> None:
+    entries = {
+        "a": tensor("FloatStorage", "0", 4, 0, (4,), (1,)),
+        "b": tensor("LongStorage", "0", 2, 0, (2,), (1,)),  # the same member as two int64s
+    }
+    _checkpoint(path, marker, entries)
+
+
 def _legacy(path: str, marker: str) -> None:
     import pickle
 
@@ -259,6 +274,7 @@ CASES = [
         _one_tensor(storage_type="ComplexFloatStorage"),
         r"unknown storage type 'torch.ComplexFloatStorage'",
     ),
+    Case("storage_redeclared", _storage_redeclared, r"storage 'storage_redeclared/data/0': is declared twice"),
     Case(
         "byteorder_unknown",
         lambda p, m: _checkpoint(p, m, {"w": tensor("FloatStorage", "0", 4, 0, (4,), (1,))}, byteorder="middle"),
@@ -344,7 +360,8 @@ CASES = [
     Case("two_data_pkl", _two_pickles, r"has 2 data.pkl members"),
     Case("encrypted_member", _encrypted, r"data/0': is encrypted"),
     Case("bzip2_member", _bzip2, r"uses compression method 12"),
-    Case("too_many_entries", _too_many_entries, r"300000 zip entries, more than the limit of 200000"),
+    Case("huge_directory", _huge_directory, r"zip central directory of 104857600 bytes, more than 100000 entries"),
+    Case("too_many_entries", _too_many_entries, r"300000 zip entries, more than the limit of 100000"),
     Case("pickle_zip_bomb", lambda p, m: _bomb(p, m, in_pickle=True, lie=False), r"compression-ratio limit"),
     Case(
         "pickle_zip_bomb_lying",

@@ -8,8 +8,9 @@ The file is treated as hostile. Everything malformed, refused or over a limit ra
 :class:`CheckpointError` (a ``ValueError``) with one line naming the file, the member or
 tensor key and the problem; no other exception type and no signal comes out. In order:
 
-1. The zip's end record is parsed first and more than ``max_members`` entries are
-   refused (the central directory is held in memory). Members must be unique, unencrypted,
+1. The zip's end record is parsed first and more than ``max_members`` entries, or a
+   central directory larger than ``max_members`` x 128 bytes, are refused (``zipfile``
+   holds the whole directory in memory, parsed by its size). Members must be unique, unencrypted,
    stored or deflated, with a compressed size inside the file. A deflated member may
    inflate to at most ``max_compression_ratio`` x its compressed size (+1 MiB), and all the
    deflated members read to at most that ratio x the file size (+1 MiB) together.
@@ -63,7 +64,8 @@ class ReadLimits:
     """Resource limits of :func:`read_torch_file`; the defaults fit every published checkpoint.
 
     Attributes:
-        max_members: int. Zip entries (a checkpoint has one per storage).
+        max_members: int. Zip entries (a checkpoint has one per storage); the central
+            directory may also be at most 128 bytes per entry allowed.
         max_pickle_bytes: int. Inflated size of ``data.pkl`` (PfLayer checkpoints: < 100 KiB).
         max_pickle_ops: int. Pickle opcodes (about 25 per tensor), which bounds the pickle's
             time and objects.
@@ -77,7 +79,7 @@ class ReadLimits:
             file size, plus 1 MiB.
     """
 
-    max_members: int = 200_000
+    max_members: int = 100_000
     max_pickle_bytes: int = 16 * MiB
     max_pickle_ops: int = 2_000_000
     max_depth: int = 100
@@ -92,6 +94,7 @@ _MAX_DIMS = 32  # NumPy 1.x's limit; state dicts have at most 5
 _MAX_INDEX = 2**62  # any offset, size or stride at or above this is refused before arithmetic
 _CHUNK = 1 * MiB  # read size of the bounded member streams
 _SLACK = 1 * MiB
+_DIRECTORY_ENTRY_BYTES = 128  # a torch.save directory entry: 46 bytes + name (~30) + zip64 extra (~28)
 
 # torch storage class name -> (NumPy type code of the stored items, itemsize on disk).
 _STORAGE_TYPES = {
@@ -181,15 +184,21 @@ def _check_zip_directory(path: str, size: int, limits: ReadLimits) -> None:
                 f"{path}: not a PyTorch zip checkpoint (torch.save of PyTorch >= 1.6). Legacy checkpoints: re-save "
                 "them with `torch.save(torch.load(f), g)` in PyTorch >= 1.6 first."
             )
-        entries = struct.unpack_from("<H", tail, at + 10)[0]
+        entries, directory_size = struct.unpack_from("<HI", tail, at + 10)
         locator = tail.rfind(b"PK\x06\x07", 0, at)
-        if entries == 0xFFFF and locator >= 0 and at - locator == 20:  # zip64: the count is in the zip64 record
+        if locator >= 0 and at - locator == 20:  # zip64: the real numbers are in the zip64 record
             f.seek(struct.unpack_from("<Q", tail, locator + 8)[0])
             record = f.read(56)
             if len(record) == 56 and record[:4] == b"PK\x06\x06":
-                entries = struct.unpack_from("<Q", record, 32)[0]
+                entries, directory_size = struct.unpack_from("<QQ", record, 32)
     if entries > limits.max_members:
         raise CheckpointError(f"{path}: {entries} zip entries, more than the limit of {limits.max_members}")
+    # zipfile parses the directory by its size, not by the count: bound the size too.
+    if directory_size > limits.max_members * _DIRECTORY_ENTRY_BYTES:
+        raise CheckpointError(
+            f"{path}: zip central directory of {directory_size} bytes, more than {limits.max_members} entries of "
+            f"{_DIRECTORY_ENTRY_BYTES} bytes"
+        )
 
 
 class _Reader:
