@@ -11,6 +11,10 @@ keys, and non-finite, integer or lossy float64 values fail naming the key
 on a full disk nothing is left under its name and a previous file stays intact. Errors are
 one line on stderr and exit status 2; ``--debug`` shows the traceback. Load the result with
 ``create_model(name, weights="OUT.weights.h5")`` (same ``--model_kwargs``).
+
+``--preset_dir FOLDER`` (instead of ``--output``) writes a self-contained preset folder
+(:mod:`pf_keras.weights.preset`: config.json, model.weights.h5, metadata.json with the source
+file's sha256 and URL), loaded by ``create_model(FOLDER)``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import keras
 from pf_keras import fileio
 from pf_keras.cli import DEBUG_FLAG, parse_model_kwargs, run_cli
 from pf_keras.models.registry import create_model
+from pf_keras.weights.preset import convert_to_preset
 from pf_keras.weights.torch_convert import precision_loss_allowed
 
 PROG = "pf_keras.convert"
@@ -73,7 +78,11 @@ def _main(argv: list[str]) -> int:
     parser = _ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="registry name, e.g. resnet50_hybrid")
     parser.add_argument("--checkpoint", required=True, help="official PyTorch checkpoint (.pth)")
-    parser.add_argument("--output", required=True, help="Keras weights file to write (*.weights.h5)")
+    parser.add_argument("--output", help="Keras weights file to write (*.weights.h5)")
+    parser.add_argument("--preset_dir", help="write a preset folder instead (config.json, model.weights.h5, "
+                        "metadata.json), loadable with create_model(FOLDER)")
+    parser.add_argument("--source_url", help="with --preset_dir: where the checkpoint came from "
+                        "(default: the model's official checkpoint URL)")
     parser.add_argument(
         "--model_kwargs", default="", help="builder arguments: JSON object, k=v pairs or a JSON file, e.g. classes=10"
     )
@@ -83,15 +92,22 @@ def _main(argv: list[str]) -> int:
     parser.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     model_kwargs = parse_model_kwargs(args.model_kwargs)
-    model = convert(
-        args.model,
-        args.checkpoint,
-        args.output,
-        model_kwargs=model_kwargs,
-        allow_precision_loss=args.allow_precision_loss,
-    )
+    if (args.output is None) == (args.preset_dir is None):
+        raise ValueError("Pass exactly one of --output (a .weights.h5 file) and --preset_dir (a preset folder).")
+    if args.preset_dir is not None:
+        with precision_loss_allowed(args.allow_precision_loss):
+            model = convert_to_preset(args.model, args.checkpoint, args.preset_dir, model_kwargs=model_kwargs,
+                                      source_url=args.source_url)
+    else:
+        model = convert(
+            args.model,
+            args.checkpoint,
+            args.output,
+            model_kwargs=model_kwargs,
+            allow_precision_loss=args.allow_precision_loss,
+        )
     params = sum(int(w.numpy().size) for w in model.trainable_weights)
-    print(f"Wrote {args.output}: {model.name}, {params:,} trainable params from {args.checkpoint}")
+    print(f"Wrote {args.output or args.preset_dir}: {model.name}, {params:,} trainable params from {args.checkpoint}")
     return 0
 
 

@@ -172,6 +172,11 @@ def create_model(name: str, **kwargs) -> keras.Model:
     if name in _REGISTRY:
         return _REGISTRY[name](**kwargs)
     if is_preset(name):
+        if kwargs.get("weights") is not None:
+            raise ValueError(
+                f"A preset folder brings its own weights; drop `weights`. Received: name={os.fspath(name)!r}, "
+                f"weights={kwargs['weights']!r}"
+            )
         return _build_from_preset(name, expected=None, kwargs=kwargs)
     raise ValueError(f"Unknown model name. Valid names: {list_models()}. Received: name={name!r}")
 

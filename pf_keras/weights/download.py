@@ -159,7 +159,10 @@ def fetch_checkpoint(spec: ModelSpec, tag: str = "imagenet", *, quiet: bool = Fa
     checkpoint = spec.checkpoint(tag)
     path = checkpoint_path(spec, checkpoint)
     if os.path.isfile(path):
-        verify_checkpoint(path, spec, checkpoint, quiet=True)
+        try:
+            verify_checkpoint(path, spec, checkpoint, quiet=True)
+        except ValueError as error:
+            raise ValueError(f"{error}; replace or delete that file (it is downloaded again when missing)") from error
         return path
     if os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes"):
         raise DownloadError(f"{path} is missing and {OFFLINE_ENV} is set: {_by_hand(spec, checkpoint, path)}.")

@@ -59,6 +59,8 @@ class TestPresetFolders:
         convert_to_preset("resnet50_max", PTH, tmp_path / "p", model_kwargs=KWARGS)
         with pytest.raises(ValueError, match="holds 'resnet50_max', not 'resnet50_hybrid'"):
             pf_keras.create_model("resnet50_hybrid", weights=str(tmp_path / "p"))
+        with pytest.raises(ValueError, match="brings its own weights"):
+            pf_keras.create_model(str(tmp_path / "p"), weights=PTH)
 
     def test_failed_conversion_keeps_the_previous_preset(self, tmp_path):
         folder = tmp_path / "p"
