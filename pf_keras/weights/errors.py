@@ -18,7 +18,12 @@ class CheckpointError(ValueError):
 
 
 def quote(value: Any, limit: int = _MAX_SHOWN) -> str:
-    """``repr(value)`` on one line and at most ``limit`` characters (values from a file may be huge)."""
+    """``repr(value)`` on one line and at most ``limit`` characters (values from a file may be huge).
+
+    Example:
+        >>> quote("x" * 100, limit=10), quote(2**100), quote(object())
+        ("'xxxxxx...", '<int of 101 bits>', 'object')
+    """
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"<int of {value.bit_length()} bits>"
     scalars = (str, bytes, int, float, bool, type(None))

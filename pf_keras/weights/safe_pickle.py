@@ -104,7 +104,9 @@ def load(data: bytes, resolver: Resolver, *, where: str, max_ops: int, max_depth
     except CheckpointError:
         raise
     except Exception as error:  # noqa: BLE001 - the trust boundary: every low-level error becomes one line
-        raise CheckpointError(f"{where}: malformed pickle at byte {position or 0} ({describe(error)})") from error
+        raise CheckpointError(
+            f"{where}: malformed or truncated pickle at byte {position or 0} ({describe(error)})"
+        ) from error
 
 
 class _Machine:

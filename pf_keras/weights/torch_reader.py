@@ -396,20 +396,23 @@ class _Reader:
         for name, values in (("offset", (offset,)), ("size", size), ("stride", stride)):
             for value in values:
                 if type(value) is not int or not 0 <= value < _MAX_INDEX:
-                    raise self.fail(what, f"has {name} {quote(value)}; ints in [0, 2**62) expected")
+                    why = "not an int" if type(value) is not int else "negative" if value < 0 else "2**62 or more"
+                    raise self.fail(what, f"has {name} {quote(value)} ({why}); ints in [0, 2**62) expected")
         size, stride = tuple(size), tuple(stride)
         numel = math.prod(size)
         if math.prod(s for s in size if s) >= _MAX_INDEX:
             raise self.fail(what, f"has size {size}, over 2**62 elements")
         if numel == 0:
             if offset > storage.numel:
-                raise self.fail(what, f"starts at element {offset} of a {storage.numel}-element storage")
+                raise self.fail(
+                    what, f"starts at element {offset}, past the end of its {storage.numel}-element storage"
+                )
             return np.zeros(size, storage.array.dtype)
         furthest = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if furthest >= storage.numel:
             raise self.fail(
                 what,
-                f"reaches element {furthest} (offset {offset}, size {size}, stride {stride}) of a "
+                f"reaches element {furthest} (offset {offset}, size {size}, stride {stride}), past the end of its "
                 f"{storage.numel}-element storage",
             )
         flat = storage.array
@@ -444,6 +447,10 @@ def extract_state_dict(obj: Any, path: str = "<checkpoint>") -> dict[str, np.nda
 
     Raises:
         CheckpointError: when no mapping of names to arrays is found.
+
+    Example:
+        >>> extract_state_dict({"epoch": 3, "state_dict": {"module.fc.bias": np.zeros(2, "float32")}})
+        {'fc.bias': array([0., 0.], dtype=float32)}
     """
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
