@@ -14,9 +14,10 @@ before its 1x1 reduction, the unit inside is the same) and the port's own ResNet
 
 Rules:
 
-- ``"max"``: every unit becomes a 3x3 max-pool with the unit's stride (the port's
-  ``P_spatial_pool``; at stride 2 after an explicit pad, a zero pad ``{base}_pool_pad`` that
-  is exact because the unit input is a ReLU output).
+- ``"max"``: every unit becomes a 3x3 max-pool with the unit's stride, built by the port's
+  own :func:`pf_keras.blocks.apply_max_pool_3x3` (``{base}_pool``; at stride 2 a symmetric
+  zero pad ``{base}_pool_pad`` first, PyTorch-style, exact because the unit input is a ReLU
+  output; a TF-style "same" strided conv gets the same output size).
 - ``"hybrid"``: units in stride-1 blocks become max-pools; where the block downsamples a
   trainable op stays. A strided 3x3 unit (the port, torchvision-style v1.5, and the last block
   of each V2 stage) becomes the paper's efficient op: 2x2/2 average pool then the *same* 3x3
@@ -39,6 +40,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from pf_keras.blocks.conv import apply_max_pool_3x3
 from pf_keras.profiling import profile
 
 RULES = ("max", "hybrid")
@@ -247,15 +249,14 @@ def _rewrite(config: dict, unit: _Unit, plan: Replacement) -> set[str]:
     base = unit.conv[: -len("_conv")] if unit.conv.endswith("_conv") else unit.conv
     new: list[dict] = []
     if plan.action == "max_pool":
+        # The port's own op (pf_keras.blocks.apply_max_pool_3x3): "same" at stride 1; at stride 2
+        # a symmetric zero pad (exact: the unit input is a ReLU output, >= 0) + "valid" pool.
+        probe = keras.Input((8, 8, 1))
+        ops = keras.Model(probe, apply_max_pool_3x3(probe, strides=plan.strides, name=f"{base}_pool")).layers[1:]
         source = unit.source
-        if plan.strides == 2 and unit.pad is not None:
-            # Zero padding is exact here: the unit input is a ReLU output (>= 0).
-            new.append(_layer_entry(keras.layers.ZeroPadding2D(1, name=f"{base}_pool_pad"), dtype, node, source))
-            source, padding = f"{base}_pool_pad", "valid"
-        else:
-            padding = "same"  # stride 1: equal to the zero-padded window on ReLU outputs
-        pool = keras.layers.MaxPooling2D(3, strides=plan.strides, padding=padding, name=f"{base}_pool")
-        new.append(_layer_entry(pool, dtype, node, source))
+        for op in ops:
+            new.append(_layer_entry(op, dtype, node, source))
+            source = op.name
         removed = {unit.pad, unit.conv, unit.bn, unit.relu} - {None}
         renames = {unit.relu: f"{base}_pool"}
     else:  # efficient: 2x2/2 average pool, then the same conv at stride 1
