@@ -162,6 +162,8 @@ def read_torch_file(path: str | os.PathLike, *, limits: ReadLimits = DEFAULT_LIM
     """
     path = os.fspath(path)
     try:
+        if not os.path.isfile(path):  # a FIFO or device would block or never end
+            raise CheckpointError(f"{path}: not a regular file")
         size = os.path.getsize(path)
         _check_zip_directory(path, size, limits)
         with zipfile.ZipFile(path) as archive:

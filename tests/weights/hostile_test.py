@@ -132,8 +132,11 @@ class TestValidFiles:
         )
         _refused(path, r"nests more than 1 marks", read=lambda p: read_torch_file(p, limits=ReadLimits(max_depth=1)))
 
-    def test_missing_file_is_one_line(self, tmp_path):
-        _refused(tmp_path / "absent.pth", r"cannot read the checkpoint \(FileNotFoundError")
+    def test_missing_file_fifo_and_device_are_one_line(self, tmp_path):
+        _refused(tmp_path / "absent.pth", r"absent.pth: not a regular file")
+        os.mkfifo(tmp_path / "fifo.pth")  # opening it would block forever
+        _refused(tmp_path / "fifo.pth", r"fifo.pth: not a regular file")
+        _refused("/dev/zero", r"/dev/zero: not a regular file")
 
 
 class TestFuzz:
