@@ -115,3 +115,20 @@ class TestCells:
     def test_duplicate_names(self, tmp_path):
         with pytest.raises(ValueError, match="unique names"):
             study.run_study([study.Cell("a", "max")] * 2, str(tmp_path), study.study_recipe(), verbose=False)
+
+
+class TestCommand:
+    @pytest.mark.parametrize(
+        "argv,message",
+        [
+            (["--cell", "a=maxx"], "Block kinds must be in"),
+            (["--depths", "1,x,1,1"], "--depths must be 4 comma-separated ints"),
+            (["--set", "optim.nope=1"], "Unknown field in recipe section 'optim'"),
+        ],
+    )
+    def test_user_errors_are_one_line(self, tmp_path, capsys, argv, message):
+        from pf_keras.cli import run_cli
+
+        assert run_cli(study.main, ["--out_dir", str(tmp_path / "s"), *argv], prog="study") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("study: error: ") and message in err and err.count("\n") == 1
