@@ -238,6 +238,12 @@ def _object_bomb(path: str, marker: str) -> None:
     write_archive(path, b"\x80\x02" + encode(payload(marker)) + b"0](" + b"]" * count + b"e.", {})
 
 
+def _placeholder_bomb(path: str, marker: str) -> None:
+    # As many calls of a global as the opcode limit allows (3 opcodes each), all kept in one list.
+    calls = b"h\x00)R" * 700_000
+    write_archive(path, b"\x80\x02" + encode(payload(marker)) + b"0cos\nsystem\nq\x00](" + calls + b"e.", {})
+
+
 def _bzip2(path: str, marker: str) -> None:
     _checkpoint(path, marker, {"w": tensor("FloatStorage", "0", 4, 0, (4,), (1,))}, compression=zipfile.ZIP_BZIP2)
 
@@ -357,6 +363,7 @@ CASES = [
     Case("deep_marks", _raw_pickle(b"(" * 1000), r"nests more than 100 marks"),
     Case("memo_get_missing", _raw_pickle(b"h\x07"), r"reads memo entry 7, which was never stored"),
     Case("memo_bomb", _memo_bomb, None),
+    Case("placeholder_bomb", _placeholder_bomb, r"more than 2000000 pickle opcodes", heavy=True),
     Case("object_bomb", _object_bomb, r"more than 2000000 pickle opcodes", heavy=True),
     Case("pickle_too_large", _pickle_too_large, r"is 18874\d+ bytes, over the limit of 16777216", heavy=True),
     # The zip container.
@@ -394,6 +401,7 @@ WORST = [
     "many_small_bombs",
     "memo_bomb",
     "object_bomb",
+    "placeholder_bomb",
     "pickle_too_large",
     "deep_lists",
 ]

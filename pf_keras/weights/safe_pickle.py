@@ -43,6 +43,8 @@ class Placeholder:
     of the original implementation is imported or run.
     """
 
+    __slots__ = ("args", "kwargs", "qualname", "state")  # a pickle may hold many: keep them small
+
     def __init__(self, qualname: str, args: tuple | None = None, kwargs: dict | None = None):
         self.qualname = qualname
         self.args = args
