@@ -68,7 +68,7 @@ def color(image: tf.Tensor, factor) -> tf.Tensor:
 
 def contrast(image: tf.Tensor, factor) -> tf.Tensor:
     """``ImageEnhance.Contrast``: blend with the rounded mean of the L image."""
-    mean = tf.floor(tf.reduce_mean(luma(image)) + 0.5)
+    mean = tf.cast(tf.floor(tf.reduce_mean(tf.cast(luma(image), tf.float64)) + 0.5), image.dtype)
     return blend(tf.fill(tf.shape(image), mean), image, factor)
 
 
@@ -106,10 +106,11 @@ def solarize_add(image: tf.Tensor, add, threshold=128) -> tf.Tensor:
 
 def auto_contrast(image: tf.Tensor) -> tf.Tensor:
     """``ImageOps.autocontrast`` (cutoff 0), per channel: ``int((v - lo) * 255 / (hi - lo))``."""
-    lo = tf.reduce_min(image, axis=[0, 1], keepdims=True)
-    hi = tf.reduce_max(image, axis=[0, 1], keepdims=True)
+    x = tf.cast(image, tf.float64)  # PIL computes the table in double precision
+    lo = tf.reduce_min(x, axis=[0, 1], keepdims=True)
+    hi = tf.reduce_max(x, axis=[0, 1], keepdims=True)
     scale = 255.0 / tf.maximum(hi - lo, 1.0)
-    out = tf.clip_by_value(tf.floor(image * scale - lo * scale), 0.0, 255.0)
+    out = tf.cast(tf.clip_by_value(tf.floor(x * scale - lo * scale), 0.0, 255.0), image.dtype)
     return tf.where(hi > lo, out, image)
 
 
@@ -302,18 +303,21 @@ def mixup(images: tf.Tensor, lam) -> tf.Tensor:
     return lam * images + (1 - lam) * tf.reverse(images, [0])
 
 
-def cutmix_box(h, w, lam, cy, cx) -> tuple[tf.Tensor, tf.Tensor]:
+def cutmix_box(h, w, lam, cy, cx, *, round_up: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
     """timm's ``rand_bbox`` for centre (cy, cx) and ``cutmix_bbox_and_lam(correct_lam=True)``:
-    ((y0, y1, x0, x1), corrected lambda)."""
+    ((y0, y1, x0, x1), corrected lambda). The box spans ``c - cut // 2 .. c + cut // 2`` as in
+    timm up to 1.0.28 (DeiT's 0.3.2 and 0.5.4 included); ``round_up`` gives timm >= 1.0.29's
+    ``c + (cut + 1) // 2`` upper edge."""
     ratio = tf.sqrt(1.0 - tf.cast(lam, tf.float32))
     cut_h = tf.floor(tf.cast(h, tf.float32) * ratio)
     cut_w = tf.floor(tf.cast(w, tf.float32) * ratio)
     hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
     cy, cx = tf.cast(cy, tf.float32), tf.cast(cx, tf.float32)
     y0 = tf.clip_by_value(cy - tf.floor(cut_h / 2), 0.0, hf)
-    y1 = tf.clip_by_value(cy + tf.floor(cut_h / 2), 0.0, hf)
+    up = 1.0 if round_up else 0.0
+    y1 = tf.clip_by_value(cy + tf.floor((cut_h + up) / 2), 0.0, hf)
     x0 = tf.clip_by_value(cx - tf.floor(cut_w / 2), 0.0, wf)
-    x1 = tf.clip_by_value(cx + tf.floor(cut_w / 2), 0.0, wf)
+    x1 = tf.clip_by_value(cx + tf.floor((cut_w + up) / 2), 0.0, wf)
     return tf.stack([y0, y1, x0, x1]), 1.0 - (y1 - y0) * (x1 - x0) / (hf * wf)
 
 
