@@ -16,7 +16,8 @@ loops after the first, which includes tracing). Results go to
 Resume: rerunning the same command skips every cell with a result file and continues an
 interrupted cell from its checkpoint (``OUT/cells/<name>/train``). A cell whose stored
 settings differ from the command's is an error (use another ``--out_dir``). One study per
-``--out_dir`` at a time (a lock file refuses a second).
+``--out_dir`` at a time (a lock file refuses a second). SIGTERM checkpoints the running cell
+and exits 143, as ``train.py`` does.
 
 Examples (from the repository root; about 3-5 CPU minutes on 2 cores for the default grid):
 
@@ -53,7 +54,7 @@ import numpy as np
 import pf_keras
 from pf_keras import fileio
 from pf_keras.blocks import BLOCK_KINDS
-from pf_keras.cli import run_cli
+from pf_keras.cli import PREEMPTED_EXIT, run_cli
 from training import recipes as recipes_lib
 from training import train as train_lib
 
@@ -72,6 +73,10 @@ DEFAULT_WIDTH = 0.25
 DEFAULT_EPOCHS = 5
 RESULT_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class Preempted(Exception):
+    """SIGTERM stopped a cell's training after its checkpoint; the command exits 143 and resumes on rerun."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +187,8 @@ def run_cell(cell: Cell, base: recipes_lib.Recipe, out_dir: str, *, tflite: bool
         print(f"[study] cell {cell.name}: block_kinds={cell.block_kinds}", flush=True)
     summary = train_lib.run(recipe, os.path.join(cell_dir, "train"), verbose=False, loop_end_hook=record_speed,
                             return_trainer=True)
+    if summary["status"] == "preempted":
+        raise Preempted(f"cell {cell.name!r} preempted at step {summary['step']} (checkpoint saved); rerun to resume")
     if summary["status"] != "completed":
         raise ValueError(f"Training of cell {cell.name!r} stopped ({summary['status']}); rerun to resume")
     model = summary["trainer"].model
@@ -334,7 +341,11 @@ def main(argv: list[str]) -> int:
     base = study_recipe(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
                         epochs=args.epochs, batch_size=args.batch_size, depths=depths,
                         width_mult=args.width_mult, overrides=overrides)
-    study = run_study(cells, args.out_dir, base, tflite=not args.no_tflite)
+    try:
+        study = run_study(cells, args.out_dir, base, tflite=not args.no_tflite)
+    except Preempted as stop:
+        print(f"[study] {stop}", file=sys.stderr)
+        return PREEMPTED_EXIT
     print(markdown_table(study["results"]), end="")
     print(f"[study] trained {len(study['trained'])} of {len(cells)} cells; wrote "
           + ", ".join(study["paths"].values()))

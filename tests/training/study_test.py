@@ -132,3 +132,32 @@ class TestCommand:
         assert run_cli(study.main, ["--out_dir", str(tmp_path / "s"), *argv], prog="study") == 2
         err = capsys.readouterr().err
         assert err.startswith("study: error: ") and message in err and err.count("\n") == 1
+
+    @pytest.mark.large  # two study processes (~70 s on 2 busy cores)
+    def test_sigterm_mid_cell_exits_143_and_the_rerun_resumes_it(self, shapes_dir, tmp_path):
+        import signal
+        import subprocess
+        import sys
+        import time
+
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        out = str(tmp_path / "s")
+        argv = [sys.executable, os.path.join(repo, "training", "study.py"), "--out_dir", out, "--cell", "max=max",
+                "--dataset", f"folder:{shapes_dir}", "--epochs", "1", "--batch_size", "16", "--width_mult", "0.125",
+                "--set", "schedule.steps_per_epoch=40", "--set", "steps_per_loop=1", "--no_tflite"]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        speed = os.path.join(out, "cells", "max", "speed.json")
+        deadline = time.time() + 240
+        while not os.path.exists(speed) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 143, err[-2000:]
+        assert "preempted at step" in err
+        assert not os.path.exists(os.path.join(out, "cells", "max", "result.json"))
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "trained 1 of 1 cells" in done.stdout
+        with open(os.path.join(out, "cells", "max", "result.json")) as f:
+            assert json.load(f)["steps"] == 40
