@@ -26,6 +26,7 @@ any, is chained.
 from __future__ import annotations
 
 import io
+import itertools
 import pickletools
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -67,8 +68,11 @@ class Resolver(Protocol):
         ``key`` is the nearest dict key below the call on the stack (for error messages).
         """
 
-    def persistent_load(self, pid: Any) -> Any:
-        """The object a persistent id names; raises CheckpointError for an id of the wrong shape."""
+    def persistent_load(self, pid: Any, key: str | None) -> Any:
+        """The object a persistent id names; raises CheckpointError for an id of the wrong shape.
+
+        ``key`` is as for :meth:`call`.
+        """
 
 
 def load(data: bytes, resolver: Resolver, *, where: str, max_ops: int, max_depth: int) -> Any:
@@ -150,11 +154,15 @@ class _Machine:
         return self.stack[-1]
 
     def nearby_key(self) -> str | None:
-        """The dict key a value being built will be stored under (torch writes the key first)."""
-        for item in reversed(self.stack):
+        """The dict key a value being built will be stored under (torch writes the key first).
+
+        Looks at most 8 items down the stack, across marks, past callables only.
+        """
+        below = itertools.chain(reversed(self.stack), *(reversed(segment) for segment in reversed(self.marks)))
+        for item in itertools.islice(below, 8):
             if isinstance(item, str):
                 return item
-            if not isinstance(item, Placeholder) and not _is_global(item):
+            if not _is_global(item):
                 return None
         return None
 
@@ -462,11 +470,12 @@ def _build(machine: _Machine, arg: Any) -> None:
 
 
 def _persistent(machine: _Machine, arg: Any) -> None:
-    machine.stack.append(machine.resolver.persistent_load(machine.pop()))
+    pid = machine.pop()
+    machine.stack.append(machine.resolver.persistent_load(pid, machine.nearby_key()))
 
 
 def _persistent_text(machine: _Machine, arg: Any) -> None:
-    machine.stack.append(machine.resolver.persistent_load(arg))
+    machine.stack.append(machine.resolver.persistent_load(arg, machine.nearby_key()))
 
 
 _HANDLERS = {

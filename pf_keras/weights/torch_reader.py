@@ -252,9 +252,9 @@ class _Reader:
                 f"{self.limits.max_compression_ratio}",
             )
 
-    def read_member(self, name: str, size: int) -> bytearray:
+    def read_member(self, name: str, size: int, *, context: str = "") -> bytearray:
         """The member ``name``, which must hold exactly ``size`` bytes, read as a bounded stream."""
-        where = f"member {quote(name)}"
+        where = f"{context}member {quote(name)}"
         info = self.infos.get(name)
         if info is None:
             raise self.fail(where, "is missing from the archive")
@@ -355,15 +355,16 @@ class _Reader:
             return args[0]
         return self.rebuild_tensor(what, *args[:4])
 
-    def persistent_load(self, pid: Any) -> _Storage:
+    def persistent_load(self, pid: Any, tensor_key: str | None) -> _Storage:
+        context = f"tensor {quote(tensor_key)}, " if tensor_key is not None else ""
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             shape = f"a tuple of {len(pid)}" if isinstance(pid, tuple) else f"a {type(pid).__name__}"
-            raise self.fail("persistent id", f"is {shape}; ('storage', type, key, location, numel) expected")
+            raise self.fail(f"{context}persistent id", f"is {shape}; ('storage', type, key, location, numel) expected")
         _, storage_type, key, _location, numel = pid
         if not isinstance(key, str) or len(key) > 256:
-            raise self.fail("persistent id", f"has storage key {quote(key)}; a short string expected")
+            raise self.fail(f"{context}persistent id", f"has storage key {quote(key)}; a short string expected")
         member = f"{self.root}data/{key}"
-        where = f"storage {quote(member)}"
+        where = f"{context}storage {quote(member)}"
         if not isinstance(storage_type, _StorageType):
             name = storage_type.qualname if isinstance(storage_type, Placeholder) else type(storage_type).__name__
             raise self.fail(where, f"has unknown storage type {quote(name)}; known: {', '.join(_STORAGE_TYPES)}")
@@ -377,7 +378,7 @@ class _Reader:
         code, itemsize = _STORAGE_TYPES[storage_type.name]
         out_itemsize = 4 if storage_type.name == "BFloat16Storage" else itemsize
         self.charge(numel * out_itemsize, where, copy=False)
-        raw = self.read_member(member, numel * itemsize)
+        raw = self.read_member(member, numel * itemsize, context=context)
         array = np.frombuffer(raw, dtype=np.dtype(code).newbyteorder("<" if self.byteorder == "little" else ">"))
         if not array.dtype.isnative:
             array = array.byteswap(inplace=True).view(array.dtype.newbyteorder("="))  # big-endian file: swap in place

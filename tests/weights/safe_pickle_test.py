@@ -19,7 +19,7 @@ class _NothingResolved:
     def call(self, func, args, kwargs, key):
         raise AssertionError("never reached: only placeholders exist")
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid, key):
         raise CheckpointError(f"no persistent ids here: {pid!r}")
 
 
