@@ -250,7 +250,7 @@ def color_jitter(image: tf.Tensor, strength: float, seed: tf.Tensor) -> tf.Tenso
 
 def erase(image: tf.Tensor, box, noise: tf.Tensor) -> tf.Tensor:
     """``image`` with ``noise`` inside ``box`` = (top, left, height, width)."""
-    top, left, h, w = (tf.cast(v, tf.int32) for v in box)
+    top, left, h, w = tf.unstack(tf.cast(box, tf.int32))
     ys = tf.range(tf.shape(image)[0])[:, None]
     xs = tf.range(tf.shape(image)[1])[None, :]
     inside = (ys >= top) & (ys < top + h) & (xs >= left) & (xs < left + w)

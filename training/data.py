@@ -47,7 +47,8 @@ import numpy as np
 import tensorflow as tf
 
 import pf_keras
-from training import builtin_data
+from training import builtin_data, repeated_aug
+from training.augment import color_jitter, mix_batch, rand_augment, random_erasing
 from training.recipes import DataConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -362,172 +363,29 @@ def normalize(image_255: tf.Tensor) -> tf.Tensor:
     return pf_keras.normalize(image_255)
 
 
-# ---------------------------------------------------------------- train augmentations
-
-
-def color_jitter(image: tf.Tensor, strength: float, seed: tf.Tensor) -> tf.Tensor:
-    """Brightness, contrast and saturation factors uniform in [1 - strength, 1 + strength]; image in [0, 1]."""
-    lo, hi = max(0.0, 1 - strength), 1 + strength
-    f = tf.random.stateless_uniform([3], seed, lo, hi)
-    image = image * f[0]
-    mean = tf.reduce_mean(tf.image.rgb_to_grayscale(image))
-    image = (image - mean) * f[1] + mean
-    grey = tf.image.rgb_to_grayscale(image)
-    image = (image - grey) * f[2] + grey
-    return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def _blend(a: tf.Tensor, b: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-    return tf.clip_by_value(b + factor * (a - b), 0.0, 1.0)
-
-
-def _affine(image: tf.Tensor, transform: list) -> tf.Tensor:
-    """Projective transform (8 params, output->input map), constant grey fill."""
-    shape = tf.shape(image)[:2]
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=tf.cast(tf.stack(transform)[None], tf.float32), output_shape=shape,
-        fill_value=0.5, interpolation="BILINEAR", fill_mode="CONSTANT",
-    )
-    return out[0]
-
-
-def _equalize(image: tf.Tensor) -> tf.Tensor:
-    q = tf.cast(tf.round(image * 255.0), tf.int32)
-    channels = []
-    for c in range(3):
-        ch = q[..., c]
-        hist = tf.math.bincount(tf.reshape(ch, [-1]), minlength=256, maxlength=256, dtype=tf.float32)
-        cdf = tf.cumsum(hist)
-        cdf_min = tf.reduce_min(tf.where(hist > 0, cdf, tf.reduce_max(cdf)))
-        total = tf.reduce_max(cdf)
-        lut = (cdf - cdf_min) / tf.maximum(total - cdf_min, 1.0)
-        eq = tf.gather(tf.clip_by_value(lut, 0.0, 1.0), ch)
-        channels.append(tf.where(total - cdf_min > 0, eq, image[..., c]))
-    return tf.stack(channels, -1)
-
-
-def rand_augment(image: tf.Tensor, seed: tf.Tensor, *, magnitude: float, magnitude_std: float = 0.0,
-                 num_ops: int = 2, prob: float = 0.5) -> tf.Tensor:
-    """RandAugment on one image in [0, 1] (timm's "rand-m{M}-mstd{S}-inc1" op set, stateless).
-
-    Each of ``num_ops`` rounds picks one of 15 ops uniformly and applies it with probability
-    ``prob``, at a magnitude drawn from N(magnitude, magnitude_std) clipped to [0, 10]. Being
-    applied inside the per-example map, every image draws its own ops (Keras's RandAugment
-    layer draws once per call, i.e. once per batch).
-    """
-    for k in range(num_ops):
-        image = _rand_augment_round(image, _seed(seed[0], seed[1], 1000 + k), magnitude, magnitude_std, prob)
-    return image
-
-
-def _rand_augment_round(image: tf.Tensor, s: tf.Tensor, magnitude: float, magnitude_std: float,
-                        prob: float) -> tf.Tensor:
-    """One RandAugment round: a uniformly chosen op, applied with probability ``prob``."""
-    size = tf.cast(tf.shape(image)[:2], tf.float32)
-    u = tf.random.stateless_uniform([3], s)
-    op = tf.random.stateless_uniform([], _seed(s[0], s[1], 1), 0, 15, dtype=tf.int32)
-    m = magnitude + magnitude_std * tf.random.stateless_normal([], _seed(s[0], s[1], 2))
-    m = tf.clip_by_value(m, 0.0, 10.0) / 10.0
-    sign = tf.where(u[1] < 0.5, -1.0, 1.0)
-    level = m * sign
-    angle = level * 30.0 * math.pi / 180.0
-    cy, cx = (size[0] - 1) / 2, (size[1] - 1) / 2
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    rotate = [cos, -sin, cx - cx * cos + cy * sin, sin, cos, cy - cx * sin - cy * cos, 0.0, 0.0]
-    blurred = tf.nn.depthwise_conv2d(
-        image[None], tf.tile(tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32)[:, :, None, None] / 13.0,
-                             [1, 1, 3, 1]), [1, 1, 1, 1], "SAME")[0]
-    grey = tf.image.rgb_to_grayscale(image)
-    lo = tf.reduce_min(image, axis=[0, 1], keepdims=True)
-    hi = tf.reduce_max(image, axis=[0, 1], keepdims=True)
-    bits = 8 - tf.cast(m * 4.0, tf.int32)
-    shift = tf.cast(8 - bits, tf.int32)
-    ops = [
-        lambda: tf.clip_by_value((image - lo) / tf.maximum(hi - lo, 1e-3), 0.0, 1.0),  # AutoContrast
-        lambda: _equalize(image),  # Equalize
-        lambda: 1.0 - image,  # Invert
-        lambda: _affine(image, rotate),  # Rotate
-        lambda: tf.cast(tf.bitwise.left_shift(tf.bitwise.right_shift(  # Posterize
-            tf.cast(image * 255.0, tf.int32), shift), shift), tf.float32) / 255.0,
-        lambda: tf.where(image >= 1.0 - m, 1.0 - image, image),  # Solarize (increasing)
-        lambda: tf.where(image < 0.5, tf.minimum(image + 110.0 / 255.0 * m, 1.0), image),  # SolarizeAdd
-        lambda: _blend(image, grey, 1.0 + 0.9 * level),  # Color
-        lambda: _blend(image, tf.reduce_mean(grey), 1.0 + 0.9 * level),  # Contrast
-        lambda: _blend(image, tf.zeros_like(image), 1.0 + 0.9 * level),  # Brightness
-        lambda: _blend(image, blurred, 1.0 + 0.9 * level),  # Sharpness
-        lambda: _affine(image, [1.0, level * 0.3, -level * 0.3 * cy, 0.0, 1.0, 0.0, 0.0, 0.0]),  # ShearX
-        lambda: _affine(image, [1.0, 0.0, 0.0, level * 0.3, 1.0, -level * 0.3 * cx, 0.0, 0.0]),  # ShearY
-        lambda: _affine(image, [1.0, 0.0, level * 0.45 * size[1], 0.0, 1.0, 0.0, 0.0, 0.0]),  # TranslateX
-        lambda: _affine(image, [1.0, 0.0, 0.0, 0.0, 1.0, level * 0.45 * size[0], 0.0, 0.0]),  # TranslateY
-    ]
-    augmented = tf.switch_case(op, ops)
-    augmented = tf.ensure_shape(augmented, image.shape)
-    return tf.where(u[0] < prob, augmented, image)
-
-
-def random_erasing(image: tf.Tensor, seed: tf.Tensor, prob: float, attempts: int = 10) -> tf.Tensor:
-    """Erases one rectangle (area 2-33 %, aspect 0.3-3.3) with N(0, 1) noise, on the normalised image."""
-    shape = tf.shape(image)
-    h = tf.cast(shape[0], tf.float32)
-    w = tf.cast(shape[1], tf.float32)
-    u = tf.random.stateless_uniform([attempts + 1, 4], seed)
-    area = h * w * (0.02 + (1 / 3 - 0.02) * u[1:, 0])
-    r = tf.exp(math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * u[1:, 1])
-    eh = tf.round(tf.sqrt(area * r))
-    ew = tf.round(tf.sqrt(area / r))
-    fits = (eh < h) & (ew < w) & (eh >= 1) & (ew >= 1)
-    i = tf.argmax(tf.cast(fits, tf.int32))
-    top = tf.floor(u[1 + i, 2] * (h - eh[i] + 1))
-    left = tf.floor(u[1 + i, 3] * (w - ew[i] + 1))
-    ys = tf.range(h)[:, None]
-    xs = tf.range(w)[None, :]
-    box = (ys >= top) & (ys < top + eh[i]) & (xs >= left) & (xs < left + ew[i])
-    apply = (u[0, 0] < prob) & tf.reduce_any(fits)
-    noise = tf.random.stateless_normal(shape, _seed(seed[0], seed[1], 7), dtype=image.dtype)
-    return tf.where(apply & box[..., None], noise, image)
-
-
-def mix_batch(images: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, cfg: DataConfig) -> tuple[tf.Tensor, tf.Tensor]:
-    """Mixup / CutMix on a batch (pairs image i with image B-1-i, as timm does)."""
-    u = tf.random.stateless_uniform([4], seed)
-    if cfg.cutmix_alpha > 0 and cfg.mixup_alpha > 0:
-        use_cutmix = u[1] < cfg.mix_switch_prob
-        alpha = tf.where(use_cutmix, cfg.cutmix_alpha, cfg.mixup_alpha)
-    else:
-        use_cutmix = cfg.cutmix_alpha > 0
-        alpha = tf.constant(max(cfg.cutmix_alpha, cfg.mixup_alpha), tf.float32)
-    use_cutmix = tf.convert_to_tensor(use_cutmix)
-    g = tf.random.stateless_gamma([2], _seed(seed[0], seed[1], 3), alpha=tf.stack([alpha, alpha]))
-    lam = g[0] / tf.maximum(g[0] + g[1], 1e-12)
-    flipped = tf.reverse(images, [0])
-    # CutMix box of area (1 - lam), clipped to the image; lam is corrected to the real area.
-    shape = tf.shape(images)
-    h = tf.cast(shape[1], tf.float32)
-    w = tf.cast(shape[2], tf.float32)
-    cut = tf.sqrt(1.0 - lam)
-    cy, cx = u[2] * h, u[3] * w
-    y0, y1 = tf.clip_by_value(tf.round(cy - cut * h / 2), 0, h), tf.clip_by_value(tf.round(cy + cut * h / 2), 0, h)
-    x0, x1 = tf.clip_by_value(tf.round(cx - cut * w / 2), 0, w), tf.clip_by_value(tf.round(cx + cut * w / 2), 0, w)
-    ys = tf.range(h)[:, None]
-    xs = tf.range(w)[None, :]
-    box = tf.cast((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1), images.dtype)[None, :, :, None]
-    cut_lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
-    mixed = tf.where(use_cutmix, images * (1 - box) + flipped * box, lam * images + (1 - lam) * flipped)
-    lam = tf.where(use_cutmix, cut_lam, lam)
-    do_mix = u[0] < cfg.mix_prob
-    images = tf.where(do_mix, mixed, images)
-    lam = tf.where(do_mix, lam, 1.0)
-    targets = lam * targets + (1 - lam) * tf.reverse(targets, [0])
-    return images, targets
+# ---------------------------------------------------------------- train transform
+# (the augmentations themselves live in training/augment.py, compared with timm's op by op)
 
 
 def train_example(image_bytes: tf.Tensor, seed: tf.Tensor, cfg: DataConfig, interpolation: str) -> tf.Tensor:
-    """The ImageNet train transform of one encoded image: crop, resize, flip, jitter, RandAugment, erase."""
+    """timm's ``transforms_imagenet_train`` of one encoded image, on PIL's 0..255 scale up to the normalisation.
+
+    RandomResizedCrop (``cfg.train_interpolation``: "random" picks bilinear or bicubic per
+    image as timm's default does; "" uses ``interpolation``), rounded to integers as PIL's uint8
+    image is, horizontal flip, colour jitter and/or RandAugment, normalise, random erasing.
+    """
     image = decode_random_crop(image_bytes, _seed(seed[0], seed[1], 0), (cfg.crop_scale_min, 1.0),
                                (cfg.crop_ratio_min, cfg.crop_ratio_max))
-    image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, [cfg.image_size, cfg.image_size],
-                            method=interpolation, antialias=True)
-    image = tf.clip_by_value(image, 0.0, 1.0)
+    image = tf.cast(image, tf.float32)
+    size = [cfg.image_size, cfg.image_size]
+    method = cfg.train_interpolation or interpolation
+    if method == "random":
+        bicubic = tf.random.stateless_uniform([], _seed(seed[0], seed[1], 5)) < 0.5
+        image = tf.cond(bicubic, lambda: tf.image.resize(image, size, method="bicubic", antialias=True),
+                        lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
+    else:
+        image = tf.image.resize(image, size, method=method, antialias=True)
+    image = tf.round(tf.clip_by_value(image, 0.0, 255.0))
     if cfg.hflip:
         image = tf.image.stateless_random_flip_left_right(image, _seed(seed[0], seed[1], 1))
     if cfg.color_jitter > 0:
@@ -535,7 +393,7 @@ def train_example(image_bytes: tf.Tensor, seed: tf.Tensor, cfg: DataConfig, inte
     if cfg.randaugment_magnitude > 0:
         image = rand_augment(image, _seed(seed[0], seed[1], 3), magnitude=cfg.randaugment_magnitude,
                              magnitude_std=cfg.randaugment_magnitude_std, num_ops=cfg.randaugment_num_ops)
-    image = normalize(image * 255.0)
+    image = normalize(image)
     if cfg.random_erasing > 0:
         image = random_erasing(image, _seed(seed[0], seed[1], 4), cfg.random_erasing)
     return image
@@ -624,7 +482,8 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
             return tf.data.Dataset.from_tensors(element).repeat(total - skip_steps * per_step)
         skip_batches = skip_steps * per_step
         fast_skip = clean_prefix and skip_batches > 0
-        ds = _encoded_stream(source, "train", ctx, seed, epoch, cfg, training=True).enumerate()
+        ds = _encoded_stream(source, "train", ctx, seed, epoch, cfg, training=True)
+        ds = repeated_aug.repeat_for_replicas(ds, cfg.repeated_augment, per_step, batch).enumerate()
         if fast_skip:  # indices (and so the augmentation seeds) are kept: enumerate came first
             ds = ds.skip(skip_batches * batch)
 
