@@ -271,6 +271,7 @@ CASES = [
     Case("shape_2_40", _one_tensor(size=(2**40,)), r"reaches element 1099511627775 "),
     Case("shape_2_40_broadcast", _one_tensor(size=(2**20, 2**20), stride=(0, 0)), r"would copy 4398046511104 bytes"),
     Case("huge_int_size", _one_tensor(size=(2**80,)), r"has size <int of 81 bits> \(2\*\*62 or more\)"),
+    Case("zero_size_huge_dims", _one_tensor(size=(0, 2**61), stride=(1, 1)), r"over 2\*\*62 bytes even without"),
     Case("bool_offset", _one_tensor(offset=True), r"has offset True \(not an int\)"),
     Case("float_stride", _one_tensor(stride=(1.0,)), r"has stride 1.0 \(not an int\)"),
     Case("sizes_and_strides_differ", _one_tensor(size=(2, 2)), r"has 2 sizes and 1 strides"),

@@ -403,8 +403,8 @@ class _Reader:
                     raise self.fail(what, f"has {name} {quote(value)} ({why}); ints in [0, 2**62) expected")
         size, stride = tuple(size), tuple(stride)
         numel = math.prod(size)
-        if math.prod(s for s in size if s) >= _MAX_INDEX:
-            raise self.fail(what, f"has size {size}, over 2**62 elements")
+        if math.prod(s for s in size if s) * storage.array.itemsize >= _MAX_INDEX:
+            raise self.fail(what, f"has size {size}, over 2**62 bytes even without its zero dimensions")
         if numel == 0:
             if offset > storage.numel:
                 raise self.fail(

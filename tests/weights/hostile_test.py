@@ -97,6 +97,8 @@ class TestValidFiles:
             "i32": np.array([7, -7], np.int32),
             "u8": np.array([0, 255], np.uint8),
             "bool": np.array([True, False]),
+            "empty": np.zeros((0, 3), np.float32),
+            "scalar": np.array(2.5, np.float32),
         }
         for order in ("little", "big"):
             path = str(tmp_path / f"{order}.pth")
