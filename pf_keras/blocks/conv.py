@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import keras
 
+from pf_keras.layers.max_pool import MaxPool2D
+
 # PyTorch BatchNorm2d defaults (momentum 0.1 there is 1 - 0.9 here; eps 1e-5). The Keras
 # defaults (0.99, 1e-3) would change both training dynamics and converted outputs.
 BN_MOMENTUM = 0.9
@@ -76,6 +78,9 @@ def apply_max_pool_3x3(x, *, strides: int = 1, name: str):
     "valid": exact only because every caller feeds it ReLU outputs (>= 0), where a zero border
     can never win the max.
 
+    The pool is a :class:`pf_keras.layers.MaxPool2D` (a ``MaxPooling2D`` with bit-identical
+    outputs) whose gradient is the faster one where it is traced (``gradient="auto"``).
+
     Args:
         x: tensor. NHWC input; must be non-negative when ``strides == 2``.
         strides: int. 1 or 2. Defaults to 1.
@@ -85,9 +90,9 @@ def apply_max_pool_3x3(x, *, strides: int = 1, name: str):
         The pooled tensor, ``ceil(side / strides)`` on each side.
     """
     if strides == 1:
-        return keras.layers.MaxPooling2D(3, strides=1, padding="same", name=name)(x)
+        return MaxPool2D(3, strides=1, padding="same", name=name)(x)
     x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
-    return keras.layers.MaxPooling2D(3, strides=strides, padding="valid", name=name)(x)
+    return MaxPool2D(3, strides=strides, padding="valid", name=name)(x)
 
 
 def apply_avg_pool_3x3(x, *, strides: int = 1, name: str):

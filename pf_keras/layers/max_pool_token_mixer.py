@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from pf_keras.layers.max_pool import MaxPool2D
 from pf_keras.layers.position_embedding import check_grid
 
 
@@ -93,9 +94,8 @@ class MaxPoolTokenMixer(keras.layers.Layer):
         self.proj = None
         # Stride 1 "same": out-of-grid positions are ignored, exactly like PyTorch's padding
         # of pool_size // 2 (the GELU output can be negative, so zero padding would be wrong).
-        self.pool = keras.layers.MaxPooling2D(
-            pool_size, strides=1, padding="same", name="pool", dtype=self.dtype_policy
-        )
+        # A MaxPooling2D with the faster gradient where it is traced (pf_keras.layers.max_pool).
+        self.pool = MaxPool2D(pool_size, strides=1, padding="same", name="pool", dtype=self.dtype_policy)
         self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout", dtype=self.dtype_policy)
 
     def build(self, input_shape):
