@@ -6,15 +6,11 @@ height, width, channels) each, and whose ``feature_info`` attribute describes th
 :class:`FeatureInfo` per output, in output order. The candidate maps of each family, by
 index (``out_indices`` picks among them):
 
-====== ===================================== ========================= ==================
-family index i                                layer (output)            stride
-====== ===================================== ========================= ==================
-ResNet 0: stem, 1-4: stages 1-4              ``stem_relu``,            2, 4, 8, 16, 32
-                                             ``stage{s}_block{n}_out``
-PiT    0-2: stages                           ``stage{s}_block{n-1}``   e, 2e, 4e (e: the
-                                                                       embedding stride)
-ViT    0 to depth-1: blocks                  ``block{i}_map``          patch_size
-====== ===================================== ========================= ==================
+- ResNet: 0 the stem (``stem_relu``, stride 2), 1-4 the stages (``stage{s}_block{n}_out``,
+  strides 4, 8, 16, 32);
+- PiT: 0-2 the stages (``stage{s}_block{n-1}``, strides ``e``, ``2e``, ``4e`` for the
+  embedding stride ``e``: 8, 16, 32, or 7, 14, 28 for PiT-B);
+- ViT: 0 to depth - 1 the blocks (``block{i}_map``, stride ``patch_size``).
 
 Maps are the raw outputs of those layers (no final LayerNorm, as timm's intermediates with
 ``norm=False``); a ViT block's tokens become a map through a Reshape named ``block{i}_map``.
