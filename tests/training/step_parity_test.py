@@ -170,3 +170,18 @@ def test_steps_match_timm(name, case, replicas, mirrored_strategy):
             ema = {w.path: e.numpy() for w, e in zip(model.weights, trainer.ema, strict=True)}
             _compare_state(model, name_map, _case_arrays(case, "ema"), REL_N, "EMA:", values=ema)
         assert bool(trainer.ema) == (case == "vit")
+
+
+@pytest.mark.parametrize("case", ["resnet", "vit"])
+def test_no_decay_group_is_timms(case):
+    """``loop.decay_variables``'s exempt set is exactly timm's no-decay group (1-D, biases, ``no_weight_decay()``)."""
+    model, name_map = _build(case)
+    shapes = json.loads(str(REF[f"{case}/shapes"]))
+    keys = sorted(shapes)
+    # Constant arrays holding each key's index reveal which torch key every variable receives.
+    tagged = {k: np.full(shape, i, np.int64 if k.endswith("num_batches_tracked") else np.float32)
+              for i, (k, shape) in enumerate((k, shapes[k]) for k in keys)}
+    key_of = {v.path: keys[int(np.asarray(value).flat[0])]
+              for v, value in pf_keras.weights.plan_torch_transfer(model, tagged, name_map)}
+    _, no_decay = loop.decay_variables(model)
+    assert sorted(key_of[v.path] for v in no_decay) == json.loads(str(REF[f"{case}/no_decay"]))
