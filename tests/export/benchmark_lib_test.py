@@ -16,16 +16,17 @@ from pf_keras_export.build import build_model
 
 class TestBenchmark:
     def test_tiny_models_write_every_output(self, tmp_path, small_resnet_kwargs):
-        result = benchmark("resnet50,keras_mobilenetv2", output_dir=str(tmp_path), formats="fp32,int8",
+        # Two small registry models (the keras.applications baselines are checked in test_baselines:
+        # exporting a full-width MobileNetV2 here would double this test's time for the same code path).
+        result = benchmark("resnet50,resnet50_max", output_dir=str(tmp_path), formats="fp32,int8",
                            image_size=32, threads="1,2", warmup=1, runs=3, model_kwargs=small_resnet_kwargs,
                            num_calibration=2, verbose=False)
         rows = result["rows"]
         assert [(r["model"], r["format"], r["threads"]) for r in rows] == [
-            (m, f, t) for m in ("resnet50", "keras_mobilenetv2") for f in ("fp32", "int8") for t in (1, 2)
+            (m, f, t) for m in ("resnet50", "resnet50_max") for f in ("fp32", "int8") for t in (1, 2)
         ]
-        profiles = {"resnet50": pf_keras.profile(build_model("resnet50", model_kwargs=small_resnet_kwargs,
-                                                             image_size=32)),
-                    "keras_mobilenetv2": pf_keras.profile(build_model("keras_mobilenetv2", image_size=32))}
+        profiles = {name: pf_keras.profile(build_model(name, model_kwargs=small_resnet_kwargs, image_size=32))
+                    for name in ("resnet50", "resnet50_max")}
         reference = {(r["format"], r["threads"]): r["median_ms"] for r in rows if r["model"] == "resnet50"}
         for row in rows:
             assert row["min_ms"] <= row["median_ms"] <= row["p90_ms"]
@@ -80,6 +81,18 @@ class TestBenchmark:
         (tmp_path / "m" / "report.json").write_text('{"model": "m"}')
         with pytest.raises(ValueError, match=r"is not an export report"):
             benchmark_export_dir(str(tmp_path), output_dir=str(tmp_path / "out"))
+
+    def test_baselines(self):
+        import keras
+
+        for name, application in (("keras_mobilenetv2", keras.applications.MobileNetV2),
+                                  ("keras_resnet50", keras.applications.ResNet50)):
+            model = build_model(name, image_size=32)
+            reference = application(weights=None, input_shape=(32, 32, 3))
+            assert model.input_shape == (None, 32, 32, 3) and model.count_params() == reference.count_params()
+            keras.utils.clear_session()
+        with pytest.raises(ValueError, match=r"Baselines take no weights file and only float input"):
+            build_model("keras_resnet50", input_type="uint8")
 
     def test_errors(self, tmp_path, hybrid_export):
         with pytest.raises(ValueError, match=r"`models` must be names from .*Received: models=\['resnet18'\]"):

@@ -17,6 +17,7 @@ import pytest
 from conftest import fill_disk
 
 from pf_keras import fileio
+from pf_keras.cli import parse_model_kwargs
 from pf_keras_export import android, benchmark, benchmark_lib, validate
 from pf_keras_export import export as export_cli
 
@@ -52,6 +53,34 @@ def test_help_lists_exactly_the_tools_flags(tool, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"usage: {tool.PROG} ")
     assert set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_]*", out)) == FLAGS[tool]
+
+
+class TestModelKwargsGrammar:
+    """The one --model_kwargs grammar (pf_keras.cli.parse_model_kwargs): JSON object, k=v pairs, JSON file."""
+
+    def test_the_three_forms_agree(self, tmp_path):
+        expected = {"depths": [1, 1, 1, 1], "width_mult": 0.125, "input_shape": [64, 64, 3], "name": "tiny"}
+        (tmp_path / "kwargs.json").write_text(json.dumps(expected))
+        assert parse_model_kwargs(json.dumps(expected)) == expected
+        assert parse_model_kwargs("depths=[1,1,1,1], width_mult=0.125,input_shape=(64,64,3),name=tiny") == expected
+        assert parse_model_kwargs(str(tmp_path / "kwargs.json")) == expected
+        assert parse_model_kwargs("") == parse_model_kwargs(None) == {}
+
+    @pytest.mark.parametrize("text, message", [
+        ("[1, 2]", r"must be a JSON object, k=v pairs"),
+        ("width_mult", r"must be a JSON object, k=v pairs \(k=v,k2=v2\) or a JSON file path"),
+        ("{'depths': 1}", r"must be a JSON object, k=v pairs or a JSON file \(Expecting property name"),
+        ('{"a": 1', r"must be a JSON object, k=v pairs or a JSON file \("),
+        ("runs/x/model.json", r"JSON file does not exist"),
+    ])
+    def test_errors(self, text, message):
+        with pytest.raises(ValueError, match=message):
+            parse_model_kwargs(text)
+
+    def test_file_holding_a_list(self, tmp_path):
+        (tmp_path / "k.json").write_text("[1]")
+        with pytest.raises(ValueError, match=r"file must hold a JSON object"):
+            parse_model_kwargs(str(tmp_path / "k.json"))
 
 
 class TestErrorPolicy:
@@ -152,7 +181,7 @@ def _env_without_tf_settings() -> dict:
 
 class TestProcesses:
     def test_installed_command_from_another_folder_is_quiet(self, tmp_path):
-        command = [os.path.join(os.path.dirname(sys.executable), "pf-keras-export"), *TINY, "--formats", "fp32,int8",
+        command = [os.path.join(os.path.dirname(sys.executable), "pf-keras-export"), *TINY, "--formats", "int8",
                    "--num_calibration", "2", "--output_dir", "out"]
         result = subprocess.run(command, cwd=tmp_path, env=_env_without_tf_settings(), capture_output=True, text=True,
                                 timeout=300)

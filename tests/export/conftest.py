@@ -31,7 +31,7 @@ def hybrid_export(tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("hybrid")
     return export_model("resnet50_hybrid", output_dir=str(out), model_kwargs=small_resnet(), image_size=64,
-                        verbose=False)
+                        num_calibration=16, verbose=False)
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,7 @@ class TestExportModel:
 
         report = export_model("resnet50_hybrid", output_dir=str(tmp_path / "out"), weights=weights,
                               model_kwargs=str(tmp_path / "model.json"), input_type="uint8",
-                              formats="saved_model,fp32,int8", num_calibration=16, verbose=False)
+                              formats="saved_model,fp32,int8", num_calibration=8, verbose=False)
         files = _by_format(report)
         assert report["passed"] and report["input_type"] == "uint8"
         assert files["fp32"]["input"]["dtype"] == "uint8"

@@ -69,11 +69,11 @@ class TestAddingAFormat:
                              inspect=lambda path: ({}, []), run=_run_keras)
         formats.register(fmt)
         try:
-            report = export_model("resnet50_max", output_dir=str(tmp_path), formats="keras,fp32", image_size=32,
+            report = export_model("resnet50_max", output_dir=str(tmp_path), formats="keras", image_size=32,
                                   model_kwargs=small_resnet_kwargs, verbose=False)
         finally:
             del formats.FORMATS["keras"]
-        keras_entry = report["files"][0]
+        (keras_entry,) = report["files"]
         assert keras_entry["format"] == "keras" and keras_entry["passed"] and keras_entry["max_abs_diff"] == 0.0
         assert keras_entry["path"] == str(tmp_path / "resnet50_max" / "resnet50_max.keras")
         assert report["tolerances"]["keras"] == dataclasses.asdict(fmt.tolerance)
