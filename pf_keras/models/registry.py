@@ -57,6 +57,10 @@ def list_models(pattern: str | None = None, *, pretrained: bool | None = None) -
         >>> list_models("resnet*", pretrained=True)
         ['resnet50_hybrid', 'resnet50_max']
     """
+    if pattern is not None and not isinstance(pattern, str):
+        raise ValueError(f"`pattern` must be a shell-style pattern string such as '*max*'. Received: {pattern=}")
+    if pretrained not in (None, True, False):
+        raise ValueError(f"`pretrained` must be None, True or False. Received: {pretrained=}")
     names = list_specs(pretrained=pretrained)
     if pretrained is not True:
         names += list(_REGISTRY)

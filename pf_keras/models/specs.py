@@ -28,7 +28,6 @@ from pf_keras.imagenet import IMAGENET_MEAN, IMAGENET_STD
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 PAPER = "https://arxiv.org/abs/2202.02777"
 REFERENCE = "https://github.com/naver-ai/PfLayer/tree/008a096"
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 
 # Family -> its generic builder ("module:function"), imported on first use.
 FAMILY_BUILDERS = {

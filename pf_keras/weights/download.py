@@ -127,11 +127,6 @@ def _by_hand(spec: ModelSpec, checkpoint: Checkpoint, path: str) -> str:
     )
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0].strip() if text else "") or type(error).__name__
-
-
 def _reason(error: BaseException) -> str:
     """gdown's multi-line message as one line, without its advice (we keep no partial file to resume)."""
     text = " ".join(str(error).split())
@@ -179,10 +174,9 @@ def fetch_checkpoint(spec: ModelSpec, tag: str = "imagenet", *, quiet: bool = Fa
         try:
             verify_checkpoint(part, spec, checkpoint, quiet=quiet)
         except ValueError as error:
-            raise DownloadError(
-                f"refused the file downloaded from {checkpoint.url}: {_first_line(error).replace(part, 'it')}; "
-                f"nothing was cached"
-            ) from error
+            reason = " ".join(str(error).split()).replace(part, "it")
+            message = f"refused the file downloaded from {checkpoint.url}: {reason}; nothing was cached"
+            raise DownloadError(message) from error
         with fileio.atomic_path(path) as temp:
             os.replace(part, temp)
     finally:

@@ -73,6 +73,10 @@ class TestListModels:
                                                                    "vit_ti_max"]
         assert pf_keras.list_models("RESNET*") == []  # case-sensitive, like the names
         assert pf_keras.list_models() == sorted(PUBLISHED)
+        with pytest.raises(ValueError, match="shell-style pattern string.*Received: pattern=3"):
+            pf_keras.list_models(3)
+        with pytest.raises(ValueError, match="None, True or False. Received: pretrained='yes'"):
+            pf_keras.list_models(pretrained="yes")
 
     def test_registered_builders_are_listed_and_built(self, monkeypatch):
         monkeypatch.setattr(registry, "_REGISTRY", {})
