@@ -19,6 +19,7 @@ table with the runtime's actual delegation on every format of the test models.
 from __future__ import annotations
 
 import os
+import struct
 from collections import Counter
 
 import numpy as np
@@ -65,7 +66,7 @@ def read_model(content: bytes):
     try:
         model = schema.Model.GetRootAs(content, 0)
         model.SubgraphsLength()
-    except Exception as error:  # flatbuffers raises struct.error/IndexError on a damaged buffer
+    except (struct.error, IndexError, TypeError) as error:  # flatbuffers: offsets outside the buffer, bad numbers
         raise ValueError(f"damaged .tflite flatbuffer ({type(error).__name__}: {error})") from None
     return model
 
@@ -91,7 +92,7 @@ def _operators(content: bytes):
                 op = subgraph.Operators(o)
                 name, custom = codes[op.OpcodeIndex()]
                 ops.append((name, _data_input_type(subgraph, op, model, type_names), custom))
-    except (IndexError, UnicodeDecodeError) as error:
+    except (struct.error, IndexError, TypeError, UnicodeDecodeError) as error:  # as above, and bad names
         raise ValueError(f"damaged .tflite flatbuffer ({type(error).__name__}: {error})") from None
     return ops
 

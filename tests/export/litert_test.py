@@ -84,6 +84,24 @@ class TestDamagedFiles:
         with pytest.raises(ValueError, match=r"damaged .tflite flatbuffer"):
             litert.xnnpack_coverage(content[:4096])
 
+    def test_corrupted_bytes_are_read_or_refused_with_value_error(self, hybrid_export):
+        import random
+
+        content = _read(next(e["path"] for e in hybrid_export["files"] if e["format"] == "fp32"))
+        rng = random.Random(0)
+        refused = 0
+        for i in range(200):
+            damaged = bytearray(content[: rng.randrange(8, len(content))] if i % 3 == 0 else content)
+            for _ in range(0 if i % 3 == 0 else 20):
+                damaged[rng.randrange(8, 4000)] = rng.randrange(256)
+            try:
+                litert.tflite_ops(bytes(damaged))
+                litert.xnnpack_coverage(bytes(damaged))
+            except ValueError as error:
+                assert "tflite flatbuffer" in str(error)
+                refused += 1
+        assert refused > 100
+
     def test_runtime_refusal_is_one_value_error(self):
         with pytest.raises(ValueError, match=r"LiteRT cannot load model: The model is not a valid Flatbuffer buffer"):
             litert.interpreter(b"\0" * 160)
