@@ -1,0 +1,99 @@
+"""Where the CPU time of one training step goes: TensorFlow op types and layers, from a profiler trace.
+
+    python scripts/profile_train_step.py --model resnet50_max --image_size 32 --batch_size 128 --steps 3
+
+Runs the real ``training.benchmark`` train step (``Trainer``, SGD, synthetic data) under
+``tf.profiler`` after warm-up, reads the host trace (``.xplane.pb``) and prints the share of the
+summed op time per op type and per layer (from the op's name scope). Op times on parallel
+threads add up, so shares are relative within the run, not a wall-clock breakdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+
+if __package__ in (None, ""):  # run as a script: make `training` importable from the repo root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def op_times(trace_dir: str) -> list[tuple[str, str, float]]:
+    """(op name, op type, microseconds) of every TensorFlow op event in the host plane of a trace."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+    if not files:
+        raise ValueError(f"No profiler trace was written under {trace_dir}")
+    space = xplane_pb2.XSpace()
+    with open(files[0], "rb") as f:
+        space.ParseFromString(f.read())
+    events = []
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                op, _, kind = name.rpartition(":")
+                if not op or not kind.isidentifier() or " " in op or "::" in op or kind.startswith("__"):
+                    continue  # an executor / function / iterator span, not one op kernel
+                events.append((op, kind, event.duration_ps / 1e6))
+    return events
+
+
+def layer_of(op: str) -> str:
+    """The layer op of a TF op name, blocks merged (".../stage2_block3_spatial_pool_1/MaxPool" -> "spatial_pool")."""
+    for part in op.split("/"):
+        match = re.fullmatch(r"stage\d+_block\d+_(\w+?)(?:_\d+)?", part) or re.fullmatch(
+            r"((?:stem|predictions|avg_pool|max_pool)\w*?)(?:_\d+)?", part)
+        if match:
+            return match.group(1)
+    return "other (optimizer, loss, loop)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50_max")
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args(argv)
+    if min(args.image_size, args.batch_size, args.steps, args.top) < 1:
+        raise SystemExit("profile_train_step.py: sizes and counts must be >= 1")
+    import tensorflow as tf
+
+    from training import benchmark
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    trainer, iterator = benchmark.build_trainer(args.model, model_kwargs={}, image_size=args.image_size,
+                                                batch_size=args.batch_size, steps=args.steps + 2, strategy=strategy)
+    float(trainer.train_loop(iterator, tf.constant(2))[0])  # trace + warm up
+    with tempfile.TemporaryDirectory() as trace_dir:
+        tf.profiler.experimental.start(trace_dir)
+        float(trainer.train_loop(iterator, tf.constant(args.steps))[0])
+        tf.profiler.experimental.stop()
+        events = op_times(trace_dir)
+    total = sum(t for _, _, t in events)
+    by_kind, by_layer = collections.Counter(), collections.Counter()
+    for op, kind, t in events:
+        by_kind[kind] += t
+        by_layer[(layer_of(op), "grad" if "gradient" in op.lower() else "fwd")] += t
+    print(f"{args.model} {args.image_size}x{args.image_size} batch {args.batch_size}: "
+          f"{total / 1e3 / args.steps:.0f} ms of op time per step ({len(events)} op events)")
+    print(f"\n{'op type':<36} {'share':>7} {'ms/step':>9}")
+    for kind, t in by_kind.most_common(args.top):
+        print(f"{kind:<36} {t / total:>7.1%} {t / 1e3 / args.steps:>9.1f}")
+    print(f"\n{'layer op (all blocks)':<36} {'share':>7} {'ms/step':>9}")
+    for (part, phase), t in by_layer.most_common(args.top):
+        print(f"{part + ' ' + phase:<36} {t / total:>7.1%} {t / 1e3 / args.steps:>9.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
