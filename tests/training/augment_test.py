@@ -30,9 +30,13 @@ def _ra_cases(prefix: str):
             yield pytest.param(name, float(m), int(sign), key, id=f"{name}-m{m}-{'neg' if int(sign) < 0 else 'pos'}")
 
 
+_APPLY_OP = tf.function(augment.apply_op, reduce_retracing=True)  # traced once, not once per call
+
+
 def _apply(name: str, m: float, sign: int) -> np.ndarray:
-    index = augment.OP_NAMES.index(name)
-    return np.stack([augment.apply_op(tf.constant(im), index, m, sign).numpy() for im in IMAGES])
+    index = tf.constant(augment.OP_NAMES.index(name))
+    return np.stack([_APPLY_OP(tf.constant(im), index, tf.constant(m), tf.constant(float(sign))).numpy()
+                     for im in IMAGES])
 
 
 class TestRandAugmentOps:
@@ -73,9 +77,8 @@ class TestRandAugmentOps:
         a = augment.rand_augment(image, seed, magnitude=9, magnitude_std=0.5)
         np.testing.assert_array_equal(a.numpy(), augment.rand_augment(image, seed, magnitude=9, magnitude_std=0.5))
         np.testing.assert_array_equal(augment.rand_augment(image, seed, magnitude=9, prob=0.0).numpy(), IMAGES[0])
-        changed = [not np.array_equal(augment.rand_augment(image, tf.constant([i, 0], tf.int64), magnitude=9,
-                                                           num_ops=1, prob=0.5).numpy(), IMAGES[0])
-                   for i in range(60)]
+        one_op = tf.function(lambda s: augment.rand_augment(image, s, magnitude=9, num_ops=1, prob=0.5))
+        changed = [not np.array_equal(one_op(tf.constant([i, 0], tf.int64)).numpy(), IMAGES[0]) for i in range(60)]
         assert 0.25 < np.mean(changed) < 0.75  # each op applied with probability 0.5 (Invert etc. always change it)
 
 
@@ -95,8 +98,8 @@ class TestColorJitter:
 class TestRandomErasing:
     def test_box_distribution_matches_timm(self):
         ref = REF["erasing_boxes"].astype(np.float64)  # top, left, h, w of 2000 timm boxes on 224x224
-        boxes = np.stack([augment.erasing_box(tf.constant([224, 224]), tf.constant([i, 5], tf.int64))[0].numpy()
-                          for i in range(2000)])
+        sample = tf.function(lambda i: augment.erasing_box(tf.constant([224, 224]), tf.stack([i, 5]))[0])
+        boxes = tf.map_fn(sample, tf.range(2000, dtype=tf.int64), fn_output_signature=tf.float32).numpy()
         for col, name in enumerate(("top", "left", "height", "width")):
             for q in (0.1, 0.5, 0.9):  # quantiles within sampling noise (2000 draws each)
                 a, b = np.quantile(boxes[:, col], q), np.quantile(ref[:, col], q)
@@ -144,14 +147,15 @@ class TestMixupCutmix:
         cfg = recipes.get_recipe("deit300").data
         images = tf.random.stateless_normal([4, 12, 16, 3], [1, 2])
         targets = augment.smooth_one_hot(tf.constant([0, 1, 2, 3]), 10, 0.1)
+        mix = tf.function(lambda s, c: augment.mix_batch(images, targets, s, c))
         cut = 0
         for i in range(200):
-            mixed, t = augment.mix_batch(images, targets, tf.constant([i, 3], tf.int64), cfg)
+            mixed, t = mix(tf.constant([i, 3], tf.int64), cfg)
             np.testing.assert_allclose(tf.reduce_sum(t, -1), 1.0, atol=1e-5)
             cut += bool(np.any(mixed.numpy() == tf.reverse(images, [0]).numpy()))
         assert 0.38 < cut / 200 < 0.62  # switch probability 0.5
         mixup_only = dataclasses.replace(cfg, cutmix_alpha=0.0)
-        lams = [(float(augment.mix_batch(images, targets, tf.constant([i, 4], tf.int64), mixup_only)[1][0, 0]) - 0.01)
-                / 0.9 for i in range(300)]  # the weight of the image's own smoothed label
+        lams = [(float(mix(tf.constant([i, 4], tf.int64), mixup_only)[1][0, 0]) - 0.01) / 0.9
+                for i in range(300)]  # the weight of the image's own smoothed label
         # Beta(0.8, 0.8): mean 0.5, variance 1 / (4 (2 alpha + 1)) = 0.096
         assert abs(np.mean(lams) - 0.5) < 0.06 and abs(np.var(lams) - 0.096) < 0.025
