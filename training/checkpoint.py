@@ -248,6 +248,8 @@ class Checkpointer:
         return chosen + 1, ""
 
     def _set_aside(self, found: dict[int, list[str]], folder: str) -> None:
+        if not found:
+            return
         target = os.path.join(self.directory, folder)
         os.makedirs(target, exist_ok=True)
         for step in sorted(found):

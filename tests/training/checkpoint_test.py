@@ -264,6 +264,7 @@ class TestResumeChoice:
         summary, out, err = _resume(recipe, model_dir, capsys, max_steps=9)
         assert f"[train] {problem}; resuming from ckpt-8, the newest intact one" in err
         assert "at step 8 (epoch 1, batch 2)" in out and summary["step"] == 9
+        assert not os.path.exists(os.path.join(ckpts, "damaged"))  # nothing was damaged: no folder
 
     def test_no_intact_checkpoint_is_an_error_unless_restart_is_asked(self, trained, tmp_path, capsys):
         recipe, model_dir, ckpts = _copy(trained, tmp_path)

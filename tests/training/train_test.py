@@ -212,3 +212,29 @@ class TestAtomicResults:
             loop.append_line(path, json.dumps({"step": 2, "pad": "x" * 100_000}))
         with open(path) as f:
             assert f.read() == '{"step": 1}\n'
+
+
+class TestBadData:
+    def test_all_undecodable_training_files_stop_with_one_line_and_few_log_lines(self, tmp_path, images):
+        import subprocess
+        import sys
+
+        root = tmp_path / "bad"
+        for split in ("train", "val"):
+            (root / split / "a").mkdir(parents=True)
+        for i in range(6):
+            (root / "train" / "a" / f"x{i}.JPEG").write_bytes(b"" if i % 2 else b"\xff\xd8 truncated")
+        (root / "val" / "a" / "ok.JPEG").write_bytes(images.jpeg(np.full((40, 40, 3), 90, np.uint8)))
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", CUDA_VISIBLE_DEVICES="")  # every TF log line shows
+        env.pop("TF_CONFIG", None)
+        cmd = [sys.executable, "training/train.py", "--recipe", "demo", "--model_kwargs",
+               "depths=[1,1,1,1],width_mult=0.125", "--dataset", f"folder:{root}", "--batch_size", "2",
+               "--steps_per_epoch", "2", "--model_dir", str(tmp_path / "run")]
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 2, done.stderr[-3000:]
+        lines = done.stderr.splitlines()
+        assert lines[-1].startswith(f"train.py: error: The train data yielded no decodable image in 6 consecutive "
+                                    f"files of {root}/train (6 files listed); ")
+        assert lines[-1].endswith("Received: max_consecutive_skips=1000")
+        assert len(lines) < 60 and "Traceback" not in done.stderr  # TF's start-up lines, none per bad file
