@@ -60,8 +60,11 @@ def _jax_train_steps(model, xb: np.ndarray, runs: int) -> list[float]:
     return _timed(one, max(5, runs // 5))
 
 
-def measure(name: str, *, batch: int, image_size: int, runs: int, train: bool) -> dict:
+def measure(name: str, *, batch: int, image_size: int, runs: int, train: bool, max_pool_gradient: str = "auto") -> dict:
     model = pf_keras.create_model(name, input_shape=(image_size, image_size, 3), classifier_activation=None)
+    for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 (nested pools of the token mixers too)
+        if isinstance(layer, pf_keras.layers.MaxPool2D):
+            layer.gradient = max_pool_gradient  # read when the train step is traced
     x1 = np.random.default_rng(0).normal(size=(1, image_size, image_size, 3)).astype("float32")
     xb = np.random.default_rng(1).normal(size=(batch, image_size, image_size, 3)).astype("float32")
 
@@ -124,15 +127,23 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--dtype", default="float32", help="float32 | mixed_float16 | mixed_bfloat16")
     parser.add_argument("--no_train", action="store_true")
+    parser.add_argument("--max_pool_gradient", default="auto",
+                        help="auto | builtin | shifted | both (a row per gradient for models with max-pools)")
     args = parser.parse_args()
+    gradients = ["builtin", "shifted"] if args.max_pool_gradient == "both" else [args.max_pool_gradient]
+    if any(g not in pf_keras.layers.max_pool.GRADIENTS for g in gradients):
+        parser.error(f"--max_pool_gradient must be auto, builtin, shifted or both. Received: {args.max_pool_gradient}")
     keras.mixed_precision.set_dtype_policy(args.dtype)
     print(f"backend={keras.backend.backend()} keras={keras.__version__} dtype={args.dtype} "
           f"batch={args.batch} size={args.image_size} python={platform.python_version()}")
-    print("| model | params (M) | batch-1 latency (ms) | inference img/s | training img/s |\n|---|---|---|---|---|")
+    print("| model | max-pool gradient | params (M) | batch-1 latency (ms) | inference img/s | training img/s |\n"
+          "|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        r = measure(name, batch=args.batch, image_size=args.image_size, runs=args.runs, train=not args.no_train)
-        print(f"| {name} | {r['params_m']:.2f} | {r['latency_ms']:.2f} | {r['infer_img_s']:.0f} | "
-              f"{r.get('train_img_s', float('nan')):.0f} |", flush=True)
+        for gradient in gradients if name != "resnet50" else gradients[:1]:
+            r = measure(name, batch=args.batch, image_size=args.image_size, runs=args.runs, train=not args.no_train,
+                        max_pool_gradient=gradient)
+            print(f"| {name} | {gradient} | {r['params_m']:.2f} | {r['latency_ms']:.2f} | {r['infer_img_s']:.0f} | "
+                  f"{r.get('train_img_s', float('nan')):.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def op_times(trace_dir: str) -> list[tuple[str, str, float]]:
             for event in line.events:
                 name = plane.event_metadata[event.metadata_id].name
                 op, _, kind = name.rpartition(":")
-                if not op or not kind.isidentifier() or " " in op or "::" in op or kind.startswith("__"):
+                if not op or not kind.isidentifier() or " " in op or ":" in op or kind.startswith("__"):
                     continue  # an executor / function / iterator span, not one op kernel
                 events.append((op, kind, event.duration_ps / 1e6))
     return events

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keras
 
+from pf_keras.layers.batch_norm import BatchNormalization
 from pf_keras.layers.max_pool import MaxPool2D
 
 # PyTorch BatchNorm2d defaults (momentum 0.1 there is 1 - 0.9 here; eps 1e-5). The Keras
@@ -64,7 +65,8 @@ def apply_conv_bn(
         x = keras.layers.Conv2D(
             filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=f"{name}_conv"
         )(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+    # Keras BatchNormalization, trained with TensorFlow's fused kernel (pf_keras.layers.batch_norm).
+    x = BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     if activation is not None:
         x = keras.layers.Activation(activation, name=f"{name}_relu")(x)
     return x

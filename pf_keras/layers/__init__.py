@@ -1,5 +1,6 @@
 """Parameter-free primitives, transformer layers and small utility layers."""
 
+from pf_keras.layers.batch_norm import BatchNormalization
 from pf_keras.layers.drop_path import DropPath
 from pf_keras.layers.max_pool import MaxPool2D, max_pool_2d
 from pf_keras.layers.max_pool_token_mixer import MaxPoolTokenMixer
@@ -11,6 +12,7 @@ from pf_keras.layers.transformer_stack import MIXER_PATTERNS, apply_transformer_
 __all__ = [
     "MIXER_KINDS",
     "MIXER_PATTERNS",
+    "BatchNormalization",
     "DropPath",
     "MaxPool2D",
     "MaxPoolTokenMixer",
