@@ -130,7 +130,7 @@ def _run(case: str, strategy: tf.distribute.Strategy):
     per = META["batch"] // replicas
     elements = []
     for step in range(META["steps"]):
-        images, labels = GEN.batch(step, META["data_seed"], META["image" if case == "vit" else "resnet_image"])
+        images, labels = GEN.batch(step, META["data_seeds"][case], META["image" if case == "vit" else "resnet_image"])
         images = np.transpose(images, (0, 2, 3, 1))
         targets = _targets(case, labels, step, recipe)
         if case == "vit":
