@@ -84,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     for op, kind, t in events:
         by_kind[kind] += t
         by_layer[(layer_of(op), "grad" if "gradient" in op.lower() else "fwd")] += t
+    traces = trainer.train_loop.experimental_get_tracing_count()  # 1: the timed calls reused the warm-up graph
     print(f"{args.model} {args.image_size}x{args.image_size} batch {args.batch_size}: "
-          f"{total / 1e3 / args.steps:.0f} ms of op time per step ({len(events)} op events)")
+          f"{total / 1e3 / args.steps:.0f} ms of op time per step ({len(events)} op events); "
+          f"train_loop traced {traces}x")
     print(f"\n{'op type':<36} {'share':>7} {'ms/step':>9}")
     for kind, t in by_kind.most_common(args.top):
         print(f"{kind:<36} {t / total:>7.1%} {t / 1e3 / args.steps:>9.1f}")
