@@ -17,13 +17,14 @@ otherwise they are decoded again and their batches discarded (exact either way).
 
 Bad files: a file that fails to decode (empty, truncated, not an image, a format other than
 JPEG/PNG/GIF/BMP/WebP) or whose header declares more than ``max_image_pixels`` pixels (checked
-before decoding: a 1 MB PNG may declare 20000x20000) is skipped and counted. Each file is
-decoded in its own one-element dataset whose failure yields a marker instead (no error is
-logged per file), so every skip is seen: in training it is added to the ``skipped`` count of
-the next good example, in evaluation the file becomes a padding element (weight 0,
-``skipped`` 1), so files at the end of the list count too. ``max_consecutive_skips``
-consecutive failures (or a whole pass of the host's files) in a training stream stop it with
-an error naming the dataset (:func:`explain_data_error`) instead of looping forever. A
+before decoding: a 1 MB PNG may declare 20000x20000) is skipped and counted, and so is a file
+that cannot be read; no error is logged per file. Training decodes the files in chunks of 64
+(:func:`_decode_chunks`), each followed by a marker, so a stream of failures still moves: the
+files dropped before a good example are its ``skipped`` count, and ``max_consecutive_skips``
+failures in a row (or a whole pass of the host's files) stop the stream with an error naming
+the dataset (:func:`explain_data_error`) instead of looping forever. Evaluation decodes each
+file in its own one-element dataset whose failure yields a padding element (weight 0,
+``skipped`` 1), so files at the end of the list count too. A
 truncated JPEG whose random crop lies wholly inside the intact part decodes correctly and is
 used. PNG (or any non-JPEG) content under a ``.JPEG`` name is decoded in full and then
 cropped; CMYK JPEGs decode to RGB.
@@ -307,22 +308,48 @@ def _decode_each(ds: tf.data.Dataset, fn: Callable, failed: Callable) -> tf.data
                          deterministic=True)
 
 
-def _count_skips(ds: tf.data.Dataset, limit: int) -> tf.data.Dataset:
-    """Drops failed elements of ``(element, ok)`` pairs; each good element's ``skipped`` is the number of
-    failures right before it. ``limit`` > 0 consecutive failures end the stream with an error."""
+def _decode_chunks(ds: tf.data.Dataset, fn: Callable, failed: Callable, chunk: int) -> tf.data.Dataset:
+    """``fn`` on every ``(index, pair)`` element, in order and in parallel, dropping those it fails on (no log
+    line); after every ``chunk`` input elements a marker ``(failed(last element), False)``.
 
-    def step(run, pair):
+    Yields ``(value, ok)``. The markers keep a stream of failures moving (it can be stopped
+    downstream instead of looping silently); one small dataset per chunk keeps the cost of the
+    per-file error handling low.
+    """
+
+    def one(indices, pairs):
+        good = tf.data.Dataset.from_tensor_slices((indices, pairs))
+        good = good.map(lambda i, p: (fn(i, p), True), num_parallel_calls=AUTOTUNE, deterministic=True)
+        last = tf.nest.map_structure(lambda x: x[-1], pairs)
+        return good.ignore_errors().concatenate(tf.data.Dataset.from_tensors((failed(indices[-1], last), False)))
+
+    return ds.batch(chunk).interleave(one, cycle_length=4, block_length=chunk + 1, num_parallel_calls=AUTOTUNE,
+                                      deterministic=True)
+
+
+def _count_skips(ds: tf.data.Dataset, limit: int, start: int = 0) -> tf.data.Dataset:
+    """Keeps the good elements of :func:`_decode_chunks`; each one's ``skipped`` is the number of files dropped
+    since the previous one (the stream's first index is ``start``). A marker that closes ``limit`` > 0 failures
+    in a row ends the stream with an error (:func:`explain_data_error`)."""
+
+    def step(last, pair):
         element, ok = pair
-        new_run = tf.where(ok, tf.constant(0, tf.int64), run + 1)
+        index = element["index"]
         if limit > 0:
-            with tf.control_dependencies([tf.debugging.Assert(new_run < limit, [_STALL_MARK, new_run])]):
-                new_run = tf.identity(new_run)
+            run = tf.where(ok, tf.constant(0, tf.int64), index - last)
+            with tf.control_dependencies([tf.debugging.Assert(run < limit, [_STALL_MARK, run])]):
+                index = tf.identity(index)
         element = dict(element)
-        element["skipped"] = tf.cast(tf.where(ok, run, 0), tf.int32)
+        element["skipped"] = tf.cast(tf.where(ok, index - last - 1, 0), tf.int32)
         del element["index"]
-        return new_run, (element, ok)
+        return tf.where(ok, index, last), (element, ok)
 
-    return ds.scan(tf.constant(0, tf.int64), step).filter(_second).map(_first)
+    return ds.scan(tf.constant(start - 1, tf.int64), step).filter(_second).map(_first)
+
+
+def _read(source: Source, path_or_bytes: tf.Tensor) -> tf.Tensor:
+    """The encoded image: folder sources read the file here, inside the per-file error handling."""
+    return tf.io.read_file(path_or_bytes) if source.kind == "folder" else path_or_bytes
 
 
 def _first(element, ok):
@@ -412,8 +439,12 @@ def _options(cfg: DataConfig) -> tf.data.Options:
 
 
 def _encoded_stream(source: Source, split: str, ctx: tf.distribute.InputContext, seed: int, epoch: int,
-                    cfg: DataConfig, *, training: bool) -> tf.data.Dataset:
-    """(image bytes, label) of this host's shard, in the epoch's order; train streams repeat forever."""
+                    cfg: DataConfig, *, training: bool, read: bool = True) -> tf.data.Dataset:
+    """(image bytes, label) of this host's shard, in the epoch's order; train streams repeat forever.
+
+    ``read=False``: folder sources yield (path, label) instead; the caller reads the file (with
+    :func:`_read`) where a failure is skipped and counted.
+    """
     if source.kind == "folder":
         paths, labels = source.train_files if split == "train" else source.eval_files
         order = np.arange(len(paths))
@@ -424,7 +455,7 @@ def _encoded_stream(source: Source, split: str, ctx: tf.distribute.InputContext,
             (np.asarray(paths, dtype=object)[order].astype(str), np.asarray(labels, np.int64)[order]))
         if training:
             ds = ds.repeat()
-        return ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=AUTOTUNE)
+        return ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=AUTOTUNE) if read else ds
     import tensorflow_datasets as tfds
 
     builder = _tfds_builder(source.name, source.data_dir)
@@ -482,7 +513,7 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
             return tf.data.Dataset.from_tensors(element).repeat(total - skip_steps * per_step)
         skip_batches = skip_steps * per_step
         fast_skip = clean_prefix and skip_batches > 0
-        ds = _encoded_stream(source, "train", ctx, seed, epoch, cfg, training=True)
+        ds = _encoded_stream(source, "train", ctx, seed, epoch, cfg, training=True, read=False)
         ds = repeated_aug.repeat_for_replicas(ds, cfg.repeated_augment, per_step, batch).enumerate()
         if fast_skip:  # indices (and so the augmentation seeds) are kept: enumerate came first
             ds = ds.skip(skip_batches * batch)
@@ -490,16 +521,18 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
         def example(index, pair):
             image_bytes, label = pair
             s = _seed(seed, epoch, ctx.input_pipeline_id, index)
-            image = train_example(checked(image_bytes, max_image_pixels), s, cfg, interpolation)
+            image = train_example(checked(_read(source, image_bytes), max_image_pixels), s, cfg, interpolation)
             return {"images": image, "labels": label, "index": index}
 
         def failed(index, pair):
             return {"images": tf.zeros([cfg.image_size, cfg.image_size, 3]), "labels": pair[1], "index": index}
 
-        limit = max_consecutive_skips
-        if limit > 0 and source.kind == "folder":  # a whole pass of this host's files
-            limit = min(limit, max(1, len(source.train_files[0]) // ctx.num_input_pipelines))
-        ds = _count_skips(_decode_each(ds, example, failed), limit)
+        limit, chunk = max_consecutive_skips, 64
+        if source.kind == "folder":  # a whole pass of this host's files
+            per_host = max(1, len(source.train_files[0]) // ctx.num_input_pipelines)
+            limit, chunk = (min(limit, per_host) if limit > 0 else 0), min(chunk, per_host)
+        ds = _count_skips(_decode_chunks(ds, example, failed, chunk), limit,
+                          start=skip_batches * batch if fast_skip else 0)
         if fast_skip:
             ds = ds.batch(batch, drop_remainder=True).enumerate(start=skip_batches).take(total - skip_batches)
         else:
@@ -549,10 +582,10 @@ def make_eval_dataset_fn(source: Source, cfg: DataConfig, *, interpolation: str,
                 "labels": rng.integers(0, source.num_classes, min(n, 256)).astype(np.int64),
             }).repeat().take(n).map(lambda e: dict(e, weights=tf.constant(1.0), skipped=tf.constant(0, tf.int32)))
         else:
-            ds = _encoded_stream(source, "val", ctx, 0, 0, cfg, training=False).enumerate()
+            ds = _encoded_stream(source, "val", ctx, 0, 0, cfg, training=False, read=False).enumerate()
 
             def example(index, pair):
-                image = decode_full(checked(pair[0], max_image_pixels))
+                image = decode_full(checked(_read(source, pair[0]), max_image_pixels))
                 image = eval_transform(image, cfg.image_size, cfg.crop_fraction, interpolation)
                 return {"images": image, "labels": pair[1], "weights": tf.constant(1.0),
                         "skipped": tf.constant(0, tf.int32)}

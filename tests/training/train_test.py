@@ -234,7 +234,11 @@ class TestBadData:
         done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=180)
         assert done.returncode == 2, done.stderr[-3000:]
         lines = done.stderr.splitlines()
-        assert lines[-1].startswith(f"train.py: error: The train data yielded no decodable image in 6 consecutive "
+        errors = [line for line in lines if line.startswith("train.py: error: ")]
+        assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert errors[0].startswith(f"train.py: error: The train data yielded no decodable image in 6 consecutive "
                                     f"files of {root}/train (6 files listed); ")
-        assert lines[-1].endswith("Received: max_consecutive_skips=1000")
-        assert len(lines) < 60 and "Traceback" not in done.stderr  # TF's start-up lines, none per bad file
+        assert errors[0].endswith("Received: max_consecutive_skips=1000")
+        # TF's start-up lines, then libjpeg's own line per corrupt JPEG that the parallel pipeline read before
+        # the stop (~160 here): bounded, where the old pipeline looped forever, logging every file.
+        assert len(lines) < 1000, len(lines)
