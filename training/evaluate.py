@@ -38,7 +38,8 @@ from training.recipes import DataConfig, parse_kwargs
 def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: str | None = None,
              model_kwargs: dict[str, Any] | None = None, batch_size: int = 250, image_size: int = 0,
              crop_fraction: float = 0.0, interpolation: str = "", eval_examples: int = 0,
-             strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
+             strategy: tf.distribute.Strategy | None = None,
+             max_image_pixels: int = data_lib.MAX_IMAGE_PIXELS) -> dict[str, Any]:
     """Top-1/top-5 of ``model_name`` with ``weights`` on the validation split of ``dataset``.
 
     Args:
@@ -53,6 +54,7 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
         interpolation: str. "" = the preset's (bilinear for ResNets, bicubic for ViT/PiT).
         eval_examples: int. Evaluate only this many images (0 = all).
         strategy: tf.distribute.Strategy or None. Defaults to one device.
+        max_image_pixels: int. Images whose header declares more pixels are skipped (0 = no limit).
 
     Returns:
         ``{"top1", "top5", "loss", "examples", "skipped", ...}``.
@@ -63,9 +65,9 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
-    if image_size < 0 or eval_examples < 0:
-        raise ValueError(f"`image_size` and `eval_examples` must be >= 0. Received: image_size={image_size}, "
-                         f"eval_examples={eval_examples}")
+    if image_size < 0 or eval_examples < 0 or max_image_pixels < 0:
+        raise ValueError(f"`image_size`, `eval_examples` and `max_image_pixels` must be >= 0. Received: "
+                         f"image_size={image_size}, eval_examples={eval_examples}, max_image_pixels={max_image_pixels}")
     if not (math.isfinite(crop_fraction) and 0 <= crop_fraction <= 1):
         raise ValueError(
             f"`crop_fraction` must be in (0, 1] (0 = the preset's). Received: crop_fraction={crop_fraction}"
@@ -97,7 +99,8 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
             raise ValueError(f"cannot load weights {weights}: {one_line(error)[:500]}. Received: weights={weights!r}"
                              ) from None
     evaluator = loop_lib.Evaluator(strategy, model)
-    result = evaluator.evaluate(data_lib.make_eval_dataset_fn(source, cfg, interpolation=interpolation),
+    result = evaluator.evaluate(data_lib.make_eval_dataset_fn(source, cfg, interpolation=interpolation,
+                                                              max_image_pixels=max_image_pixels),
                                 data_lib.eval_steps(source, cfg))
     return {
         "model": model_name, "weights": weights, "dataset": dataset, "top1": result["val_top1"],
@@ -182,7 +185,8 @@ def _main(f) -> int:
             loop_lib.configure_cpu_replicas(f.num_replicas)
         strategy = loop_lib.create_strategy(f.strategy, num_replicas=f.num_replicas, tpu=f.tpu)
     result = evaluate(name, weights=weights, dataset=f.dataset, data_dir=f.data_dir, model_kwargs=kwargs,
-                      batch_size=f.batch_size, eval_examples=f.eval_examples, strategy=strategy, **extra)
+                      batch_size=f.batch_size, eval_examples=f.eval_examples, strategy=strategy,
+                      max_image_pixels=f.max_image_pixels, **extra)
     print(f"{name}: top-1 {100 * result['top1']:.2f} %  top-5 {100 * result['top5']:.2f} %  "
           f"({result['examples']} images, {result['skipped']} skipped)")
     if f.output:
@@ -211,6 +215,8 @@ def define_flags(fv) -> None:
     flags.DEFINE_integer("num_replicas", 0, "mirrored: logical CPU devices / GPUs.", flag_values=fv)
     flags.DEFINE_string("tpu", "", "TPU address.", flag_values=fv)
     flags.DEFINE_string("output", "", "Write the result as JSON here.", flag_values=fv)
+    flags.DEFINE_integer("max_image_pixels", data_lib.MAX_IMAGE_PIXELS, "Skip images whose header declares more "
+                         "pixels (0 = no limit).", flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
