@@ -292,7 +292,8 @@ print(sum(float(tf.reduce_sum(b["weights"])) for b in batches), sum(int(tf.reduc
         assert done.returncode == 0, done.stderr[-3000:]
         weights, skipped, train_skipped, peak_kib = done.stdout.split()
         assert (float(weights), int(skipped), train_skipped) == (3.0, 1, "True")
-        assert int(peak_kib) < 1_500_000  # decoding it would take 1.2 GB (uint8) + 4.8 GB (float)
+        # TensorFlow alone peaks at ~0.9-1.5 GB here; decoding the PNG would add 1.2 GB (uint8) + 4.8 GB (float).
+        assert int(peak_kib) < 2_500_000
 
     def test_undecodable_files_at_the_end_of_the_val_list_are_counted(self, tmp_path, images):
         root = tmp_path / "tail"

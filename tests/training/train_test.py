@@ -238,7 +238,8 @@ class TestBadData:
         assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
         assert errors[0].startswith(f"train.py: error: The train data yielded no decodable image in 6 consecutive "
                                     f"files of {root}/train (6 files listed); ")
-        assert errors[0].endswith("Received: max_consecutive_skips=1000")
+        # (libjpeg's messages come from pipeline threads still running and may land on the same line)
+        assert "the pixel limit. Received: max_consecutive_skips=1000" in errors[0]
         # TF's start-up lines, then libjpeg's own line per corrupt JPEG that the parallel pipeline read before
         # the stop (~160 here): bounded, where the old pipeline looped forever, logging every file.
         assert len(lines) < 1000, len(lines)
