@@ -1,7 +1,8 @@
-"""Packaging for pf_keras and its export front end.
+"""Packaging for pf_keras and its two front ends.
 
-``export/`` is installed as the package ``pf_keras_export`` (not under a generic top-level name
-such as ``export``), with console scripts; ``training/`` is a runnable front end, not installed yet.
+``export/`` and ``training/`` are installed as the packages ``pf_keras_export`` and
+``pf_keras_training`` (not under generic top-level names such as ``export`` or ``training``),
+with console scripts; ``python training/train.py ...`` keeps working in the repository.
 """
 
 from setuptools import find_packages, setup
@@ -14,8 +15,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11,<3.13",  # keras>=3.13 itself requires Python>=3.11
-    packages=[*find_packages(include=["pf_keras", "pf_keras.*"]), "pf_keras_export"],
-    package_dir={"pf_keras_export": "export"},
+    packages=[*find_packages(include=["pf_keras", "pf_keras.*"]), "pf_keras_export", "pf_keras_training"],
+    package_dir={"pf_keras_export": "export", "pf_keras_training": "training"},
     install_requires=[
         "tensorflow>=2.19,<2.22",
         "keras>=3.13",
@@ -41,6 +42,11 @@ setup(
             "pf-keras-validate=pf_keras_export.validate:main",
             "pf-keras-benchmark=pf_keras_export.benchmark:main",
             "pf-keras-android=pf_keras_export.android:main",
+            "pf-keras-train=pf_keras_training.train:main",
+            "pf-keras-evaluate=pf_keras_training.evaluate:main",
+            "pf-keras-train-benchmark=pf_keras_training.benchmark:main",
+            "pf-keras-study=pf_keras_training.study:cli",
+            "pf-keras-gradcam=pf_keras.gradcam:cli",
         ]
     },
     classifiers=[

@@ -7,9 +7,8 @@ model has its ``preprocessing`` layer inside).
 Dataset forms (the ``--dataset`` flag, the same strings the training front end accepts):
 
 - ``None`` / ``"builtin"``: the built-in default data: the training split of the training front
-  end's builtin dataset (``builtin_data.ensure()``, generated on first use) when that module is
-  importable (:data:`BUILTIN_DATA_MODULES`); otherwise the procedural images of :func:`procedural_images` (no files,
-  no downloads, same pixels on every machine).
+  end's builtin dataset (``pf_keras_training.builtin_data.ensure()``, generated on first use; no
+  downloads, same pixels on every machine).
 - ``"synthetic"``: uniform random pixels (seeded); a poor calibration set, but dependency-free.
 - ``"folder:PATH"``: image files under PATH (any depth; jpg, jpeg, png, bmp, gif), sorted, then a
   seeded pick.
@@ -27,6 +26,7 @@ import os
 import numpy as np
 
 from pf_keras.preprocessing import normalize, resize_and_crop
+from pf_keras_training import builtin_data
 
 CROP_FRACTION = 0.875  # Reference eval transform: resize to 256, centre crop 224.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -148,23 +148,9 @@ def tfds_images(name: str, num: int, size: int, *, seed: int = 0, data_dir: str 
     return np.stack(images)
 
 
-# Where the training front end's builtin dataset generator may be importable from: installed
-# (once training/ is packaged as pf_keras_training), or the repository's training/ folder
-# when it is on sys.path (e.g. a Python session started at the repository root).
-BUILTIN_DATA_MODULES = ("pf_keras_training.builtin_data", "training.builtin_data")
-
-
 def builtin_images(num: int, size: int, *, seed: int = 0) -> np.ndarray:
-    """The built-in default images: the training front end's builtin dataset, else procedural ones."""
-    import importlib
-
-    for name in BUILTIN_DATA_MODULES:
-        try:
-            builtin_data = importlib.import_module(name)
-        except ImportError:
-            continue
-        return folder_images(os.path.join(builtin_data.ensure(), "train"), num, size, seed=seed)
-    return procedural_images(num, size, seed=seed)
+    """The built-in default images: the training split of the training front end's builtin dataset."""
+    return folder_images(os.path.join(builtin_data.ensure(), "train"), num, size, seed=seed)
 
 
 def load_images(

@@ -253,7 +253,7 @@ def _load_model(spec: str, weights: str | None) -> tuple[keras.Model, list[str]]
 
 def main(argv: list[str]) -> int:
     """Writes ``<out_dir>/<image stem>_gradcam.png`` (the heatmap over the image at its own size) per image."""
-    parser = argparse.ArgumentParser(prog="python -m pf_keras.gradcam", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pf-keras-gradcam", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
     parser.add_argument("--model", required=True,
                         help="registry name (with --weights), a .keras file or a training/train.py run folder")
@@ -290,5 +290,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """Entry point of ``pf-keras-gradcam``: :func:`main` under the one error policy (pf_keras.cli.run_cli)."""
+    return run_cli(main, argv, prog="pf-keras-gradcam")
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main, prog="python -m pf_keras.gradcam"))
+    sys.exit(cli())

@@ -23,9 +23,6 @@ import sys
 import tempfile
 import time
 
-if __package__ in (None, ""):  # run as a script: make `training` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 WIDTH, HEIGHT, QUALITY = 500, 375, 90
 PYTHON_OPS = (b"GeneratorDataset", b"PyFunc", b"EagerPyFunc")
 
@@ -88,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("thread counts must be >= 1")
     import tensorflow as tf
 
-    from training import data as data_lib
-    from training import recipes as recipes_lib
+    from pf_keras_training import data as data_lib
+    from pf_keras_training import recipes as recipes_lib
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.folder or tmp

@@ -16,9 +16,6 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: make `pf_keras` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -20,9 +20,6 @@ import subprocess
 import sys
 import tempfile
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 MODELS = ("resnet50", "resnet50_max", "resnet50_hybrid")
 CONVERTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "litert_torch_convert.py")
 

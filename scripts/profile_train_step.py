@@ -18,9 +18,6 @@ import re
 import sys
 import tempfile
 
-if __package__ in (None, ""):  # run as a script: make `training` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def op_times(trace_dir: str) -> list[tuple[str, str, float]]:
     """(op name, op type, microseconds) of every TensorFlow op event in the host plane of a trace."""
@@ -68,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("profile_train_step.py: sizes and counts must be >= 1")
     import tensorflow as tf
 
-    from training import benchmark
+    from pf_keras_training import benchmark
 
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     trainer, iterator = benchmark.build_trainer(args.model, model_kwargs={}, image_size=args.image_size,

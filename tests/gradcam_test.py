@@ -13,7 +13,7 @@ from PIL import Image
 import pf_keras
 from pf_keras.cli import run_cli
 from pf_keras.gradcam import box_iou, feature_layer, grad_cam, heatmap_box, main, write_overlay
-from training import builtin_data
+from pf_keras_training import builtin_data
 
 
 def _builtin(split: str, per_class: int):

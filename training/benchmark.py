@@ -29,19 +29,16 @@ import sys
 import time
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `training` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import keras
 import tensorflow as tf
 
 from pf_keras import fileio
-from training import cli_main
-from training import data as data_lib
-from training import evaluate as evaluate_lib
-from training import loop as loop_lib
-from training import recipes as recipes_lib
-from training import train as train_lib
+from pf_keras_training import cli_main
+from pf_keras_training import data as data_lib
+from pf_keras_training import evaluate as evaluate_lib
+from pf_keras_training import loop as loop_lib
+from pf_keras_training import recipes as recipes_lib
+from pf_keras_training import train as train_lib
 
 
 def build_trainer(model_name: str, *, model_kwargs: dict[str, Any], image_size: int, batch_size: int, steps: int,

@@ -48,9 +48,9 @@ import numpy as np
 import tensorflow as tf
 
 import pf_keras
-from training import builtin_data, repeated_aug
-from training.augment import color_jitter, mix_batch, rand_augment, random_erasing
-from training.recipes import DataConfig
+from pf_keras_training import builtin_data, repeated_aug
+from pf_keras_training.augment import color_jitter, mix_batch, rand_augment, random_erasing
+from pf_keras_training.recipes import DataConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
 MAX_IMAGE_PIXELS = 40_000_000  # 40 MP: above any ImageNet image (the largest is ~ 4300x6000 = 26 MP)

@@ -21,18 +21,15 @@ import sys
 import tempfile
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `training` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import tensorflow as tf
 
 import pf_keras
 from pf_keras import fileio
 from pf_keras.cli import one_line
-from training import cli_main
-from training import data as data_lib
-from training import loop as loop_lib
-from training.recipes import DataConfig, parse_kwargs
+from pf_keras_training import cli_main
+from pf_keras_training import data as data_lib
+from pf_keras_training import loop as loop_lib
+from pf_keras_training.recipes import DataConfig, parse_kwargs
 
 
 def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: str | None = None,

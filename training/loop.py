@@ -30,9 +30,9 @@ import keras
 import tensorflow as tf
 
 from pf_keras import fileio
-from training import optim as optim_lib
-from training import recipes as recipes_lib
-from training.recipes import Recipe
+from pf_keras_training import optim as optim_lib
+from pf_keras_training import recipes as recipes_lib
+from pf_keras_training.recipes import Recipe
 
 STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
 

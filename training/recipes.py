@@ -249,41 +249,17 @@ def _parse_value(text: str, annotation: Any, key: str) -> Any:
 
 
 def parse_kwargs(text: str, *, key: str = "model_kwargs") -> dict[str, Any]:
-    """Parses a JSON object or a comma list ``k=v,k2=v2`` (values read as JSON when they parse).
+    """Builder overrides in the one ``--model_kwargs`` grammar (:func:`pf_keras.cli.parse_model_kwargs`).
+
+    A JSON object, ``k=v`` pairs (values read as JSON when they parse) or the path of a JSON file.
 
     Example:
         >>> parse_kwargs('depths=[1,1,1,1],width_mult=0.125')
         {'depths': [1, 1, 1, 1], 'width_mult': 0.125}
     """
-    text = text.strip()
-    if not text:
-        return {}
-    if text.startswith("{"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"`{key}` must be a JSON object or k=v pairs ({e}). Received: {key}={text!r}") from None
-        return dict(value)
-    result: dict[str, Any] = {}
-    depth, start, parts = 0, 0, []
-    for i, ch in enumerate(text):  # split on commas outside brackets
-        depth += ch in "[({"
-        depth -= ch in "])}"
-        if ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    for part in parts:
-        if "=" not in part:
-            raise ValueError(f"`{key}` items must look like name=value. Received: {key}={text!r}")
-        name, raw = part.split("=", 1)
-        raw = raw.strip()
-        try:
-            value = json.loads(raw.replace("(", "[").replace(")", "]"))
-        except json.JSONDecodeError:
-            value = raw
-        result[name.strip()] = value
-    return result
+    from pf_keras.cli import parse_model_kwargs  # imports Keras: only when a recipe has kwargs to parse
+
+    return parse_model_kwargs(text, key=key)
 
 
 def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:

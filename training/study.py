@@ -46,17 +46,14 @@ import tempfile
 import time
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `training` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import numpy as np
 
 import pf_keras
 from pf_keras import fileio
 from pf_keras.blocks import BLOCK_KINDS
 from pf_keras.cli import PREEMPTED_EXIT, run_cli
-from training import recipes as recipes_lib
-from training import train as train_lib
+from pf_keras_training import recipes as recipes_lib
+from pf_keras_training import train as train_lib
 
 # The study's default grid: every spatial op in every block (the paper's Table 1 columns),
 # "efficient" being the hybrid rule (max-pool, avg-pool + conv where the network downsamples).
@@ -313,7 +310,7 @@ def run_study(cells: list[Cell], out_dir: str, base: recipes_lib.Recipe, *, tfli
 
 def main(argv: list[str]) -> int:
     """Parses the flags, runs :func:`run_study`, prints the Markdown table."""
-    parser = argparse.ArgumentParser(prog="training/study.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pf-keras-study", description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--cell", action="append", default=[], help="NAME=SPEC (repeatable); default: one per op")
     parser.add_argument("--dataset", default="builtin", help="builtin, folder:PATH, synthetic or a TFDS name")
@@ -352,5 +349,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """Entry point of ``pf-keras-study``: :func:`main` under the one error policy (pf_keras.cli.run_cli)."""
+    return run_cli(main, argv, prog="pf-keras-study")
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main, prog="training/study.py"))
+    sys.exit(cli())

@@ -32,22 +32,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `training` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import keras
 import tensorflow as tf
 
 import pf_keras
 from pf_keras import fileio
 from pf_keras.cli import one_line
-from training import checkpoint as checkpoint_lib
-from training import cli_main
-from training import data as data_lib
-from training import lock as lock_lib
-from training import loop as loop_lib
-from training import recipes as recipes_lib
-from training.recipes import Recipe
+from pf_keras_training import checkpoint as checkpoint_lib
+from pf_keras_training import cli_main
+from pf_keras_training import data as data_lib
+from pf_keras_training import lock as lock_lib
+from pf_keras_training import loop as loop_lib
+from pf_keras_training import recipes as recipes_lib
+from pf_keras_training.recipes import Recipe
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers restart the job, which then resumes

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training import benchmark, data, loop, recipes
+from pf_keras_training import benchmark, data, loop, recipes
 
 
 class TestBenchmark:

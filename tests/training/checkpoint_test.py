@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from pf_keras import fileio
-from training import checkpoint, loop, recipes, train
+from pf_keras_training import checkpoint, loop, recipes, train
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_worker.py")
 

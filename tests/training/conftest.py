@@ -1,23 +1,16 @@
-"""Helpers of the training tests: the repo root on sys.path, 2 logical CPUs, tiny datasets and recipes."""
+"""Helpers of the training tests: 2 logical CPUs, tiny datasets and recipes."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import socket
-import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:  # `training/` is a folder of scripts, not an installed package
-    sys.path.insert(0, REPO)
-
-import tensorflow as tf  # noqa: E402
-
-from training import builtin_data, recipes  # noqa: E402
+from pf_keras_training import builtin_data, recipes
 
 # The mirrored tests need two logical CPU devices, which must exist before TensorFlow starts.
 try:
@@ -106,6 +99,6 @@ def port_picker():
 def mirrored_strategy():
     """One MirroredStrategy over 2 logical CPUs for the whole session: two strategies over the
     same devices in one process share collective group keys, and their all-reduces collide."""
-    from training import loop
+    from pf_keras_training import loop
 
     return loop.create_strategy("mirrored", num_replicas=2)

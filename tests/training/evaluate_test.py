@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from training import evaluate, loop, train
+from pf_keras_training import evaluate, loop, train
 
 
 class TestEvaluate:

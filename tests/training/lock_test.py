@@ -13,7 +13,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from training import lock, recipes, train
+from pf_keras_training import lock, recipes, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_worker.py")

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from training import loop, recipes, train
+from pf_keras_training import loop, recipes, train
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_worker.py")
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from training import recipes
+from pf_keras_training import recipes
 
 
 class TestRecipes:
@@ -103,7 +103,7 @@ class TestRecipes:
     def test_in_graph_lr_matches(self):
         import tensorflow as tf
 
-        from training import loop
+        from pf_keras_training import loop
 
         for name in ("resnet90", "deit300", "demo"):
             r = recipes.get_recipe(name)
@@ -123,7 +123,7 @@ class TestRecipes:
         assert recipes.parse_kwargs('{"a": [1, 2]}') == {"a": [1, 2]}
         assert recipes.parse_kwargs("depths=(1,1,1,1),width_mult=0.125,name=x") == {
             "depths": [1, 1, 1, 1], "width_mult": 0.125, "name": "x"}
-        with pytest.raises(ValueError, match=r"name=value. Received: model_kwargs='depths'"):
+        with pytest.raises(ValueError, match=r"k=v pairs \(k=v,k2=v2\) or a JSON file path. Received: model_kwargs=.depths."):
             recipes.parse_kwargs("depths")
 
     def test_recipes_are_frozen(self):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import data, recipes, repeated_aug
+from pf_keras_training import data, recipes, repeated_aug
 
 
 def _rasampler(order: np.ndarray, repeats: int, replicas: int, rank: int) -> np.ndarray:

@@ -18,12 +18,10 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from pf_keras.cli import run_cli  # noqa: E402
-from training import data, recipes, train  # noqa: E402
+from pf_keras.cli import run_cli
+from pf_keras_training import data, recipes, train
 
 
 def _stalled_input(marker: str):

@@ -11,7 +11,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from training import benchmark
+from pf_keras_training import benchmark
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 import pf_keras
-from training import loop, recipes
+from pf_keras_training import loop, recipes
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 
@@ -81,7 +81,7 @@ def _recipe(case: str) -> recipes.Recipe:
 
 
 def _targets(case: str, labels: np.ndarray, step: int, recipe: recipes.Recipe) -> np.ndarray:
-    from training import augment
+    from pf_keras_training import augment
 
     smoothing = recipe.optim.label_smoothing
     one_hot = augment.smooth_one_hot(tf.constant(labels), META["classes"], smoothing)

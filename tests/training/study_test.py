@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from training import study
+from pf_keras_training import study
 
 
 def _base(shapes_dir: str):

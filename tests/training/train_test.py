@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pf_keras import fileio
-from training import loop, recipes, train
+from pf_keras_training import loop, recipes, train
 
 
 @pytest.fixture
@@ -185,7 +185,7 @@ class TestAtomicResults:
     def test_full_disk_while_writing_the_final_weights(self, shapes_dir, make_recipe, small_disk):
         from conftest import fill_disk
 
-        from training import data
+        from pf_keras_training import data
 
         recipe = make_recipe(f"folder:{shapes_dir}", **{"model.ema_decay": 0.9})
         source = data.resolve_source(recipe.data)
