@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from training import data, recipes
+from pf_keras_training import data, recipes
 
 CTX = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1)
 
@@ -214,7 +214,7 @@ class TestSources:
 
     def test_builtin_is_generated(self, tmp_path, monkeypatch):
         monkeypatch.setenv("PF_KERAS_CACHE", str(tmp_path))
-        from training import builtin_data
+        from pf_keras_training import builtin_data
 
         root = builtin_data.generate(os.path.join(str(tmp_path), "b"), train_per_class=2, val_per_class=1)
         assert sorted(os.listdir(os.path.join(root, "train"))) == sorted(builtin_data.CLASSES)
@@ -275,9 +275,8 @@ class TestLimits:
             (folder / "zz_huge.png").write_bytes(_huge_png())
         script = f"""
 import resource, sys
-sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))!r})
 import tensorflow as tf
-from training import data, recipes
+from pf_keras_training import data, recipes
 cfg = recipes.DataConfig(dataset="folder:{root}", global_batch_size=2, image_size=32)
 source = data.resolve_source(cfg)
 ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1)
