@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -322,9 +323,19 @@ print(sum(float(tf.reduce_sum(b["weights"])) for b in batches), sum(int(tf.reduc
         source = data.resolve_source(cfg)
         fn = data.make_train_dataset_fn(source, cfg, seed=0, epoch=0, steps_per_epoch=2, skip_steps=0,
                                         label_smoothing=0.0, interpolation="bilinear", max_consecutive_skips=1000)
-        with pytest.raises(tf.errors.InvalidArgumentError) as error:
-            list(fn(CTX))
-        explained = data.explain_data_error(error.value, source, "train", 1000)
+        outcome: dict = {}
+
+        def consume():  # in a thread: a regression (the old endless loop) fails the test instead of hanging it
+            try:
+                outcome["batches"] = list(fn(CTX))
+            except tf.errors.InvalidArgumentError as e:
+                outcome["error"] = e
+
+        worker = threading.Thread(target=consume, daemon=True)
+        worker.start()
+        worker.join(120)
+        assert "error" in outcome, f"the stream did not stop with an error: {outcome or 'it hangs'}"
+        explained = data.explain_data_error(outcome["error"], source, "train", 1000)
         assert str(explained).startswith(f"The train data yielded no decodable image in 5 consecutive files of "
                                          f"{root}/train (5 files listed)")
         assert str(explained).endswith("Received: max_consecutive_skips=1000")
