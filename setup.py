@@ -42,11 +42,11 @@ setup(
             "pf-keras-validate=pf_keras_export.validate:main",
             "pf-keras-benchmark=pf_keras_export.benchmark:main",
             "pf-keras-android=pf_keras_export.android:main",
-            "pf-keras-train=pf_keras_training.train:main",
-            "pf-keras-evaluate=pf_keras_training.evaluate:main",
-            "pf-keras-train-benchmark=pf_keras_training.benchmark:main",
-            "pf-keras-study=pf_keras_training.study:cli",
-            "pf-keras-gradcam=pf_keras.gradcam:cli",
+            "pf-keras-train=pf_keras_training.commands:train",
+            "pf-keras-evaluate=pf_keras_training.commands:evaluate",
+            "pf-keras-train-benchmark=pf_keras_training.commands:train_benchmark",
+            "pf-keras-study=pf_keras_training.commands:study",
+            "pf-keras-gradcam=pf_keras_training.commands:gradcam",
         ]
     },
     classifiers=[

@@ -17,9 +17,9 @@ Needs the TensorFlow backend (gradients through ``tf.GradientTape``).
 
 Command (one PNG overlay per image, the top class or ``--class_index``):
 
-    python -m pf_keras.gradcam --model resnet50_hybrid --weights imagenet --out_dir cams a.jpg b.jpg
-    python -m pf_keras.gradcam --model runs/demo --out_dir cams circle.jpg   # a training/train.py run folder
-    python -m pf_keras.gradcam --model my_model.keras --out_dir cams shape.jpg
+    pf-keras-gradcam --model resnet50_hybrid --weights imagenet --output_dir cams a.jpg b.jpg
+    pf-keras-gradcam --model runs/demo --output_dir cams circle.jpg   # a pf-keras-train run folder
+    pf-keras-gradcam --model my_model.keras --output_dir cams shape.jpg
 
 Images are resized to the model's input size and normalised with the ImageNet mean and std
 (as ``pf_keras.preprocess_input``; ``--raw_input`` feeds [0, 255] instead).
@@ -252,13 +252,14 @@ def _load_model(spec: str, weights: str | None) -> tuple[keras.Model, list[str]]
 
 
 def main(argv: list[str]) -> int:
-    """Writes ``<out_dir>/<image stem>_gradcam.png`` (the heatmap over the image at its own size) per image."""
+    """Writes ``<output_dir>/<image stem>_gradcam.png`` (the heatmap over the image at its own size) per image."""
     parser = argparse.ArgumentParser(prog="pf-keras-gradcam", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
     parser.add_argument("--model", required=True,
                         help="registry name (with --weights), a .keras file or a training/train.py run folder")
     parser.add_argument("--weights", default=None, help="registry models: imagenet, a .pth or .weights.h5 file")
-    parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--output_dir", "--out_dir", dest="out_dir", required=True,
+                        help="folder of the heatmaps (--out_dir: deprecated alias)")
     parser.add_argument("--image_size", type=int, default=0, help="input side; default: the model's")
     parser.add_argument("--class_index", type=int, default=None, help="default: each image's top class")
     parser.add_argument("--layer", default=None, help="layer to explain; default: the last spatial map")

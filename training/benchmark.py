@@ -1,13 +1,13 @@
 """Training throughput per model on synthetic data, and input-pipeline throughput per core.
 
-    python training/benchmark.py --models resnet50,resnet50_max,resnet50_hybrid --batch_size 32
-    python training/benchmark.py --models resnet50_hybrid --model_kwargs 'depths=[1,1,1,1],width_mult=0.25' \\
-        --image_size 32 --batch_size 64 --pipeline_dataset builtin
+    pf-keras-train-benchmark --model resnet50,resnet50_max,resnet50_hybrid --batch_size 32
+    pf-keras-train-benchmark --model resnet50_hybrid --model_kwargs 'depths=[1,1,1,1],width_mult=0.25' \\
+        --image_size 32 --batch_size 64 --dataset builtin
 
 Training images/s runs the real distributed train step (the same ``Trainer`` as train.py)
 on a synthetic batch held in memory, after ``--warmup_steps``. The input pipeline is the
 ImageNet train transform (partial decode, crop, flip, jitter, RandAugment if asked) on
-``--pipeline_dataset`` with tf.data limited to 1 thread (images/s per core) and to all cores.
+``--dataset`` with tf.data limited to 1 thread (images/s per core) and to all cores.
 
 Side by side with the official PyTorch code: with ``--torch_python`` (a Python with torch;
 or ``$PF_KERAS_TORCH_PYTHON``) and ``--pflayer_dir`` (a checkout of naver-ai/PfLayer, never
@@ -15,7 +15,7 @@ copied here; or ``$PFLAYER_DIR``), each model's port timing is followed by the s
 from the checkout trained by ``training/torch_throughput.py`` (channels_last, fp32, SGD) in a
 subprocess, and the table gains the PyTorch images/s and the port / PyTorch ratio:
 
-    python training/benchmark.py --image_size 32 --batch_size 128 --pipeline_dataset '' \
+    pf-keras-train-benchmark --image_size 32 --batch_size 128 --dataset '' \
         --torch_python /work/venv-torch/bin/python --pflayer_dir /work/pflayer
 """
 
@@ -29,11 +29,16 @@ import sys
 import time
 from typing import Any
 
+if __name__ == "__main__":  # run as a script: TensorFlow's start-up lines silenced before it loads (unless --verbose)
+    from pf_keras_export.quiet import quiet_tensorflow
+
+    quiet_tensorflow(verbose="--verbose" in sys.argv)
+
 import keras
 import tensorflow as tf
 
 from pf_keras import fileio
-from pf_keras_training import cli_main
+from pf_keras_export import args
 from pf_keras_training import data as data_lib
 from pf_keras_training import evaluate as evaluate_lib
 from pf_keras_training import loop as loop_lib
@@ -83,6 +88,8 @@ def train_throughput(model_name: str, *, model_kwargs: dict[str, Any], image_siz
         keras.mixed_precision.set_global_policy(previous)
 
 
+PROG = "pf-keras-train-benchmark"
+RESULT_FILE = "train_benchmark.json"
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_throughput.py")
 TORCH_MODELS = ("resnet50", "resnet50_max", "resnet50_hybrid")  # PfLayer's names, the same as the port's
 
@@ -118,18 +125,36 @@ def torch_throughput(model_name: str, *, torch_python: str, pflayer_dir: str, im
     return json.loads(lines[-1])
 
 
-def _main(f) -> int:
-    """Times every model in ``--models``, then the input pipeline; prints a table (and JSON with ``--output``)."""
-    from absl import logging
+def _print_tables(f, strategy, kwargs, rows, pipeline, device, side_by_side) -> None:
+    """The human-readable tables of :func:`_main`."""
+    print(f"\n{type(strategy).__name__} ({strategy.num_replicas_in_sync} replicas, {device}), batch {f.batch_size}, "
+          f"{f.image_size}x{f.image_size}, {f.mixed_precision}, jit_compile={f.jit_compile}, kwargs={kwargs}")
+    if side_by_side:
+        print(f"{'model':<20} {'port images/s':>15} {'PyTorch images/s':>17} {'port / PyTorch':>15}")
+        for row in rows:
+            print(f"{row['model']:<20} {row['train_images_per_sec']:>15.1f} {row['torch_images_per_sec']:>17.1f} "
+                  f"{row['ratio']:>15.2f}")
+        print(f"(PyTorch {rows[0]['torch'] if rows else '?'}: official PfLayer models, channels_last, fp32, SGD)")
+    else:
+        print(f"{'model':<20} {'train images/s':>15}")
+        for row in rows:
+            print(f"{row['model']:<20} {row['train_images_per_sec']:>15.1f}")
+    if pipeline:
+        print(f"\ninput pipeline ({f.pipeline_dataset}, train transform{' + RandAugment' if f.randaugment else ''})")
+        print(f"{'threads':<20} {'images/s':>15} {'images/s/core':>15}")
+        for threads, rate in pipeline.items():
+            print(f"{threads:<20} {rate:>15.1f} {rate / threads:>15.1f}")
 
-    logging.set_verbosity(logging.WARNING)
+
+def _main(f) -> int:
+    """Times every model in ``--model``, then the input pipeline; prints a table (``--json``: JSON) and writes
+    ``OUTPUT_DIR/train_benchmark.json`` with ``--output_dir``."""
     for name in ("image_size", "batch_size", "steps", "pipeline_batches"):
         if getattr(f, name) < 1:
             raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(f, name)}")
     if f.warmup_steps < 0:
         raise ValueError(f"`warmup_steps` must be >= 0. Received: warmup_steps={f.warmup_steps}")
-    if f.output:
-        evaluate_lib.check_writable(f.output)  # before the timings
+    output = evaluate_lib.check_output_dir(f.output_dir, RESULT_FILE) if f.output_dir else None  # before timing
     if f.strategy == "mirrored" and f.num_replicas and not tf.config.list_physical_devices("GPU"):
         loop_lib.configure_cpu_replicas(f.num_replicas)
     strategy = loop_lib.create_strategy(f.strategy, num_replicas=f.num_replicas)
@@ -161,64 +186,51 @@ def _main(f) -> int:
             rate = data_lib.input_pipeline_throughput(source, cfg, num_batches=f.pipeline_batches, threads=threads)
             pipeline[threads] = rate
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    print(f"\n{type(strategy).__name__} ({strategy.num_replicas_in_sync} replicas, {device}), batch {f.batch_size}, "
-          f"{f.image_size}x{f.image_size}, {f.mixed_precision}, jit_compile={f.jit_compile}, kwargs={kwargs}")
-    if side_by_side:
-        print(f"{'model':<20} {'port images/s':>15} {'PyTorch images/s':>17} {'port / PyTorch':>15}")
-        for row in rows:
-            print(f"{row['model']:<20} {row['train_images_per_sec']:>15.1f} {row['torch_images_per_sec']:>17.1f} "
-                  f"{row['ratio']:>15.2f}")
-        print(f"(PyTorch {rows[0]['torch'] if rows else '?'}: official PfLayer models, channels_last, fp32, SGD)")
+    result = {"train": rows, "pipeline": {str(k): v for k, v in pipeline.items()}, "device": device,
+              "batch_size": f.batch_size, "image_size": f.image_size, "tf": tf.__version__, "keras": keras.__version__}
+    if f.json:
+        print(json.dumps(result))
     else:
-        print(f"{'model':<20} {'train images/s':>15}")
-        for row in rows:
-            print(f"{row['model']:<20} {row['train_images_per_sec']:>15.1f}")
-    if pipeline:
-        print(f"\ninput pipeline ({f.pipeline_dataset}, train transform{' + RandAugment' if f.randaugment else ''})")
-        print(f"{'threads':<20} {'images/s':>15} {'images/s/core':>15}")
-        for threads, rate in pipeline.items():
-            print(f"{threads:<20} {rate:>15.1f} {rate / threads:>15.1f}")
-    if f.output:
-        fileio.write_json(f.output, {
-            "train": rows, "pipeline": {str(k): v for k, v in pipeline.items()}, "device": device,
-            "batch_size": f.batch_size, "image_size": f.image_size, "tf": tf.__version__,
-            "keras": keras.__version__})
+        _print_tables(f, strategy, kwargs, rows, pipeline, device, side_by_side)
+    if output:
+        fileio.write_json(output, result)
     return 0
 
 
-def define_flags(fv) -> None:
-    """The absl flags of the command line, on ``fv``."""
-    from absl import flags
-
-    flags.DEFINE_string("models", "resnet50,resnet50_max,resnet50_hybrid", "Comma-separated model names.",
-                        flag_values=fv)
-    flags.DEFINE_string("model_kwargs", "", "create_model overrides for every model: JSON or k=v,k2=v2.",
-                        flag_values=fv)
-    flags.DEFINE_integer("image_size", 224, "Image side.", flag_values=fv)
-    flags.DEFINE_integer("batch_size", 32, "Global batch.", flag_values=fv)
-    flags.DEFINE_integer("steps", 10, "Timed steps.", flag_values=fv)
-    flags.DEFINE_integer("warmup_steps", 3, "Untimed steps first (tracing).", flag_values=fv)
-    flags.DEFINE_enum("strategy", "one_device", list(loop_lib.STRATEGIES), "Distribution strategy.", flag_values=fv)
-    flags.DEFINE_integer("num_replicas", 0, "mirrored: logical CPU devices / GPUs.", flag_values=fv)
-    flags.DEFINE_enum("mixed_precision", "float32", list(train_lib.PRECISIONS), "Compute precision.", flag_values=fv)
-    flags.DEFINE_bool("jit_compile", False, "XLA for the forward/backward pass.", flag_values=fv)
-    flags.DEFINE_string("pipeline_dataset", "builtin", "Dataset for the input-pipeline benchmark ('' = skip).",
-                        flag_values=fv)
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir.", flag_values=fv)
-    flags.DEFINE_bool("randaugment", False, "Include RandAugment m9 in the pipeline benchmark.", flag_values=fv)
-    flags.DEFINE_integer("pipeline_batches", 20, "Batches timed in the pipeline benchmark.", flag_values=fv)
-    flags.DEFINE_string("output", "", "Also write the numbers as JSON here.", flag_values=fv)
-    flags.DEFINE_string("torch_python", os.environ.get("PF_KERAS_TORCH_PYTHON", ""),
-                        "A Python with torch: with --pflayer_dir, time the official PyTorch models side by side.",
-                        flag_values=fv)
-    flags.DEFINE_string("pflayer_dir", os.environ.get("PFLAYER_DIR", ""),
-                        "Checkout of github.com/naver-ai/PfLayer (never copied here) for the side-by-side run.",
-                        flag_values=fv)
+def build_parser() -> args.ArgumentParser:
+    """The flags of pf-keras-train-benchmark (the README's flag table)."""
+    p = args.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", "--models", dest="models", default="resnet50,resnet50_max,resnet50_hybrid",
+                   help="Comma-separated registry names (default: the three ResNet-50s; --models: deprecated alias).")
+    args.add_model_kwargs_flag(p)
+    p.add_argument("--image_size", type=int, default=224, help="Image side (default 224).")
+    p.add_argument("--batch_size", type=int, default=32, help="Global batch (default 32).")
+    p.add_argument("--steps", type=int, default=10, help="Timed steps (default 10).")
+    p.add_argument("--warmup_steps", type=int, default=3, help="Untimed steps first, tracing (default 3).")
+    p.add_argument("--strategy", default="one_device", choices=list(loop_lib.STRATEGIES),
+                   help="Distribution strategy (default one_device).")
+    p.add_argument("--num_replicas", type=int, default=0, help="mirrored: logical CPU devices / GPUs (0 = all).")
+    p.add_argument("--mixed_precision", default="float32", choices=list(train_lib.PRECISIONS),
+                   help="Compute precision.")
+    p.add_argument("--jit_compile", action="store_true", help="XLA for the forward/backward pass.")
+    p.add_argument("--dataset", "--pipeline_dataset", dest="pipeline_dataset", default="builtin",
+                   help="Dataset of the input-pipeline benchmark: builtin (default), synthetic, folder:PATH or a "
+                   "TFDS name; '' = skip it (--pipeline_dataset: deprecated alias).")
+    p.add_argument("--data_dir", help="TFDS data folder (default: TFDS's own).")
+    p.add_argument("--randaugment", action="store_true", help="Include RandAugment m9 in the pipeline benchmark.")
+    p.add_argument("--pipeline_batches", type=int, default=20, help="Batches timed in the pipeline benchmark.")
+    p.add_argument("--torch_python", default=os.environ.get("PF_KERAS_TORCH_PYTHON", ""),
+                   help="A Python with torch: with --pflayer_dir, time the official PyTorch models side by side.")
+    p.add_argument("--pflayer_dir", default=os.environ.get("PFLAYER_DIR", ""),
+                   help="Checkout of github.com/naver-ai/PfLayer (never copied here) for the side-by-side run.")
+    p.add_argument("--output_dir", help=f"Also write the numbers to OUTPUT_DIR/{RESULT_FILE} (atomically).")
+    args.add_run_flags(p)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (``argv`` without the program name); returns the exit status."""
-    return cli_main(_main, define_flags, argv, prog="benchmark.py")
+    return args.run_tool(lambda a: _main(build_parser().parse_args(a)), argv, prog=PROG)
 
 
 if __name__ == "__main__":

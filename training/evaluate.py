@@ -3,13 +3,13 @@
 Reproducing the published 77.1 % top-1 of R50-hybrid from the official PyTorch checkpoint
 (ImageNet val prepared with TFDS, see the README, "Training on tf.distribute"):
 
-    python training/evaluate.py --model resnet50_hybrid --weights resnet50_hybrid.pth \\
-        --dataset imagenet2012 --data_dir ~/tensorflow_datasets --output r50_hybrid_eval.json
+    pf-keras-evaluate --model resnet50_hybrid --weights resnet50_hybrid.pth \\
+        --dataset imagenet2012 --data_dir ~/tensorflow_datasets --output_dir runs/r50_hybrid_eval
 
 A run of train.py: ``--model_dir runs/demo`` reads ``model.json`` and ``final.weights.h5``.
-Every user error (an unfinished run, a bad flag, a damaged weights file, an ``--output`` that
+Every user error (an unfinished run, a bad flag, a damaged weights file, an ``--output_dir`` that
 cannot be written: checked before evaluating) is one line on stderr and status 2; ``--debug``
-shows the traceback. ``--output`` is written atomically.
+shows the traceback. ``OUTPUT_DIR/evaluate.json`` is written atomically.
 """
 
 from __future__ import annotations
@@ -21,15 +21,23 @@ import sys
 import tempfile
 from typing import Any
 
+if __name__ == "__main__":  # run as a script: TensorFlow's start-up lines silenced before it loads (unless --verbose)
+    from pf_keras_export.quiet import quiet_tensorflow
+
+    quiet_tensorflow(verbose="--verbose" in sys.argv)
+
 import tensorflow as tf
 
 import pf_keras
 from pf_keras import fileio
-from pf_keras.cli import one_line
-from pf_keras_training import cli_main
+from pf_keras.cli import one_line, parse_model_kwargs
+from pf_keras_export import args
 from pf_keras_training import data as data_lib
 from pf_keras_training import loop as loop_lib
-from pf_keras_training.recipes import DataConfig, parse_kwargs
+from pf_keras_training.recipes import DataConfig
+
+PROG = "pf-keras-evaluate"
+RESULT_FILE = "evaluate.json"
 
 
 def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: str | None = None,
@@ -138,41 +146,41 @@ def _from_model_dir(model_dir: str) -> tuple[str, str, dict[str, Any], dict[str,
     return name, weights, kwargs, extra
 
 
-def check_writable(path: str) -> None:
-    """Fails now (one line) if ``path`` cannot be written later: its folder is missing or read-only, or it is a folder.
+def check_output_dir(output_dir: str, name: str = RESULT_FILE) -> str:
+    """Creates ``output_dir`` and fails now (one line) if it cannot be written later; returns ``output_dir/name``.
 
     Raises:
-        ValueError: naming the path and the reason.
+        ValueError: naming the folder and the reason (a file, read-only, ...).
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ValueError(f"`output` is a folder; pass a file name. Received: output={path!r}")
-    if not os.path.isdir(folder):
-        raise ValueError(f"The folder of `output` does not exist. Received: output={path!r}")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".pf-probe-", dir=folder)
+        os.makedirs(output_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".pf-probe-", dir=output_dir)
         os.close(fd)
         os.remove(probe)
     except OSError as error:
-        raise ValueError(f"`output` cannot be written ({error.strerror or error}). Received: output={path!r}") from None
+        raise ValueError(f"`output_dir` cannot be written ({error.strerror or error}). "
+                         f"Received: output_dir={output_dir!r}") from None
+    return os.path.join(output_dir, name)
 
 
 def _main(f) -> int:
     """Resolves the model (``--model``/``--weights`` or ``--model_dir``), evaluates, prints and writes JSON."""
-    from absl import logging
-
-    logging.set_verbosity(logging.WARNING)
-    if f.output:
-        check_writable(f.output)  # before the (long) evaluation
+    output = check_output_dir(f.output_dir) if f.output_dir else None  # before the (long) evaluation
     if f.batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={f.batch_size}")
     extra: dict[str, Any] = {}
-    name, weights, kwargs = f.model, f.weights, parse_kwargs(f.model_kwargs)
+    name, weights, kwargs = f.model, f.weights, parse_model_kwargs(f.model_kwargs)
     if f.model_dir:
         name, weights, stored, extra = _from_model_dir(f.model_dir)
         kwargs = {**stored, **kwargs}
+        weights = f.weights or weights
     if not name:
         raise ValueError("Pass --model (with --weights) or --model_dir of a finished run. Received: model=None")
+    if "input_shape" in kwargs:  # the export commands' default: the side in --model_kwargs' input_shape
+        shape = kwargs.pop("input_shape")
+        if not (isinstance(shape, list | tuple) and shape and isinstance(shape[0], int) and shape[0] > 0):
+            raise ValueError(f"`input_shape` in the model kwargs must be (size, size, 3). Received: {shape!r}")
+        extra["image_size"] = shape[0]
     for key in ("image_size", "crop_fraction", "interpolation"):
         if getattr(f, key):
             extra[key] = getattr(f, key)
@@ -184,41 +192,47 @@ def _main(f) -> int:
     result = evaluate(name, weights=weights, dataset=f.dataset, data_dir=f.data_dir, model_kwargs=kwargs,
                       batch_size=f.batch_size, eval_examples=f.eval_examples, strategy=strategy,
                       max_image_pixels=f.max_image_pixels, **extra)
-    print(f"{name}: top-1 {100 * result['top1']:.2f} %  top-5 {100 * result['top5']:.2f} %  "
-          f"({result['examples']} images, {result['skipped']} skipped)")
-    if f.output:
-        fileio.write_json(f.output, result)
-    print(json.dumps(result))
+    if output:
+        fileio.write_json(output, result)
+    if f.json:
+        print(json.dumps(result))
+    else:
+        print(f"{name}: top-1 {100 * result['top1']:.2f} %  top-5 {100 * result['top5']:.2f} %  "
+              f"({result['examples']} images, {result['skipped']} skipped)" + (f"; wrote {output}" if output else ""))
     return 0
 
 
-def define_flags(fv) -> None:
-    """The absl flags of the command line, on ``fv``."""
-    from absl import flags
-
-    flags.DEFINE_string("model", None, "Registered model name.", flag_values=fv)
-    flags.DEFINE_string("weights", None, ".pth (official) or .weights.h5.", flag_values=fv)
-    flags.DEFINE_string("model_dir", None, "A finished train.py run (reads model.json and final.weights.h5).",
-                        flag_values=fv)
-    flags.DEFINE_string("model_kwargs", "", "create_model overrides: JSON or k=v,k2=v2.", flag_values=fv)
-    flags.DEFINE_string("dataset", "imagenet2012", "TFDS name, folder:PATH, builtin or synthetic.", flag_values=fv)
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir.", flag_values=fv)
-    flags.DEFINE_integer("batch_size", 250, "Global eval batch.", flag_values=fv)
-    flags.DEFINE_integer("image_size", 0, "Crop size (0 = preset).", flag_values=fv)
-    flags.DEFINE_float("crop_fraction", 0.0, "Crop fraction (0 = preset, 0.875).", flag_values=fv)
-    flags.DEFINE_string("interpolation", "", "bilinear / bicubic ('' = preset).", flag_values=fv)
-    flags.DEFINE_integer("eval_examples", 0, "Only the first N (0 = all).", flag_values=fv)
-    flags.DEFINE_enum("strategy", "one_device", list(loop_lib.STRATEGIES), "Distribution strategy.", flag_values=fv)
-    flags.DEFINE_integer("num_replicas", 0, "mirrored: logical CPU devices / GPUs.", flag_values=fv)
-    flags.DEFINE_string("tpu", "", "TPU address.", flag_values=fv)
-    flags.DEFINE_string("output", "", "Write the result as JSON here.", flag_values=fv)
-    flags.DEFINE_integer("max_image_pixels", data_lib.MAX_IMAGE_PIXELS, "Skip images whose header declares more "
-                         "pixels (0 = no limit).", flag_values=fv)
+def build_parser() -> args.ArgumentParser:
+    """The flags of pf-keras-evaluate (the README's flag table)."""
+    p = args.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="Registry name (pf_keras.list_models()); or --model_dir.")
+    args.add_model_kwargs_flag(p)
+    p.add_argument("--weights", help="Official .pth checkpoint or Keras .weights.h5 (with --model_dir: instead of "
+                   "the run's final.weights.h5, e.g. final_ema.weights.h5).")
+    p.add_argument("--model_dir", help="A finished pf-keras-train run (reads model.json and final.weights.h5).")
+    p.add_argument("--dataset", default="imagenet2012", help="builtin, synthetic, folder:PATH or a TFDS name "
+                   "(default imagenet2012).")
+    p.add_argument("--data_dir", help="TFDS data folder (default: TFDS's own).")
+    args.add_image_size_flag(p)
+    p.add_argument("--batch_size", type=int, default=250, help="Global eval batch (default 250).")
+    p.add_argument("--crop_fraction", type=float, default=0.0, help="Crop fraction (default: the run's, else the "
+                   "model's preset, 0.875).")
+    p.add_argument("--interpolation", default="", help="bilinear or bicubic (default: the run's, else the preset's).")
+    p.add_argument("--eval_examples", type=int, default=0, help="Only the first N images (default 0 = all).")
+    p.add_argument("--strategy", default="one_device", choices=list(loop_lib.STRATEGIES),
+                   help="Distribution strategy (default one_device).")
+    p.add_argument("--num_replicas", type=int, default=0, help="mirrored: logical CPU devices / GPUs (0 = all).")
+    p.add_argument("--tpu", default="", help="TPU name or address (strategy=tpu).")
+    p.add_argument("--max_image_pixels", type=int, default=data_lib.MAX_IMAGE_PIXELS, help="Skip images whose "
+                   "header declares more pixels (0 = no limit).")
+    p.add_argument("--output_dir", help=f"Also write the result to OUTPUT_DIR/{RESULT_FILE} (atomically).")
+    args.add_run_flags(p)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (``argv`` without the program name); returns the exit status."""
-    return cli_main(_main, define_flags, argv, prog="evaluate.py")
+    return args.run_tool(lambda a: _main(build_parser().parse_args(a)), argv, prog=PROG)
 
 
 if __name__ == "__main__":

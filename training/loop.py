@@ -105,8 +105,11 @@ def create_strategy(name: str, *, num_replicas: int = 0, tpu: str = "") -> tf.di
 
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:
-    """Hosts in the run (1 unless multi-worker)."""
-    return getattr(strategy.extended, "_num_workers", 1) or 1
+    """Hosts in the run (1 unless multi-worker): chief and worker tasks of the public cluster resolver."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return max(1, sum(len(spec.get(job, ())) for job in ("chief", "worker")))
 
 
 # ---------------------------------------------------------------- optimizer
@@ -284,13 +287,19 @@ class Trainer:
         """Top-1/top-5/loss over the eval stream (the EMA weights if ``use_ema``)."""
         if use_ema and not self.ema:
             raise ValueError("EMA evaluation needs model.ema_decay > 0. Received: use_ema=True, ema_decay=0")
-        if not use_ema:
+        with self.ema_weights() if use_ema else contextlib.nullcontext():
             return self.evaluator.evaluate(dataset_fn, num_steps)
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """The model holds the EMA weights inside the block and its own weights again after it (also on errors)."""
+        if not self.ema:
+            raise ValueError("The EMA weights need model.ema_decay > 0. Received: ema_decay=0")
         backup = [tf.identity(w.value) for w in self.model.weights]
         for w, e in zip(self.model.weights, self.ema, strict=True):
             w.assign(tf.cast(e, w.dtype))
         try:
-            return self.evaluator.evaluate(dataset_fn, num_steps)
+            yield self.model
         finally:
             for w, b in zip(self.model.weights, backup, strict=True):
                 w.assign(b)

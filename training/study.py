@@ -32,7 +32,6 @@ entries, each a kind or ``+``-joined kinds, one per block of that stage.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import fcntl
@@ -46,12 +45,18 @@ import tempfile
 import time
 from typing import Any
 
+if __name__ == "__main__":  # run as a script: TensorFlow's start-up lines silenced before it loads (unless --verbose)
+    from pf_keras_export.quiet import quiet_tensorflow
+
+    quiet_tensorflow(verbose="--verbose" in sys.argv)
+
 import numpy as np
 
 import pf_keras
 from pf_keras import fileio
 from pf_keras.blocks import BLOCK_KINDS
 from pf_keras.cli import PREEMPTED_EXIT, run_cli
+from pf_keras_export.args import ArgumentParser
 from pf_keras_training import recipes as recipes_lib
 from pf_keras_training import train as train_lib
 
@@ -310,8 +315,10 @@ def run_study(cells: list[Cell], out_dir: str, base: recipes_lib.Recipe, *, tfli
 
 def main(argv: list[str]) -> int:
     """Parses the flags, runs :func:`run_study`, prints the Markdown table."""
-    parser = argparse.ArgumentParser(prog="pf-keras-study", description=__doc__.splitlines()[0])
-    parser.add_argument("--out_dir", required=True)
+    parser = ArgumentParser(prog="pf-keras-study", description=__doc__.splitlines()[0])
+    parser.add_argument("--output_dir", "--out_dir", dest="out_dir", required=True,
+                        help="Study folder: one run folder per cell, study.md/.csv/.json/.png (--out_dir: deprecated "
+                        "alias).")
     parser.add_argument("--cell", action="append", default=[], help="NAME=SPEC (repeatable); default: one per op")
     parser.add_argument("--dataset", default="builtin", help="builtin, folder:PATH, synthetic or a TFDS name")
     parser.add_argument("--data_dir", default=None)
@@ -322,6 +329,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--depths", default="1,1,1,1", help="blocks per stage")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any recipe override")
     parser.add_argument("--no_tflite", action="store_true", help="skip the TFLite latency column")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+    parser.add_argument("--verbose", action="store_true", help="keep TensorFlow's own log lines")
     parser.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     try:
@@ -343,6 +352,9 @@ def main(argv: list[str]) -> int:
     except Preempted as stop:
         print(f"[study] {stop}", file=sys.stderr)
         return PREEMPTED_EXIT
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "settings"} for r in study["results"]]))
+        return 0
     print(markdown_table(study["results"]), end="")
     print(f"[study] trained {len(study['trained'])} of {len(cells)} cells; wrote "
           + ", ".join(study["paths"].values()))

@@ -1,12 +1,12 @@
 """Trains a pf_keras model on tf.distribute: ``run(...)`` and its command line.
 
-Examples (from the repository root):
+Examples (``python training/train.py`` in the repository does the same):
 
     # the builtin dataset, 1-3 CPU minutes, ~99 % val top-1 (chance 10 %):
-    python training/train.py --recipe demo --model resnet50_hybrid --model_dir runs/demo
+    pf-keras-train --recipe demo --model resnet50_hybrid --model_dir runs/demo
 
     # ImageNet, R50-hybrid, 8 GPUs (77.1 % top-1 published):
-    python training/train.py --recipe resnet90 --model resnet50_hybrid --strategy mirrored \\
+    pf-keras-train --recipe resnet90 --model resnet50_hybrid --strategy mirrored \\
         --dataset imagenet2012 --data_dir ~/tensorflow_datasets --mixed_precision mixed_float16 \\
         --model_dir runs/r50_hybrid
 
@@ -32,20 +32,26 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+if __name__ == "__main__":  # run as a script: TensorFlow's start-up lines silenced before it loads (unless --verbose)
+    from pf_keras_export.quiet import quiet_tensorflow
+
+    quiet_tensorflow(verbose="--verbose" in sys.argv)
+
 import keras
 import tensorflow as tf
 
 import pf_keras
 from pf_keras import fileio
 from pf_keras.cli import one_line
+from pf_keras_export import args
 from pf_keras_training import checkpoint as checkpoint_lib
-from pf_keras_training import cli_main
 from pf_keras_training import data as data_lib
 from pf_keras_training import lock as lock_lib
 from pf_keras_training import loop as loop_lib
 from pf_keras_training import recipes as recipes_lib
 from pf_keras_training.recipes import Recipe
 
+PROG = "pf-keras-train"
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers restart the job, which then resumes
 SIGTERM_STALL_S = 30.0  # after SIGTERM, exit without a checkpoint if no step completes for this long
@@ -515,14 +521,8 @@ def _save_final(recipe: Recipe, model_dir: str, trainer: loop_lib.Trainer, sourc
     """
     fileio.save_weights(trainer.model, os.path.join(model_dir, "final.weights.h5"))
     if trainer.ema:
-        backup = [tf.identity(w.value) for w in trainer.model.weights]
-        for w, e in zip(trainer.model.weights, trainer.ema, strict=True):
-            w.assign(tf.cast(e, w.dtype))
-        try:
-            fileio.save_weights(trainer.model, os.path.join(model_dir, "final_ema.weights.h5"))
-        finally:
-            for w, b in zip(trainer.model.weights, backup, strict=True):
-                w.assign(b)
+        with trainer.ema_weights() as model:
+            fileio.save_weights(model, os.path.join(model_dir, "final_ema.weights.h5"))
     kwargs = model_build_kwargs(recipe, source.num_classes)
     fileio.write_json(os.path.join(model_dir, "model.json"), {
         "name": recipe.model.name, "kwargs": kwargs, "class_names": list(source.class_names),
@@ -573,59 +573,60 @@ def recipe_from_flags(flag_values) -> Recipe:
     return recipe
 
 
-def define_flags(fv) -> None:
-    """Defines the absl flags of the command line (see the README, "Training on tf.distribute" for the table)."""
-    from absl import flags
-
-    flags.DEFINE_string("model_dir", None, "Run folder (checkpoints, logs, final weights).", flag_values=fv)
-    flags.DEFINE_string("recipe", "resnet90", f"Recipe: {recipes_lib.list_recipes()}.", flag_values=fv)
-    flags.DEFINE_string("model", None, f"Registered model name: {pf_keras.list_models()}.", flag_values=fv)
-    flags.DEFINE_string("model_kwargs", "", "create_model overrides: JSON or k=v,k2=v2 (e.g. depths=[1,1,1,1]).",
-                        flag_values=fv)
-    flags.DEFINE_multi_string("set", [], "Recipe override section.field=value (repeatable), e.g. optim.momentum=0.95.",
-                              flag_values=fv)
-    flags.DEFINE_string("dataset", None, "TFDS name (imagenet2012), folder:PATH, builtin or synthetic.", flag_values=fv)
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir.", flag_values=fv)
-    flags.DEFINE_integer("batch_size", None, "Global batch size (all replicas).", flag_values=fv)
-    flags.DEFINE_integer("image_size", None, "Train/eval crop size.", flag_values=fv)
-    flags.DEFINE_integer("epochs", None, "Epochs.", flag_values=fv)
-    flags.DEFINE_float("lr", None, "Base learning rate for optim.base_batch_size images (scaled linearly).",
-                       flag_values=fv)
-    flags.DEFINE_float("weight_decay", None, "Weight decay (not on norms/biases).", flag_values=fv)
-    flags.DEFINE_float("warmup_epochs", None, "Warm-up epochs.", flag_values=fv)
-    flags.DEFINE_integer("seed", None, "Seed of init and data order.", flag_values=fv)
-    flags.DEFINE_integer("steps_per_loop", None, "Steps per tf.function call.", flag_values=fv)
-    flags.DEFINE_integer("steps_per_epoch", None, "Override steps per epoch (0 = dataset size / batch).",
-                         flag_values=fv)
-    flags.DEFINE_float("drop_path_rate", None, "Stochastic depth rate passed to the model.", flag_values=fv)
-    flags.DEFINE_float("ema_decay", None, "EMA decay (0 = off).", flag_values=fv)
-    flags.DEFINE_string("init_weights", None, "Start from these weights (.pth or .weights.h5).", flag_values=fv)
-    flags.DEFINE_bool("sync_bn", False, "Synchronized BatchNorm across replicas.", flag_values=fv)
-    flags.DEFINE_enum("strategy", "one_device", list(loop_lib.STRATEGIES), "Distribution strategy.", flag_values=fv)
-    flags.DEFINE_integer("num_replicas", 0, "mirrored: logical CPU devices on a CPU host / GPUs to use (0 = all).",
-                         flag_values=fv)
-    flags.DEFINE_string("tpu", "", "TPU name or address (strategy=tpu).", flag_values=fv)
-    flags.DEFINE_enum("mixed_precision", "float32", list(PRECISIONS), "Compute precision.", flag_values=fv)
-    flags.DEFINE_bool("jit_compile", False, "XLA-compile the forward/backward pass.", flag_values=fv)
-    flags.DEFINE_bool("deterministic", False, "Deterministic ops (bitwise-identical resumes).", flag_values=fv)
-    flags.DEFINE_string("resume_from", "", "Checkpoint prefix to start from if model_dir has none.", flag_values=fv)
-    flags.DEFINE_bool("restart_from_scratch", False, "Start at step 0 although model_dir holds checkpoints (they "
-                      "are moved to checkpoints/before_restart/).", flag_values=fv)
-    flags.DEFINE_integer("max_image_pixels", data_lib.MAX_IMAGE_PIXELS, "Skip images whose header declares more "
-                         "pixels (0 = no limit).", flag_values=fv)
-    flags.DEFINE_integer("max_consecutive_skips", data_lib.MAX_CONSECUTIVE_SKIPS, "Stop after this many undecodable "
-                         "training files in a row, or a whole pass (0 = never).", flag_values=fv)
-    flags.DEFINE_float("sigterm_stall_s", SIGTERM_STALL_S, "After SIGTERM, exit 143 without a checkpoint if no step "
-                       "completes for this many seconds (a stuck input pipeline).", flag_values=fv)
-    flags.DEFINE_integer("max_steps", 0, "Stop after this global step (0 = run the recipe to the end).", flag_values=fv)
-    flags.mark_flag_as_required("model_dir", flag_values=fv)
+def build_parser() -> args.ArgumentParser:
+    """The flags of pf-keras-train (the README's flag table). Recipe fields not given keep the recipe's values."""
+    p = args.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--model_dir", required=True, help="Run folder: checkpoints, logs, recipe.json and the final "
+                   "weights; rerunning the command resumes it (so it is a run folder, not an --output_dir).")
+    p.add_argument("--recipe", default="resnet90", help=f"Recipe: {', '.join(recipes_lib.list_recipes())} "
+                   "(default resnet90).")
+    p.add_argument("--model", help="Registry name (pf_keras.list_models()); default: the recipe's.")
+    args.add_model_kwargs_flag(p)
+    p.add_argument("--weights", "--init_weights", dest="init_weights", metavar="WEIGHTS",
+                   help="Start from these weights (.pth or .weights.h5; --init_weights is a deprecated alias).")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="Recipe override (repeatable), e.g. optim.momentum=0.95.")
+    p.add_argument("--dataset", help="builtin, synthetic, folder:PATH or a TFDS name (imagenet2012); "
+                   "default: the recipe's.")
+    p.add_argument("--data_dir", help="TFDS data folder (default: TFDS's own).")
+    p.add_argument("--batch_size", type=int, help="Global batch size (all replicas).")
+    p.add_argument("--image_size", type=int, help="Train/eval crop size in pixels.")
+    p.add_argument("--epochs", type=int, help="Epochs.")
+    p.add_argument("--lr", type=float, help="Base learning rate for optim.base_batch_size images (scaled linearly).")
+    p.add_argument("--weight_decay", type=float, help="Weight decay (not on norms/biases).")
+    p.add_argument("--warmup_epochs", type=float, help="Warm-up epochs.")
+    p.add_argument("--seed", type=int, help="Seed of init and data order.")
+    p.add_argument("--steps_per_loop", type=int, help="Steps per tf.function call.")
+    p.add_argument("--steps_per_epoch", type=int, help="Override steps per epoch (0 = dataset size / batch).")
+    p.add_argument("--drop_path_rate", type=float, help="Stochastic depth rate passed to the model.")
+    p.add_argument("--ema_decay", type=float, help="EMA decay (0 = off).")
+    p.add_argument("--sync_bn", action="store_true", help="Synchronized BatchNorm across replicas.")
+    p.add_argument("--strategy", default="one_device", choices=list(loop_lib.STRATEGIES),
+                   help="Distribution strategy (default one_device).")
+    p.add_argument("--num_replicas", type=int, default=0, help="mirrored: logical CPU devices on a CPU host / GPUs "
+                   "to use (0 = all).")
+    p.add_argument("--tpu", default="", help="TPU name or address (strategy=tpu).")
+    p.add_argument("--mixed_precision", default="float32", choices=list(PRECISIONS), help="Compute precision.")
+    p.add_argument("--jit_compile", action="store_true", help="XLA-compile the forward/backward pass.")
+    p.add_argument("--deterministic", action="store_true", help="Deterministic ops (bitwise-identical resumes).")
+    p.add_argument("--resume_from", default="", help="Checkpoint prefix to start from if model_dir has none.")
+    p.add_argument("--restart_from_scratch", action="store_true", help="Start at step 0 although model_dir holds "
+                   "checkpoints (they are moved to checkpoints/before_restart/).")
+    p.add_argument("--max_image_pixels", type=int, default=data_lib.MAX_IMAGE_PIXELS, help="Skip images whose "
+                   f"header declares more pixels (0 = no limit; default {data_lib.MAX_IMAGE_PIXELS}).")
+    p.add_argument("--max_consecutive_skips", type=int, default=data_lib.MAX_CONSECUTIVE_SKIPS, help="Stop after "
+                   "this many undecodable training files in a row, or a whole pass (0 = never).")
+    p.add_argument("--sigterm_stall_s", type=float, default=SIGTERM_STALL_S, help="After SIGTERM, exit 143 without "
+                   "a checkpoint if no step completes for this many seconds (a stuck input pipeline).")
+    p.add_argument("--max_steps", type=int, default=0, help="Stop after this global step (0 = the whole recipe).")
+    p.add_argument("--json", action="store_true", help="Print only the JSON summary (no progress lines).")
+    p.add_argument("--verbose", action="store_true", help="Keep TensorFlow's own log lines.")
+    p.add_argument("--debug", action="store_true", help="Show the traceback of an error (or PF_KERAS_DEBUG=1).")
+    return p
 
 
 def _main(f) -> int:
     """Resolves the recipe from the parsed flags ``f``, calls :func:`run`; returns 143 when preempted."""
-    from absl import logging
-
-    logging.set_verbosity(logging.WARNING)
     if f.strategy == "mirrored" and f.num_replicas and not tf.config.list_physical_devices("GPU"):
         loop_lib.configure_cpu_replicas(f.num_replicas)  # before anything starts TensorFlow's runtime
     recipe = recipe_from_flags(f)
@@ -633,14 +634,14 @@ def _main(f) -> int:
                   mixed_precision=f.mixed_precision, jit_compile=f.jit_compile, deterministic=f.deterministic,
                   resume_from=f.resume_from, max_steps=f.max_steps, restart_from_scratch=f.restart_from_scratch,
                   max_image_pixels=f.max_image_pixels, max_consecutive_skips=f.max_consecutive_skips,
-                  sigterm_stall_s=f.sigterm_stall_s)
+                  sigterm_stall_s=f.sigterm_stall_s, verbose=not f.json)
     print(json.dumps(summary))
     return PREEMPTED_EXIT_CODE if summary["status"] == "preempted" else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (``argv`` without the program name; default ``sys.argv[1:]``); returns the exit status."""
-    return cli_main(_main, define_flags, argv, prog="train.py")
+    return args.run_tool(lambda a: _main(build_parser().parse_args(a)), argv, prog=PROG)
 
 
 if __name__ == "__main__":

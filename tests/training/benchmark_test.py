@@ -20,6 +20,6 @@ class TestBenchmark:
 
 class TestBenchmarkErrors:
     def test_bad_values_are_one_line(self, capsys):
-        assert benchmark.main(["--batch_size", "0", "--models", "resnet50"]) == 2
+        assert benchmark.main(["--batch_size", "0", "--model", "resnet50"]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == "benchmark.py: error: `batch_size` must be >= 1. Received: batch_size=0"
+        assert err == "pf-keras-train-benchmark: error: `batch_size` must be >= 1. Received: batch_size=0"

@@ -35,9 +35,9 @@ class TestEvaluate:
 
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("evaluate.py: error: ")]
+    lines = [line for line in err.splitlines() if line.startswith("pf-keras-evaluate: error: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0][len("evaluate.py: error: "):]
+    return lines[0][len("pf-keras-evaluate: error: "):]
 
 
 class TestEvaluateErrors:
@@ -61,15 +61,15 @@ class TestEvaluateErrors:
         assert code == 2
         assert _error_line(capsys) == "`batch_size` must be >= 1. Received: batch_size=0"
 
-    @pytest.mark.parametrize("where", ["missing_folder", "a_folder", "under_a_file"])
-    def test_an_unwritable_output_is_refused_before_evaluating(self, shapes_dir, tmp_path, capsys, where):
+    @pytest.mark.parametrize("where", ["a_file", "under_a_file"])
+    def test_an_unwritable_output_dir_is_refused_before_evaluating(self, shapes_dir, tmp_path, capsys, where):
         (tmp_path / "file").write_text("x")
-        output = {"missing_folder": tmp_path / "no" / "out.json", "a_folder": tmp_path,
-                  "under_a_file": tmp_path / "file" / "out.json"}[where]
+        output = {"a_file": tmp_path / "file", "under_a_file": tmp_path / "file" / "out"}[where]
         code = evaluate.main(["--model", "resnet50_max", "--model_kwargs", "depths=[1,1,1,1],width_mult=0.125",
-                              "--image_size", "32", "--dataset", f"folder:{shapes_dir}", "--output", str(output)])
+                              "--image_size", "32", "--dataset", f"folder:{shapes_dir}", "--output_dir", str(output)])
         assert code == 2
-        assert _error_line(capsys).endswith(f"Received: output={str(output)!r}")
+        line = _error_line(capsys)
+        assert line.startswith("`output_dir` cannot be written (") and line.endswith(f"output_dir={str(output)!r}")
         assert "top-1" not in capsys.readouterr().out  # nothing was evaluated
 
     def test_a_val_split_without_decodable_images_is_an_error(self, tmp_path, images):
@@ -80,3 +80,13 @@ class TestEvaluateErrors:
             evaluate.evaluate("resnet50_max", weights=None, dataset=f"folder:{tmp_path / 'd'}", batch_size=2,
                               image_size=32, model_kwargs={"depths": (1, 1, 1, 1), "width_mult": 0.125})
 
+
+class TestEvaluateCommand:
+    def test_image_size_defaults_to_input_shape_in_model_kwargs_as_in_export(self, capsys, tmp_path):
+        code = evaluate.main(["--model", "resnet50_max", "--model_kwargs",
+                              "depths=[1,1,1,1],width_mult=0.125,input_shape=[32,32,3]", "--dataset", "synthetic",
+                              "--batch_size", "4", "--eval_examples", "4", "--json", "--output_dir", str(tmp_path)])
+        assert code == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["image_size"] == 32 and result["examples"] == 4
+        assert json.loads((tmp_path / "evaluate.json").read_text()) == result

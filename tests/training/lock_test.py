@@ -53,7 +53,8 @@ class TestRunLock:
             second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
             assert second.returncode == 2, second.stderr[-3000:]
             assert second.stderr.splitlines()[-1] == (
-                f"train.py: error: {model_dir} is in use by another run (PID {holder.pid} on {socket.gethostname()}); "
+                f"pf-keras-train: error: {model_dir} is in use by another run (PID {holder.pid} on "
+                f"{socket.gethostname()}); "
                 f"one run per model_dir. Wait for it to end, stop it, or use another --model_dir. "
                 f"Received: model_dir={model_dir!r}")
             assert "Traceback" not in second.stderr

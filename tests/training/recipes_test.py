@@ -123,7 +123,8 @@ class TestRecipes:
         assert recipes.parse_kwargs('{"a": [1, 2]}') == {"a": [1, 2]}
         assert recipes.parse_kwargs("depths=(1,1,1,1),width_mult=0.125,name=x") == {
             "depths": [1, 1, 1, 1], "width_mult": 0.125, "name": "x"}
-        with pytest.raises(ValueError, match=r"k=v pairs \(k=v,k2=v2\) or a JSON file path. Received: model_kwargs=.depths."):
+        with pytest.raises(ValueError, match=r"k=v pairs \(k=v,k2=v2\) or a JSON file path. Received: "
+                                             r"model_kwargs=.depths."):
             recipes.parse_kwargs("depths")
 
     def test_recipes_are_frozen(self):

@@ -142,7 +142,7 @@ class TestCommand:
 
         repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         out = str(tmp_path / "s")
-        argv = [sys.executable, os.path.join(repo, "training", "study.py"), "--out_dir", out, "--cell", "max=max",
+        argv = [sys.executable, os.path.join(repo, "training", "study.py"), "--output_dir", out, "--cell", "max=max",
                 "--dataset", f"folder:{shapes_dir}", "--epochs", "1", "--batch_size", "16", "--width_mult", "0.125",
                 "--set", "schedule.steps_per_epoch=40", "--set", "steps_per_loop=1", "--no_tflite"]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import types
 
 import numpy as np
 import pytest
 
 from pf_keras import fileio
-from pf_keras_training import loop, recipes, train
+from pf_keras_training import benchmark, evaluate, loop, recipes, train
+
+# TensorFlow's C++ start-up and runtime lines (absl before InitializeLog, oneDNN, cuInit/cudart, cpu_feature_guard).
+NOISE = re.compile(r"absl::InitializeLog|oneDNN|cuInit|cuda|cpu_feature_guard|rebuild TensorFlow|^[IWE]0000 ",
+                   re.MULTILINE)
+VOCABULARY = {"--model", "--model_kwargs", "--dataset", "--data_dir", "--image_size", "--batch_size", "--json",
+              "--verbose", "--debug"}
 
 
 @pytest.fixture
@@ -100,13 +109,39 @@ class TestFlags:
 
 
 class TestCommandLine:
-    def test_train_then_evaluate_scripts(self, shapes_dir, tmp_path):
-        import subprocess
-        import sys
+    @pytest.mark.parametrize("tool, prog, extra", [
+        (train, "pf-keras-train", {"--weights", "--model_dir"}),
+        (evaluate, "pf-keras-evaluate", {"--weights", "--model_dir", "--output_dir"}),
+        (benchmark, "pf-keras-train-benchmark", {"--output_dir"}),
+    ])
+    def test_help_lists_the_shared_vocabulary_and_no_tensorflow_flags(self, tool, prog, extra, capsys):
+        with pytest.raises(SystemExit) as exit_info:
+            tool.main(["--help"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: {prog} ")
+        flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_]*", out))
+        assert VOCABULARY | extra <= flags, VOCABULARY | extra - flags
+        assert not flags & {"--helpfull", "--flagfile", "--logtostderr", "--v", "--output"}  # absl's, old names
 
+    def test_installed_command_from_another_folder_is_quiet(self, tmp_path):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "PF_KERAS"))}
+        command = [os.path.join(os.path.dirname(sys.executable), "pf-keras-evaluate"), "--model", "resnet50_max",
+                   "--model_kwargs", "depths=[1,1,1,1],width_mult=0.125", "--image_size", "32", "--dataset",
+                   "synthetic", "--batch_size", "8", "--eval_examples", "8", "--json"]
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stderr == "", done.stderr[-3000:]
+        result = json.loads(done.stdout)
+        assert result["model"] == "resnet50_max" and result["examples"] == 8 and 0 <= result["top1"] <= 1
+        verbose = subprocess.run([*command, "--verbose"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                 timeout=300)
+        assert verbose.returncode == 0 and NOISE.search(verbose.stderr), verbose.stderr[-3000:]
+
+    def test_train_then_evaluate_scripts(self, shapes_dir, tmp_path):
         repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-        env.pop("TF_CONFIG", None)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "TF_CONFIG", "PF_KERAS"))}
+        env["CUDA_VISIBLE_DEVICES"] = ""  # no TensorFlow log setting: the commands are quiet by themselves
         model_dir = str(tmp_path / "run")
         cmd = [sys.executable, "training/train.py", "--recipe", "demo", "--model", "resnet50_max",
                "--model_kwargs", "depths=[1,1,1,1],width_mult=0.125", "--dataset", f"folder:{shapes_dir}",
@@ -114,16 +149,19 @@ class TestCommandLine:
                "--steps_per_epoch", "3", "--set", "data.eval_examples=16", "--model_dir", model_dir]
         done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert NOISE.search(done.stderr) is None, done.stderr[-3000:]
         assert "MirroredStrategy: 2 replicas" in done.stdout and "img/s" in done.stdout and "ETA" in done.stdout
         summary = json.loads(done.stdout.strip().splitlines()[-1])
         assert summary["status"] == "completed" and summary["step"] == 3
-        output = str(tmp_path / "eval.json")
+        output = str(tmp_path / "eval")
         cmd = [sys.executable, "training/evaluate.py", "--model_dir", model_dir, "--dataset", f"folder:{shapes_dir}",
-               "--batch_size", "8", "--output", output]
+               "--batch_size", "8", "--output_dir", output, "--json"]
         done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]
-        with open(output) as f:
+        assert NOISE.search(done.stderr) is None, done.stderr[-3000:]
+        with open(os.path.join(output, "evaluate.json")) as f:
             result = json.load(f)
+        assert json.loads(done.stdout) == result  # --json: the result is the only output
         assert result["model"] == "resnet50_max" and result["examples"] == 40 and 0 <= result["top1"] <= 1
 
 
@@ -136,7 +174,7 @@ def _cli_args(shapes_dir: str, model_dir: str, *extra: str) -> list[str]:
             "--set", "data.eval_examples=8", "--model_dir", model_dir, *extra]
 
 
-def _one_error_line(capsys, prog: str = "train.py") -> str:
+def _one_error_line(capsys, prog: str = "pf-keras-train") -> str:
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith(f"{prog}: error: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -149,7 +187,7 @@ class TestCommandLineErrors:
         ("--warmup_epochs", "inf", "`schedule.warmup_epochs` must be a finite number. Received: "
                                    "schedule.warmup_epochs=inf"),
         ("--set", "optim.momentum=nan", "`optim.momentum` must be a finite number."),
-        ("--batch_size", "abc", "bad command line: flag --batch_size=abc"),
+        ("--batch_size", "abc", "argument --batch_size: invalid int value: 'abc' (see pf-keras-train --help)"),
         ("--sigterm_stall_s", "nan", "`sigterm_stall_s` must be a finite number > 0."),
     ])
     def test_bad_values_are_one_line_and_exit_2(self, shapes_dir, tmp_path, capsys, flag, value, message):
@@ -168,7 +206,7 @@ class TestCommandLineErrors:
     def test_a_corrupt_init_weights_file_is_one_line(self, shapes_dir, tmp_path, capsys, name, content):
         path = tmp_path / name
         path.write_bytes(content)
-        code = train.main(_cli_args(shapes_dir, str(tmp_path / "run"), "--init_weights", str(path)))
+        code = train.main(_cli_args(shapes_dir, str(tmp_path / "run"), "--weights", str(path)))
         assert code == 2
         line = _one_error_line(capsys)
         assert line.startswith(f"cannot start from init_weights {path}: ")
@@ -202,6 +240,23 @@ class TestAtomicResults:
             train._save_final(recipe, str(model_dir), trainer, source)
         assert {n: (model_dir / n).read_bytes() for n in os.listdir(model_dir)} == previous  # no temporaries
 
+    def test_final_ema_weights_are_the_ema_and_the_model_keeps_its_own(self, shapes_dir, make_recipe, tmp_path):
+        from pf_keras_training import data
+
+        recipe = make_recipe(f"folder:{shapes_dir}", **{"model.ema_decay": 0.9})
+        source = data.resolve_source(recipe.data)
+        trainer = self._trainer(recipe, source)
+        for e in trainer.ema:
+            e.assign_add(np.ones(e.shape, e.dtype.as_numpy_dtype))  # EMA != the model's own weights
+        own = [w.numpy() for w in trainer.model.weights]
+        train._save_final(recipe, str(tmp_path), trainer, source)
+        for w, o in zip(trainer.model.weights, own, strict=True):  # swapped back (loop.Trainer.ema_weights)
+            np.testing.assert_array_equal(w.numpy(), o)
+        clone = train.build_model(recipe, source.num_classes)
+        clone.load_weights(str(tmp_path / "final_ema.weights.h5"))
+        for c, e in zip(clone.weights, trainer.ema, strict=True):
+            np.testing.assert_array_equal(c.numpy(), e.numpy().astype(c.dtype))
+
     def test_full_disk_while_appending_a_metrics_record(self, small_disk):
         from conftest import fill_disk
 
@@ -234,10 +289,10 @@ class TestBadData:
         done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=180)
         assert done.returncode == 2, done.stderr[-3000:]
         lines = done.stderr.splitlines()
-        errors = [line for line in lines if line.startswith("train.py: error: ")]
+        errors = [line for line in lines if line.startswith("pf-keras-train: error: ")]
         assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-        assert errors[0].startswith(f"train.py: error: The train data yielded no decodable image in 6 consecutive "
-                                    f"files of {root}/train (6 files listed); ")
+        assert errors[0].startswith(f"pf-keras-train: error: The train data yielded no decodable image in 6 "
+                                    f"consecutive files of {root}/train (6 files listed); ")
         # (libjpeg's messages come from pipeline threads still running and may land on the same line)
         assert "the pixel limit. Received: max_consecutive_skips=1000" in errors[0]
         # TF's start-up lines, then libjpeg's own line per corrupt JPEG that the parallel pipeline read before
