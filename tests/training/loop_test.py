@@ -89,7 +89,7 @@ class TestTrainer:
             assert p.returncode == 0, out[-3000:]
         summaries = [json.loads(o.split("SUMMARY ", 1)[1].splitlines()[0]) for o in outputs]
         assert [s["step"] for s in summaries] == [18, 18]
-        assert "MultiWorkerMirroredStrategy: 2 replicas on 2 host(s)" in outputs[0]  # loop.num_workers, public API
+        assert "Strategy: 2 replicas on 2 host(s)" in outputs[0]  # the chief's line: loop.num_workers (public API)
         losses = _losses(str(tmp_path / "run"))  # written by the chief only
         assert len(losses) == 9 and _decreased(losses)
         with np.load(tmp_path / "w0.npz") as w0, np.load(tmp_path / "w1.npz") as w1:
