@@ -258,7 +258,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model", required=True,
                         help="registry name (with --weights), a .keras file or a training/train.py run folder")
     parser.add_argument("--weights", default=None, help="registry models: imagenet, a .pth or .weights.h5 file")
-    parser.add_argument("--output_dir", "--out_dir", dest="out_dir", required=True,
+    parser.add_argument("--output_dir", "--out_dir", dest="out_dir", metavar="OUTPUT_DIR", required=True,
                         help="folder of the heatmaps (--out_dir: deprecated alias)")
     parser.add_argument("--image_size", type=int, default=0, help="input side; default: the model's")
     parser.add_argument("--class_index", type=int, default=None, help="default: each image's top class")

@@ -200,7 +200,8 @@ def _main(f) -> int:
 def build_parser() -> args.ArgumentParser:
     """The flags of pf-keras-train-benchmark (the README's flag table)."""
     p = args.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", "--models", dest="models", default="resnet50,resnet50_max,resnet50_hybrid",
+    p.add_argument("--model", "--models", dest="models", metavar="MODEL",
+                   default="resnet50,resnet50_max,resnet50_hybrid",
                    help="Comma-separated registry names (default: the three ResNet-50s; --models: deprecated alias).")
     args.add_model_kwargs_flag(p)
     p.add_argument("--image_size", type=int, default=224, help="Image side (default 224).")
@@ -213,7 +214,7 @@ def build_parser() -> args.ArgumentParser:
     p.add_argument("--mixed_precision", default="float32", choices=list(train_lib.PRECISIONS),
                    help="Compute precision.")
     p.add_argument("--jit_compile", action="store_true", help="XLA for the forward/backward pass.")
-    p.add_argument("--dataset", "--pipeline_dataset", dest="pipeline_dataset", default="builtin",
+    p.add_argument("--dataset", "--pipeline_dataset", dest="pipeline_dataset", metavar="DATASET", default="builtin",
                    help="Dataset of the input-pipeline benchmark: builtin (default), synthetic, folder:PATH or a "
                    "TFDS name; '' = skip it (--pipeline_dataset: deprecated alias).")
     p.add_argument("--data_dir", help="TFDS data folder (default: TFDS's own).")

@@ -6,7 +6,8 @@ Reproducing the published 77.1 % top-1 of R50-hybrid from the official PyTorch c
     pf-keras-evaluate --model resnet50_hybrid --weights resnet50_hybrid.pth \\
         --dataset imagenet2012 --data_dir ~/tensorflow_datasets --output_dir runs/r50_hybrid_eval
 
-A run of train.py: ``--model_dir runs/demo`` reads ``model.json`` and ``final.weights.h5``.
+A run of train.py: ``--model_dir runs/demo`` reads its preset folder ``final/`` (builder arguments,
+weights and eval transform), or for older runs ``model.json`` and ``final.weights.h5``.
 Every user error (an unfinished run, a bad flag, a damaged weights file, an ``--output_dir`` that
 cannot be written: checked before evaluating) is one line on stderr and status 2; ``--debug``
 shows the traceback. ``OUTPUT_DIR/evaluate.json`` is written atomically.
@@ -31,6 +32,7 @@ import tensorflow as tf
 import pf_keras
 from pf_keras import fileio
 from pf_keras.cli import one_line, parse_model_kwargs
+from pf_keras.weights.preset import is_preset, read_preset
 from pf_keras_export import args
 from pf_keras_training import data as data_lib
 from pf_keras_training import loop as loop_lib
@@ -38,6 +40,8 @@ from pf_keras_training.recipes import DataConfig
 
 PROG = "pf-keras-evaluate"
 RESULT_FILE = "evaluate.json"
+# Builder arguments evaluate() sets itself (from the image size and the dataset).
+EVALUATE_SETS = ("classes", "classifier_activation", "include_preprocessing", "include_top", "input_shape")
 
 
 def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: str | None = None,
@@ -125,6 +129,20 @@ def _from_model_dir(model_dir: str) -> tuple[str, str, dict[str, Any], dict[str,
     weights = os.path.join(model_dir, "final.weights.h5")
     if not os.path.isdir(model_dir):
         raise ValueError(f"`model_dir` does not exist. Received: model_dir={model_dir!r}")
+    preset_dir = os.path.join(model_dir, "final")
+    if is_preset(preset_dir):  # a run's final preset folder: the weights and the builder arguments together
+        preset = read_preset(preset_dir)  # ValueError naming a missing or malformed file
+        transform = preset.metadata.get("eval_transform")
+        transform = transform if isinstance(transform, dict) else {}
+        try:
+            image_size = int(preset.config["input_shape"][0])
+        except (KeyError, TypeError, IndexError, ValueError) as error:
+            raise ValueError(f"{preset_dir}/config.json has no usable input_shape ({type(error).__name__}). "
+                             f"Received: model_dir={model_dir!r}") from None
+        extra = {"image_size": image_size, "crop_fraction": transform.get("crop_fraction") or 0.0,
+                 "interpolation": transform.get("interpolation") or ""}
+        kwargs = {k: v for k, v in preset.config.items() if k not in EVALUATE_SETS}
+        return preset.model, preset_dir, kwargs, extra
     if not (os.path.isfile(path) and os.path.isfile(weights)):
         raise ValueError(
             f"{model_dir} holds no finished run: model.json and final.weights.h5 are written when train.py ends "
@@ -209,7 +227,8 @@ def build_parser() -> args.ArgumentParser:
     args.add_model_kwargs_flag(p)
     p.add_argument("--weights", help="Official .pth checkpoint or Keras .weights.h5 (with --model_dir: instead of "
                    "the run's final.weights.h5, e.g. final_ema.weights.h5).")
-    p.add_argument("--model_dir", help="A finished pf-keras-train run (reads model.json and final.weights.h5).")
+    p.add_argument("--model_dir", help="A finished pf-keras-train run (reads its preset folder final/, or "
+                   "model.json and final.weights.h5).")
     p.add_argument("--dataset", default="imagenet2012", help="builtin, synthetic, folder:PATH or a TFDS name "
                    "(default imagenet2012).")
     p.add_argument("--data_dir", help="TFDS data folder (default: TFDS's own).")

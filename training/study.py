@@ -21,10 +21,10 @@ and exits 143, as ``train.py`` does.
 
 Examples (from the repository root; about 3-5 CPU minutes on 2 cores for the default grid):
 
-    python training/study.py --out_dir runs/study
-    python training/study.py --out_dir runs/study2 --cell conv=regular --cell hybrid=efficient \\
+    pf-keras-study --output_dir runs/study
+    pf-keras-study --output_dir runs/study2 --cell conv=regular --cell hybrid=efficient \\
         --cell mixed=regular,max+regular,max,max --epochs 3
-    python training/study.py --out_dir runs/study_in --dataset folder:/data/shapes --image_size 64
+    pf-keras-study --output_dir runs/study_in --dataset folder:/data/shapes --image_size 64
 
 ``--cell NAME=SPEC``: SPEC is one kind for every block, or four comma-separated per-stage
 entries, each a kind or ``+``-joined kinds, one per block of that stage.
@@ -316,7 +316,7 @@ def run_study(cells: list[Cell], out_dir: str, base: recipes_lib.Recipe, *, tfli
 def main(argv: list[str]) -> int:
     """Parses the flags, runs :func:`run_study`, prints the Markdown table."""
     parser = ArgumentParser(prog="pf-keras-study", description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", "--out_dir", dest="out_dir", required=True,
+    parser.add_argument("--output_dir", "--out_dir", dest="out_dir", metavar="OUTPUT_DIR", required=True,
                         help="Study folder: one run folder per cell, study.md/.csv/.json/.png (--out_dir: deprecated "
                         "alias).")
     parser.add_argument("--cell", action="append", default=[], help="NAME=SPEC (repeatable); default: one per op")

@@ -52,6 +52,7 @@ from pf_keras_training import recipes as recipes_lib
 from pf_keras_training.recipes import Recipe
 
 PROG = "pf-keras-train"
+FINAL_PRESET = "final"  # model_dir/final/: a preset folder (config.json, model.weights.h5, metadata.json)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers restart the job, which then resumes
 SIGTERM_STALL_S = 30.0  # after SIGTERM, exit without a checkpoint if no step completes for this long
@@ -513,7 +514,7 @@ def _flag_reducer(strategy):
 
 
 def _save_final(recipe: Recipe, model_dir: str, trainer: loop_lib.Trainer, source) -> None:
-    """final.weights.h5 (+ final_ema.weights.h5) and model.json, each written atomically (fileio).
+    """final.weights.h5 (+ final_ema.weights.h5), the preset folder ``final/`` and model.json, each atomic (fileio).
 
     Raises:
         fileio.WriteError: one line (full disk, ...); no partial file under a final name, the previous
@@ -524,6 +525,18 @@ def _save_final(recipe: Recipe, model_dir: str, trainer: loop_lib.Trainer, sourc
         with trainer.ema_weights() as model:
             fileio.save_weights(model, os.path.join(model_dir, "final_ema.weights.h5"))
     kwargs = model_build_kwargs(recipe, source.num_classes)
+    spec = pf_keras.SPECS.get(recipe.model.name)
+    if spec is not None:  # the weights with the record that rebuilds them: pf_keras.create_model(model_dir/final)
+        from pf_keras.weights.preset import write_preset
+
+        interpolation = recipe.data.interpolation or spec.eval.interpolation
+        write_preset(trainer.model, os.path.join(model_dir, FINAL_PRESET), name=spec.name, family=spec.family,
+                     config={**spec.builder_args, **kwargs},
+                     metadata={"spec": spec.name, "source": "pf-keras-train", "recipe": recipe.name,
+                               "class_names": list(source.class_names),
+                               "eval_transform": {"size": recipe.data.image_size, "interpolation": interpolation,
+                                                  "crop_fraction": recipe.data.crop_fraction}})
+    # model.json: the same record for the tools that read it (export --model_kwargs, gradcam, older runs).
     fileio.write_json(os.path.join(model_dir, "model.json"), {
         "name": recipe.model.name, "kwargs": kwargs, "class_names": list(source.class_names),
         "interpolation": recipe.data.interpolation or None, "crop_fraction": recipe.data.crop_fraction})

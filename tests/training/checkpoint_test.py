@@ -149,7 +149,7 @@ class TestPreemption:
 
         # Only the chief wrote model_dir: one TensorBoard file per chief process, one set of
         # checkpoint files; worker 1's private checkpoint copies (in its TMPDIR) were deleted.
-        assert sorted(os.listdir(model_dir)) == [".lock", "checkpoints", "final.weights.h5", "metrics.jsonl",
+        assert sorted(os.listdir(model_dir)) == [".lock", "checkpoints", "final", "final.weights.h5", "metrics.jsonl",
                                                  "model.json", "recipe.json", "settings.json", "tb"]
         assert len(os.listdir(os.path.join(model_dir, "tb"))) == 2
         ckpts = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))

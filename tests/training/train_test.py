@@ -240,6 +240,38 @@ class TestAtomicResults:
             train._save_final(recipe, str(model_dir), trainer, source)
         assert {n: (model_dir / n).read_bytes() for n in os.listdir(model_dir)} == previous  # no temporaries
 
+    def test_the_final_preset_folder_rebuilds_the_trained_model(self, shapes_dir, make_recipe, tmp_path, capsys):
+        import pf_keras
+        from pf_keras_training import data
+
+        recipe = make_recipe(f"folder:{shapes_dir}")
+        source = data.resolve_source(recipe.data)
+        trainer = self._trainer(recipe, source)
+        for w in trainer.model.trainable_weights:  # not the builder's initialisation
+            w.assign_add(np.full(w.shape, 0.01, w.dtype))
+        train._save_final(recipe, str(tmp_path), trainer, source)
+        rebuilt = pf_keras.create_model(str(tmp_path / "final"))  # no side channel: the folder alone
+        assert rebuilt.count_params() == trainer.model.count_params() and rebuilt.output_shape == (None, 10)
+        for r, w in zip(rebuilt.weights, trainer.model.weights, strict=True):
+            np.testing.assert_array_equal(r.numpy(), w.numpy())
+        name, weights, kwargs, extra = evaluate._from_model_dir(str(tmp_path))
+        assert (name, weights, extra["image_size"]) == (recipe.model.name, str(tmp_path / "final"), 32)
+        assert kwargs["depths"] == [1, 1, 1, 1] and "classes" not in kwargs
+        assert evaluate.main(["--model_dir", str(tmp_path), "--dataset", f"folder:{shapes_dir}", "--batch_size", "8",
+                              "--eval_examples", "8", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["examples"] == 8
+
+    def test_a_damaged_final_preset_is_one_line(self, shapes_dir, tmp_path, capsys):
+        final = tmp_path / "final"
+        final.mkdir()
+        config = {"model": "resnet50_max", "family": "resnet", "config": {"input_shape": 3}}
+        (final / "config.json").write_text(json.dumps(config))
+        (final / "model.weights.h5").write_bytes(b"")
+        (final / "metadata.json").write_text("{}")
+        assert evaluate.main(["--model_dir", str(tmp_path), "--dataset", f"folder:{shapes_dir}"]) == 2
+        assert _one_error_line(capsys, "pf-keras-evaluate") == (
+            f"{final}/config.json has no usable input_shape (TypeError). Received: model_dir={str(tmp_path)!r}")
+
     def test_final_ema_weights_are_the_ema_and_the_model_keeps_its_own(self, shapes_dir, make_recipe, tmp_path):
         from pf_keras_training import data
 
