@@ -221,8 +221,10 @@ class TestViTValidation:
         [
             (dict(input_shape=(None, 32, 3)), "known input size.*Received: input_shape=\\(None, 32, 3\\)"),
             (dict(input_shape=(None, None, 3)), "known input size.*Received: input_shape=\\(None, None, 3\\)"),
-            (dict(input_shape=(32, 36, 3)), "multiples of patch_size=8.*e.g. 32. Received: input_shape=\\(32, 36, 3\\)"),
-            (dict(input_shape=(36, 36, 3)), "multiples of patch_size=8.*e.g. 32. Received: input_shape=\\(36, 36, 3\\)"),
+            (dict(input_shape=(32, 36, 3)), "multiples of patch_size=8.*e.g. 32. Received: "
+             "input_shape=\\(32, 36, 3\\)"),
+            (dict(input_shape=(36, 36, 3)), "multiples of patch_size=8.*e.g. 32. Received: "
+             "input_shape=\\(36, 36, 3\\)"),
             (dict(input_shape=(4, 4, 3)), "at least 8 pixels.*Received: input_shape=\\(4, 4, 3\\)"),
             (dict(input_shape=(32, 32)), "\\(height, width, channels\\). Received: input_shape=\\(32, 32\\)"),
             (dict(num_heads=3), "divisible by `num_heads`.*Received: hidden_dim=16, num_heads=3"),
