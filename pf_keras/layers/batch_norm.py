@@ -10,9 +10,12 @@ everything else of ``keras.layers.BatchNormalization``: the weights, the config 
 it is registered as ``pf_keras>BatchNormalization``), inference (``training=False``, export)
 and every other backend use the Keras code unchanged.
 
-Same numbers as Keras up to float rounding: the batch is normalised with its biased variance,
-and the moving variance is updated with the biased variance as Keras does (the fused op's
-Bessel-corrected variance is scaled back by ``(n - 1) / n``).
+Same outputs and gradients as Keras up to float rounding (the batch is normalised with its
+biased variance). One deliberate difference: the moving variance averages the unbiased
+(Bessel-corrected) batch variance, as PyTorch's ``BatchNorm2d`` does, so training statistics
+follow the reference's training (``tests/training/step_parity_test.py``); Keras' own layer,
+used on the fallback paths below, averages the biased one (a factor ``n / (n - 1)`` on the
+update, ``n`` = batch x height x width).
 """
 
 from __future__ import annotations
@@ -59,8 +62,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
         y, mean, corrected_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
             x=x, scale=gamma, offset=beta, mean=tf.zeros([0]), variance=tf.zeros([0]), epsilon=self.epsilon,
             data_format="NHWC", is_training=True)
+        # The moving variance averages the unbiased batch variance, as PyTorch's BatchNorm2d does
+        # (the reference's training); Keras' own layer averages the biased one. One value per channel:
+        # fall back to the biased (zero) variance instead of dividing by zero.
         count = tf.cast(tf.size(x, out_type=tf.int64) // channels, tf.float32)
-        variance = corrected_variance * tf.maximum(count - 1.0, 0.0) / count  # biased, as Keras keeps it
+        variance = tf.where(count > 1.0, corrected_variance, tf.zeros_like(corrected_variance))
         momentum = self.momentum
         self.moving_mean.assign(ops.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum))
         self.moving_variance.assign(

@@ -31,6 +31,7 @@ class TestFusedBatchNormalization:
         x = tf.constant(np.random.default_rng(1).normal(2.0, 3.0, (4, 5, 6, 8)).astype("float32"))
         g = tf.constant(np.random.default_rng(2).normal(size=(4, 5, 6, 8)).astype("float32"))
         keras_bn, fused_bn = pair(momentum=0.9, epsilon=1e-5)
+        initial_variance = fused_bn.moving_variance.numpy()
         results = []
         for layer in (keras_bn, fused_bn):
             with tf.GradientTape() as tape:
@@ -44,7 +45,10 @@ class TestFusedBatchNormalization:
         for a, b in zip(g1, g0, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(m1, m0, rtol=1e-6)
-        np.testing.assert_allclose(v1, v0, rtol=1e-5)  # the biased variance, as Keras keeps it
+        # The moving variance averages the unbiased batch variance, as PyTorch does (Keras: the biased one).
+        unbiased = x.numpy().reshape(-1, 8).astype("float64").var(axis=0, ddof=1)
+        np.testing.assert_allclose(v1, 0.9 * initial_variance + 0.1 * unbiased, rtol=1e-5)
+        assert not np.allclose(v1, v0, rtol=1e-4)  # differs from Keras' biased update by n / (n - 1)
         assert not np.allclose(m1, 1.0)  # the statistics moved
 
     def test_inference_is_the_keras_code(self):
