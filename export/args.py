@@ -90,6 +90,14 @@ def add_data_flags(parser: argparse.ArgumentParser, *, purpose: str) -> None:
     parser.add_argument("--data_dir", default=None, help="TFDS data folder (default: TFDS's own).")
 
 
+def add_validation_flags(parser: argparse.ArgumentParser) -> None:
+    """--require_full_delegation, --batch_size (the images each exported file is checked on)."""
+    parser.add_argument("--require_full_delegation", action="store_true",
+                        help="Also fail .tflite files XNNPACK does not take whole.")
+    parser.add_argument("--batch_size", type=positive_int, default=8,
+                        help="Validation images each file is checked on (default 8).")
+
+
 def add_output_flag(parser: argparse.ArgumentParser, *, help: str, default: str | None = None) -> None:
     """--output_dir."""
     parser.add_argument("--output_dir", required=default is None, default=default, help=help)

@@ -37,10 +37,7 @@ def build_parser() -> args.ArgumentParser:
                         help="The int8 file's input type (default: uint8 with --input_type uint8, else int8).")
     parser.add_argument("--int8_output_type", choices=list(tflite.IO_TYPES), default="int8",
                         help="The int8 file's output type (default int8).")
-    parser.add_argument("--require_full_delegation", action="store_true",
-                        help="Also fail .tflite files XNNPACK does not take whole.")
-    parser.add_argument("--batch_size", type=args.positive_int, default=8,
-                        help="Validation images each file is checked on (default 8).")
+    args.add_validation_flags(parser)
     args.add_output_flag(parser, help="Files go to OUTPUT_DIR/<model name>/.")
     args.add_run_flags(parser)
     return parser

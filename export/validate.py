@@ -27,10 +27,7 @@ def build_parser() -> args.ArgumentParser:
 
     parser = args.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     args.add_model_flags(parser, input_types=images.INPUT_TYPES)
-    parser.add_argument("--require_full_delegation", action="store_true",
-                        help="Also fail .tflite files XNNPACK does not take whole.")
-    parser.add_argument("--batch_size", type=args.positive_int, default=8,
-                        help="Validation images each file is checked on (default 8).")
+    args.add_validation_flags(parser)
     args.add_output_flag(parser, help="The export tool's --output_dir (files in OUTPUT_DIR/<model name>/).")
     args.add_run_flags(parser)
     return parser
