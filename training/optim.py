@@ -22,6 +22,30 @@ import keras
 from keras import ops
 
 
+def _fused_momentum(variable, buf, gradient, lr, mu, nesterov: bool) -> bool:
+    """torch's momentum step as one ``ResourceApplyMomentum`` kernel (TensorFlow backend only).
+
+    TensorFlow's kernel computes ``b = mu * b + g`` and ``w -= lr * g + lr * mu * b`` (Nesterov) or
+    ``w -= lr * b``: torch's rule, evaluated in one pass over the three tensors instead of five
+    elementwise ops (the rounding of ``lr * (g + mu * b)`` differs by at most an ulp). On CPU the
+    update is memory bound, so this saves most of its time. Returns False where it does not apply
+    (other backends, sparse gradients): the caller then runs the elementwise rule.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    if isinstance(gradient, tf.IndexedSlices):
+        return False
+    var = variable.value if isinstance(variable, keras.Variable) else variable
+    accum = buf.value if isinstance(buf, keras.Variable) else buf
+    if not (hasattr(var, "handle") and hasattr(accum, "handle")):
+        return False
+    tf.raw_ops.ResourceApplyMomentum(var=var.handle, accum=accum.handle, lr=lr, grad=gradient, momentum=mu,
+                                     use_locking=False, use_nesterov=nesterov)
+    return True
+
+
 class TorchSGD(keras.optimizers.Optimizer):
     """SGD with torch's momentum buffer and coupled (L2) weight decay.
 
@@ -58,6 +82,8 @@ class TorchSGD(keras.optimizers.Optimizer):
             return
         mu = ops.cast(self.momentum, variable.dtype)
         buf = self.momentums[self._get_variable_index(variable)]
+        if _fused_momentum(variable, buf, gradient, lr, mu, self.nesterov):
+            return
         self.assign(buf, mu * buf + gradient)  # the first step gives b = g (b starts at 0)
         update = gradient + mu * buf if self.nesterov else buf
         self.assign_sub(variable, lr * update)
