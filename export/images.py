@@ -1,35 +1,30 @@
-"""Deterministic images for int8 calibration and for the validation batch.
+"""Deterministic images for int8 calibration, the validation batch and benchmark inputs.
 
 Every source returns RGB ``uint8`` arrays of shape ``(num, size, size, 3)``;
 :func:`model_inputs` turns them into what a model takes (normalised float, or pixels when the
 model has its ``preprocessing`` layer inside).
 
-Dataset forms (the ``--dataset`` flag, the same strings the training front end accepts):
+Datasets (the ``--dataset`` flag) are the training front end's source registry,
+:mod:`pf_keras_training.sources` (each source's ``images``); :func:`load_images` is its entry here:
 
-- ``None`` / ``"builtin"``: the built-in default data: the training split of the training front
-  end's builtin dataset (``pf_keras_training.builtin_data.ensure()``, generated on first use; no
-  downloads, same pixels on every machine).
+- ``None`` / ``"builtin"``: the training split of the builtin dataset (generated on first use;
+  no downloads, same pixels on every machine).
 - ``"synthetic"``: uniform random pixels (seeded); a poor calibration set, but dependency-free.
 - ``"folder:PATH"``: image files under PATH (any depth; jpg, jpeg, png, bmp, gif), sorted, then a
   seeded pick.
-- any other string: a TFDS dataset name (``tfds.load(name)``; the ``validation`` split if the
-  dataset has one, else ``train``).
+- any other string: a TFDS dataset name (the ``validation`` split if the dataset has one, else ``train``).
 
 Images from files are resized (shorter side to ``size / 0.875``, bilinear) and centre-cropped,
-the evaluation transform of the reference.
+the evaluation transform of the reference (:func:`pf_keras_training.sources.eval_pixels`).
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from pf_keras.preprocessing import normalize, resize_and_crop
-from pf_keras_training import builtin_data
+from pf_keras.preprocessing import normalize
+from pf_keras_training import sources
 
-CROP_FRACTION = 0.875  # Reference eval transform: resize to 256, centre crop 224.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 INPUT_TYPES = ("float", "uint8")
 
 
@@ -80,86 +75,14 @@ def procedural_images(num: int, size: int, *, seed: int = 0) -> np.ndarray:
     return images
 
 
-def _resize_and_crop(image, size: int) -> np.ndarray:
-    import tensorflow as tf
-
-    image = tf.convert_to_tensor(image)
-    if image.shape[-1] == 1:
-        image = tf.image.grayscale_to_rgb(image)
-    image = image[..., :3]
-    image = resize_and_crop(image, size=size, crop_fraction=CROP_FRACTION, interpolation="bilinear")
-    return np.clip(np.rint(image.numpy()), 0, 255).astype(np.uint8)
-
-
-def folder_images(path: str, num: int, size: int, *, seed: int = 0) -> np.ndarray:
-    """``num`` images picked (seeded) from the image files under ``path``, resized and centre-cropped.
-
-    Raises:
-        ValueError: when ``path`` is not a directory or holds no image files.
-    """
-    import tensorflow as tf
-
-    if not os.path.isdir(path):
-        raise ValueError(f"`dataset` folder must be an existing directory. Received: dataset='folder:{path}'")
-    files = sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(path)
-        for name in names
-        if name.lower().endswith(IMAGE_SUFFIXES)
-    )
-    if not files:
-        raise ValueError(
-            f"`dataset` folder holds no image files ({', '.join(IMAGE_SUFFIXES)}). Received: dataset='folder:{path}'"
-        )
-    rng = np.random.default_rng(seed)
-    picks = rng.permutation(len(files))[:num]
-    images = []
-    for index in picks:
-        data = tf.io.read_file(files[index])
-        images.append(_resize_and_crop(tf.io.decode_image(data, channels=3, expand_animations=False), size))
-    while len(images) < num:  # fewer files than requested: repeat them, in order.
-        images.append(images[len(images) % len(picks)])
-    return np.stack(images)
-
-
-def tfds_images(name: str, num: int, size: int, *, seed: int = 0, data_dir: str | None = None) -> np.ndarray:
-    """The first ``num`` images of a TFDS dataset (validation split if any), resized and centre-cropped.
-
-    Raises:
-        ValueError: when TFDS cannot load ``name``.
-    """
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-        split = "validation" if "validation" in builder.info.splits else "train"
-        dataset = tfds.load(name, split=split, shuffle_files=False, data_dir=data_dir)
-    except Exception as error:  # TFDS raises many types (unknown name, not prepared, no network).
-        raise ValueError(
-            "`dataset` must be 'builtin', 'synthetic', 'folder:PATH' or a TFDS dataset that is available "
-            f"here ({type(error).__name__}: {error}). Received: dataset={name!r}"
-        ) from error
-    images = [_resize_and_crop(example["image"], size) for example in dataset.take(num)]
-    if not images:
-        raise ValueError(f"`dataset` has no images in split {split!r}. Received: dataset={name!r}")
-    while len(images) < num:
-        images.append(images[len(images) % len(images)])
-    del seed  # TFDS order is already deterministic with shuffle_files=False.
-    return np.stack(images)
-
-
-def builtin_images(num: int, size: int, *, seed: int = 0) -> np.ndarray:
-    """The built-in default images: the training split of the training front end's builtin dataset."""
-    return folder_images(os.path.join(builtin_data.ensure(), "train"), num, size, seed=seed)
-
-
 def load_images(
     dataset: str | None, num: int, size: int, *, seed: int = 0, data_dir: str | None = None
 ) -> np.ndarray:
-    """RGB ``uint8`` images of shape ``(num, size, size, 3)`` from one of the dataset forms.
+    """RGB ``uint8`` images of shape ``(num, size, size, 3)`` from a ``--dataset`` source.
 
     Args:
-        dataset: str or None. ``None``/"builtin", "synthetic", "folder:PATH" or a TFDS name.
+        dataset: str or None. ``None``/"builtin", "synthetic", "folder:PATH", a TFDS name, or any
+            other registered kind (:mod:`pf_keras_training.sources`).
         num: int. Number of images.
         size: int. Side in pixels.
         seed: int. Seed of the pick (and of the generated pixels). Defaults to 0.
@@ -173,20 +96,9 @@ def load_images(
     """
     if not isinstance(num, int) or num < 1:
         raise ValueError(f"`num` must be a positive int. Received: num={num!r}")
-    if dataset is None or dataset == "builtin":
-        return builtin_images(num, size, seed=seed)
-    if dataset == "synthetic":
-        return np.random.default_rng(seed).integers(0, 256, (num, size, size, 3), dtype=np.uint8)
-    if dataset.startswith("folder:"):
-        return folder_images(dataset[len("folder:") :], num, size, seed=seed)
-    return tfds_images(dataset, num, size, seed=seed, data_dir=data_dir)
-
-
-def normalise(images: np.ndarray) -> np.ndarray:
-    """RGB pixels in [0, 255] -> ``(x / 255 - mean) / std`` (float32), the models' float input."""
-    return normalize(images)
+    return sources.parse(dataset, data_dir=data_dir).images(num, size, seed=seed)
 
 
 def model_inputs(images: np.ndarray, *, takes_pixels: bool) -> np.ndarray:
     """What a Keras model takes: float pixels when it has preprocessing inside, else normalised floats."""
-    return images.astype(np.float32) if takes_pixels else normalise(images)
+    return images.astype(np.float32) if takes_pixels else normalize(images)

@@ -1,10 +1,11 @@
 """The tf.data input pipelines: sources, ImageNet transforms, per-host sharding.
 
-Sources (``DataConfig.dataset``): a TFDS name (``imagenet2012``; raw JPEG bytes through
-``SkipDecoding`` so the train crop is decoded partially), ``folder:PATH``
-(``PATH/train/<class>/*``, ``PATH/val/<class>/*``, any format ``tf.io.decode_image`` reads),
-``builtin`` (:mod:`builtin_data`, generated on first use) and ``synthetic`` (random tensors,
-for throughput).
+Sources (``DataConfig.dataset``) are the registry of :mod:`pf_keras_training.sources`: a TFDS
+name (``imagenet2012``; raw JPEG bytes through ``SkipDecoding`` so the train crop is decoded
+partially), ``folder:PATH`` (``PATH/train/<class>/*``, ``PATH/val/<class>/*``, any format
+``tf.io.decode_image`` reads), ``builtin`` (:mod:`builtin_data`, generated on first use) and
+``synthetic`` (random tensors, for throughput). This module decodes what a source's
+``encoded`` stream yields; it knows no kind by name.
 
 Determinism: the training stream of one epoch is a pure function of (seed, epoch, host):
 the file order is a permutation seeded by (seed, epoch) (TFDS: file and buffer shuffles
@@ -37,10 +38,7 @@ number of batches so that multi-worker collectives stay in step.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-import os
 import re
 from collections.abc import Callable
 
@@ -48,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 import pf_keras
-from pf_keras_training import builtin_data, repeated_aug
+from pf_keras_training import repeated_aug, sources
 from pf_keras_training.augment import color_jitter, mix_batch, rand_augment, random_erasing
 from pf_keras_training.recipes import DataConfig
 
@@ -58,120 +56,12 @@ MAX_CONSECUTIVE_SKIPS = 1000  # consecutive undecodable training files that stop
 _STALL_MARK = "pf-keras: no decodable image in a row of files"
 
 
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """A resolved dataset: where the examples are and how many there are."""
-
-    kind: str  # "tfds" | "folder" | "synthetic"
-    num_classes: int
-    train_examples: int
-    eval_examples: int
-    name: str = ""
-    data_dir: str | None = None
-    train_files: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
-    eval_files: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
-    class_names: tuple[str, ...] = ()
+Source = sources.DataSource  # a resolved source (the name training code has always used)
 
 
-# ---------------------------------------------------------------- sources
-
-
-def _list_folder(root: str, split: str, class_names: tuple[str, ...] | None) -> tuple[tuple, tuple, tuple]:
-    split_dir = os.path.join(root, split)
-    if not os.path.isdir(split_dir):
-        raise ValueError(
-            f"A folder dataset needs PATH/train/<class>/... and PATH/val/<class>/...; {split_dir} is missing. "
-            f"Received: dataset='folder:{root}'"
-        )
-    names = tuple(sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))))
-    if class_names is not None and names != class_names:
-        raise ValueError(
-            f"The train and val class folders must be the same. Train classes: {list(class_names)}. "
-            f"Received: val classes={list(names)}"
-        )
-    if not names:
-        raise ValueError(f"No class folders found in {split_dir}. Received: dataset='folder:{root}'")
-    paths, labels = [], []
-    for label, name in enumerate(names):
-        folder = os.path.join(split_dir, name)
-        for file in sorted(os.listdir(folder)):
-            full = os.path.join(folder, file)
-            if os.path.isfile(full) and not file.startswith("."):
-                paths.append(full)
-                labels.append(label)
-    return tuple(paths), tuple(labels), names
-
-
-def _subset(paths: tuple, labels: tuple, count: int) -> tuple[tuple, tuple]:
-    """A fixed pseudo-random subset of ``count`` files (all classes represented), in listing order."""
-    if not count or count >= len(paths):
-        return paths, labels
-    keep = np.sort(np.random.default_rng(1234).permutation(len(paths))[:count])
-    return tuple(paths[i] for i in keep), tuple(labels[i] for i in keep)
-
-
-def _tfds_builder(name: str, data_dir: str | None):
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # noqa: BLE001 (an unknown name, or a builder that cannot load: one line either way)
-        base = re.split(r"[/:]", name, maxsplit=1)[0]
-        close = difflib.get_close_matches(base, tfds.list_builders(), n=5, cutoff=0.6)
-        if isinstance(e, tfds.core.registered.DatasetNotFoundError):
-            reason = f"close TFDS names: {close}" if close else "no TFDS name is close"
-        else:
-            reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-        raise ValueError(
-            f"Unknown dataset ({reason}). Use a TFDS name (e.g. imagenet2012), folder:PATH, builtin or synthetic. "
-            f"Received: dataset={name!r}"
-        ) from None
-    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
-        manual = os.path.join(data_dir or os.path.expanduser("~/tensorflow_datasets"), "downloads", "manual")
-        raise ValueError(
-            f"TFDS dataset {name!r} is not prepared in {builder.data_dir}. ImageNet needs a manual download: put "
-            f"ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) into {manual}, then run "
-            f"`tfds build {name} --data_dir {data_dir or '~/tensorflow_datasets'}` (README: 'Preparing ImageNet'). "
-            f"Received: dataset={name!r}, data_dir={data_dir!r}"
-        )
-    return builder
-
-
-def resolve_source(cfg: DataConfig) -> Source:
+def resolve_source(cfg: DataConfig) -> sources.DataSource:
     """Finds the dataset named by ``cfg.dataset``; ValueError with instructions if it is missing."""
-    dataset = cfg.dataset
-    if dataset == "synthetic":
-        if cfg.eval_examples < 0 or cfg.train_examples < 0:
-            raise ValueError(f"Example counts must be >= 0. Received: train_examples={cfg.train_examples}, "
-                             f"eval_examples={cfg.eval_examples}")
-        return Source("synthetic", pf_keras.imagenet.NUM_CLASSES, cfg.train_examples or 1_281_167,
-                      cfg.eval_examples or 50_000, name="synthetic")
-    if dataset == "builtin" or dataset.startswith("folder:"):
-        root = builtin_data.ensure() if dataset == "builtin" else dataset[len("folder:"):]
-        if not root:
-            raise ValueError(f"`folder:` needs a path, as in folder:/data/my_images. Received: dataset={dataset!r}")
-        train_paths, train_labels, names = _list_folder(root, "train", None)
-        eval_paths, eval_labels, _ = _list_folder(root, "val", names)
-        train_paths, train_labels = _subset(train_paths, train_labels, cfg.train_examples)
-        eval_paths, eval_labels = _subset(eval_paths, eval_labels, cfg.eval_examples)
-        if not train_paths or not eval_paths:
-            split = "train" if not train_paths else "val"
-            raise ValueError(
-                f"The {split} split has no files: {os.path.join(root, split)}/<class>/ folders are empty. "
-                f"Received: dataset={dataset!r}"
-            )
-        return Source("folder", len(names), len(train_paths), len(eval_paths), name=dataset, data_dir=root,
-                      train_files=(train_paths, train_labels), eval_files=(eval_paths, eval_labels), class_names=names)
-    builder = _tfds_builder(dataset, cfg.data_dir)
-    splits = builder.info.splits
-    eval_split = "validation" if "validation" in splits else "test"
-    train_n = cfg.train_examples or splits["train"].num_examples
-    eval_n = cfg.eval_examples or splits[eval_split].num_examples
-    if not train_n or not eval_n:
-        raise ValueError(f"The TFDS dataset has an empty {'train' if not train_n else eval_split} split. "
-                         f"Received: dataset={dataset!r}")
-    return Source("tfds", builder.info.features["label"].num_classes, train_n, eval_n, name=dataset,
-                  data_dir=cfg.data_dir)
+    return sources.resolve(cfg)
 
 
 # ---------------------------------------------------------------- seeds
@@ -347,11 +237,6 @@ def _count_skips(ds: tf.data.Dataset, limit: int, start: int = 0) -> tf.data.Dat
     return ds.scan(tf.constant(start - 1, tf.int64), step).filter(_second).map(_first)
 
 
-def _read(source: Source, path_or_bytes: tf.Tensor) -> tf.Tensor:
-    """The encoded image: folder sources read the file here, inside the per-file error handling."""
-    return tf.io.read_file(path_or_bytes) if source.kind == "folder" else path_or_bytes
-
-
 def _first(element, ok):
     return element
 
@@ -364,13 +249,10 @@ def explain_data_error(error: Exception, source: Source, split: str, limit: int)
     """A one-line ValueError for a stopped input stream (too many undecodable files in a row), else ``error``."""
     if not isinstance(error, tf.errors.OpError) or _STALL_MARK not in str(error):
         return error
-    files = len((source.train_files if split == "train" else source.eval_files)[0])
-    where = f"{source.data_dir}/{split}" if source.kind == "folder" else f"TFDS {source.name} ({source.data_dir})"
     found = re.search(re.escape(_STALL_MARK) + r"\D*(\d+)", str(error))
     run = found.group(1) if found else "?"
-    listed = f"{files} files listed" if files else f"{source.train_examples} examples"
     return ValueError(
-        f"The {split} data yielded no decodable image in {run} consecutive files of {where} ({listed}); "
+        f"The {split} data yielded no decodable image in {run} consecutive files of {source.location(split)}; "
         f"the files are not images of a supported format (JPEG, PNG, GIF, BMP, WebP) or exceed the pixel limit. "
         f"Received: max_consecutive_skips={limit}"
     )
@@ -383,11 +265,6 @@ def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float, inte
     checkpoints expect): :func:`pf_keras.eval_transform`.
     """
     return pf_keras.eval_transform(image, size=image_size, crop_fraction=crop_fraction, interpolation=interpolation)
-
-
-def normalize(image_255: tf.Tensor) -> tf.Tensor:
-    """RGB in [0, 255] -> ``(x / 255 - mean) / std`` (float32)."""
-    return pf_keras.normalize(image_255)
 
 
 # ---------------------------------------------------------------- train transform
@@ -420,7 +297,7 @@ def train_example(image_bytes: tf.Tensor, seed: tf.Tensor, cfg: DataConfig, inte
     if cfg.randaugment_magnitude > 0:
         image = rand_augment(image, _seed(seed[0], seed[1], 3), magnitude=cfg.randaugment_magnitude,
                              magnitude_std=cfg.randaugment_magnitude_std, num_ops=cfg.randaugment_num_ops)
-    image = normalize(image)
+    image = pf_keras.normalize(image)
     if cfg.random_erasing > 0:
         image = random_erasing(image, _seed(seed[0], seed[1], 4), cfg.random_erasing)
     return image
@@ -436,42 +313,6 @@ def _options(cfg: DataConfig) -> tf.data.Options:
     options.experimental_optimization.map_parallelization = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return options
-
-
-def _encoded_stream(source: Source, split: str, ctx: tf.distribute.InputContext, seed: int, epoch: int,
-                    cfg: DataConfig, *, training: bool, read: bool = True) -> tf.data.Dataset:
-    """(image bytes, label) of this host's shard, in the epoch's order; train streams repeat forever.
-
-    ``read=False``: folder sources yield (path, label) instead; the caller reads the file (with
-    :func:`_read`) where a failure is skipped and counted.
-    """
-    if source.kind == "folder":
-        paths, labels = source.train_files if split == "train" else source.eval_files
-        order = np.arange(len(paths))
-        if training:
-            order = np.random.default_rng([seed, epoch, 77]).permutation(len(paths))
-        order = order[ctx.input_pipeline_id::ctx.num_input_pipelines]
-        ds = tf.data.Dataset.from_tensor_slices(
-            (np.asarray(paths, dtype=object)[order].astype(str), np.asarray(labels, np.int64)[order]))
-        if training:
-            ds = ds.repeat()
-        return ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=AUTOTUNE) if read else ds
-    import tensorflow_datasets as tfds
-
-    builder = _tfds_builder(source.name, source.data_dir)
-    splits = builder.info.splits
-    tfds_split = "train" if split == "train" else ("validation" if "validation" in splits else "test")
-    if split == "train" and cfg.train_examples:
-        tfds_split = f"train[:{cfg.train_examples}]"
-    if split != "train" and cfg.eval_examples:
-        tfds_split = f"{tfds_split}[:{cfg.eval_examples}]"
-    read_config = tfds.ReadConfig(input_context=ctx, shuffle_seed=int(seed * 100_003 + epoch), try_autocache=False)
-    ds = builder.as_dataset(split=tfds_split, shuffle_files=training, read_config=read_config,
-                            decoders={"image": tfds.decode.SkipDecoding()})
-    ds = ds.map(lambda e: (e["image"], tf.cast(e["label"], tf.int64)))
-    if training:
-        ds = ds.shuffle(cfg.shuffle_buffer, seed=int(seed * 7919 + epoch), reshuffle_each_iteration=False).repeat()
-    return ds
 
 
 def local_batches_per_step(ctx: tf.distribute.InputContext) -> int:
@@ -504,16 +345,15 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
         batch = ctx.get_per_replica_batch_size(cfg.global_batch_size)
         per_step = local_batches_per_step(ctx)
         total = steps_per_epoch * per_step
-        if source.kind == "synthetic":
-            rng = np.random.default_rng([seed, ctx.input_pipeline_id])
-            images = rng.standard_normal((batch, cfg.image_size, cfg.image_size, 3), np.float32)
-            labels = rng.integers(0, num_classes, batch)
-            element = {"images": images, "targets": targets_of(labels), "labels": labels.astype(np.int64),
+        held = source.in_memory("train", ctx, cfg, seed=seed, count=batch)
+        if held is not None:  # one batch of ready model inputs, repeated (synthetic: no decoding)
+            images, labels = held
+            element = {"images": images, "targets": targets_of(labels), "labels": labels,
                        "skipped": np.zeros([batch], np.int32)}
             return tf.data.Dataset.from_tensors(element).repeat(total - skip_steps * per_step)
         skip_batches = skip_steps * per_step
         fast_skip = clean_prefix and skip_batches > 0
-        ds = _encoded_stream(source, "train", ctx, seed, epoch, cfg, training=True, read=False)
+        ds = source.encoded("train", ctx, seed=seed, epoch=epoch, cfg=cfg, training=True)
         ds = repeated_aug.repeat_for_replicas(ds, cfg.repeated_augment, per_step, batch).enumerate()
         if fast_skip:  # indices (and so the augmentation seeds) are kept: enumerate came first
             ds = ds.skip(skip_batches * batch)
@@ -521,15 +361,15 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
         def example(index, pair):
             image_bytes, label = pair
             s = _seed(seed, epoch, ctx.input_pipeline_id, index)
-            image = train_example(checked(_read(source, image_bytes), max_image_pixels), s, cfg, interpolation)
+            image = train_example(checked(source.read(image_bytes), max_image_pixels), s, cfg, interpolation)
             return {"images": image, "labels": label, "index": index}
 
         def failed(index, pair):
             return {"images": tf.zeros([cfg.image_size, cfg.image_size, 3]), "labels": pair[1], "index": index}
 
         limit, chunk = max_consecutive_skips, 64
-        if source.kind == "folder":  # a whole pass of this host's files
-            per_host = max(1, len(source.train_files[0]) // ctx.num_input_pipelines)
+        per_host = source.train_files_per_host(ctx)
+        if per_host:  # a whole pass of this host's files
             limit, chunk = (min(limit, per_host) if limit > 0 else 0), min(chunk, per_host)
         ds = _count_skips(_decode_chunks(ds, example, failed, chunk), limit,
                           start=skip_batches * batch if fast_skip else 0)
@@ -574,18 +414,16 @@ def make_eval_dataset_fn(source: Source, cfg: DataConfig, *, interpolation: str,
         count = steps * local_batches_per_step(ctx) * batch
         pad = {"images": tf.zeros([cfg.image_size, cfg.image_size, 3]), "labels": tf.constant(0, tf.int64),
                "weights": tf.constant(0.0), "skipped": tf.constant(0, tf.int32)}
-        if source.kind == "synthetic":
-            rng = np.random.default_rng([1, ctx.input_pipeline_id])
-            n = min(count, source.eval_examples)
-            ds = tf.data.Dataset.from_tensor_slices({
-                "images": rng.standard_normal((min(n, 256), cfg.image_size, cfg.image_size, 3), np.float32),
-                "labels": rng.integers(0, source.num_classes, min(n, 256)).astype(np.int64),
-            }).repeat().take(n).map(lambda e: dict(e, weights=tf.constant(1.0), skipped=tf.constant(0, tf.int32)))
+        n = min(count, source.eval_examples)
+        held = source.in_memory("val", ctx, cfg, seed=1, count=min(n, 256))
+        if held is not None:  # ready model inputs, repeated (synthetic: no decoding)
+            ds = tf.data.Dataset.from_tensor_slices({"images": held[0], "labels": held[1]}).repeat().take(n)
+            ds = ds.map(lambda e: dict(e, weights=tf.constant(1.0), skipped=tf.constant(0, tf.int32)))
         else:
-            ds = _encoded_stream(source, "val", ctx, 0, 0, cfg, training=False, read=False).enumerate()
+            ds = source.encoded("val", ctx, seed=0, epoch=0, cfg=cfg, training=False).enumerate()
 
             def example(index, pair):
-                image = decode_full(checked(_read(source, pair[0]), max_image_pixels))
+                image = decode_full(checked(source.read(pair[0]), max_image_pixels))
                 image = eval_transform(image, cfg.image_size, cfg.crop_fraction, interpolation)
                 return {"images": image, "labels": pair[1], "weights": tf.constant(1.0),
                         "skipped": tf.constant(0, tf.int32)}
