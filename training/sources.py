@@ -208,9 +208,8 @@ def eval_pixels(image, size: int) -> np.ndarray:
 def _repeat_to(images: list, num: int, name: str) -> np.ndarray:
     if not images:
         raise ValueError(f"`dataset` has no decodable images. Received: dataset={name!r}")
-    while len(images) < num:  # fewer than requested: repeat them, in order
-        images.append(images[len(images) % len(images)])
-    return np.stack(images)
+    found = len(images)
+    return np.stack([images[i % found] for i in range(num)])  # fewer than requested: repeated, in order
 
 
 # ---------------------------------------------------------------- folder and builtin
