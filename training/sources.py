@@ -19,8 +19,10 @@ one ``register`` call; ``resolve`` and ``encoded`` are all it must write (``imag
 decodes the first examples of its eval split)::
 
     @sources.register
+    @dataclasses.dataclass(frozen=True)
     class Shards(sources.DataSource):
         kind = "shards"
+        form = "shards:PATTERN"
         argument_usage = "a file pattern, as in shards:/data/*.tfrecord"
 
         def resolve(self, cfg): ...
