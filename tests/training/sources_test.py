@@ -11,6 +11,8 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
+from etils import epath
 
 import pf_keras
 from pf_keras_export.images import load_images, model_inputs
@@ -148,7 +150,37 @@ class TestExtraSource:
             data.resolve_source(recipes.DataConfig(dataset="colours:x"))
 
 
+class PfTinyColours(tfds.core.GeneratorBasedBuilder):
+    """A real (tiny) TFDS dataset built locally: 3 flat-colour validation images, 2 classes."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = epath.Path(__file__)  # TFDS's default lookup fails for modules pytest imports by path
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+            "label": tfds.features.ClassLabel(num_classes=2)}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(0, 4), "validation": self._generate_examples(1, 3)}
+
+    def _generate_examples(self, split, n):
+        for i in range(n):
+            yield i, {"image": np.full((SIDE, SIDE + 6, 3), _colour(split, i), np.uint8), "label": i % 2}
+
+
 class TestBuiltinKinds:
+    def test_tfds_export_images_are_the_validation_split_repeated_in_order(self, tmp_path):
+        PfTinyColours(data_dir=str(tmp_path)).download_and_prepare()
+        for dataset in ("pf_tiny_colours", "tfds:pf_tiny_colours"):
+            images = load_images(dataset, 5, 12, data_dir=str(tmp_path))
+            assert images.shape == (5, 12, 12, 3)
+            assert (images == images[:, :1, :1]).all()  # flat colours, resized and cropped
+            found = sorted(tuple(int(v) for v in image[0, 0]) for image in images[:3])
+            assert found == sorted(tuple(int(v) for v in _colour(1, i)) for i in range(3))  # TFDS's order
+            np.testing.assert_array_equal(images[3:], images[:2])
+
+
     def test_synthetic_stream_is_the_seeded_normal_batch(self):
         cfg = recipes.DataConfig(dataset="synthetic", global_batch_size=2, image_size=8, train_examples=4,
                                  eval_examples=3)
