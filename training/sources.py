@@ -45,7 +45,6 @@ from pf_keras.preprocessing import resize_and_crop
 from pf_keras_training import builtin_data
 from pf_keras_training.recipes import DataConfig
 
-AUTOTUNE = tf.data.AUTOTUNE
 EXPORT_CROP_FRACTION = 0.875  # export's images: the reference eval transform (resize 256, centre crop 224), bilinear
 EXPORT_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
