@@ -14,6 +14,15 @@ Default model set: the paper's ResNets and transformers present in the registry
 keras.applications ResNet50 (v1: stride on the 1x1 conv) and MobileNetV2, both ``weights=None``.
 Latency does not depend on the weights' values, so random weights are timed.
 
+"Keras port or PyTorch export?": given a :class:`~pf_keras_export.torch_route.TorchRoute` (a
+Python with torch and litert-torch, and a PfLayer checkout), :func:`benchmark` also converts
+the official model of each benchmarked name through litert-torch (fp32 and int8,
+:mod:`pf_keras_export.torch_route`) and times those files in the same interleaved rounds,
+as rows with route "litert-torch" beside the port's (route "port"), each pair with the ratio
+``port_over_litert_torch`` (port median / litert-torch median). Their params and MACs are the
+port's (the same network). A failed conversion leaves a row marked with its reason and no
+times; the other files are still timed.
+
 Every result file is written atomically. The command line over it is
 :mod:`pf_keras_export.benchmark` (``pf-keras-benchmark``).
 """
@@ -37,10 +46,12 @@ import pf_keras
 from pf_keras import fileio
 from pf_keras_export import formats as formats_lib
 from pf_keras_export import litert
+from pf_keras_export import torch_route as torch_route_lib
 from pf_keras_export.build import BASELINES, build_model, known_models
 from pf_keras_export.context import ExportContext
 from pf_keras_export.files import check_output_dir
 from pf_keras_export.images import load_images
+from pf_keras_export.tflite import calibration_inputs
 from pf_keras_export.validate_lib import versions
 
 DEFAULT_MODELS = (
@@ -55,9 +66,11 @@ DEFAULT_MODELS = (
 DEFAULT_FORMATS = ("fp32", "int8")
 _MARKERS = "os^Dvp*hX"  # plot markers, one per registered format (cycled)
 REFERENCE_MODEL = "resnet50"  # The "speed-up" column divides its latency by each row's.
+PORT_ROUTE = "port"  # the ``route`` of the port's rows (official models: torch_route.ROUTE)
 CSV_FIELDS = (
-    "model", "format", "delegate", "threads", "image_size", "params", "macs", "size_bytes",
+    "model", "format", "route", "delegate", "threads", "image_size", "params", "macs", "size_bytes",
     "median_ms", "p90_ms", "mean_ms", "min_ms", "runs", "warmup", "fully_delegated", "speedup_vs_resnet50",
+    "port_over_litert_torch", "failure",
 )
 
 
@@ -196,6 +209,7 @@ def benchmark(
     runs: int = 30,
     model_kwargs: str | dict | None = None,
     num_calibration: int = 16,
+    torch_route: torch_route_lib.TorchRoute | None = None,
     verbose: bool = True,
 ) -> dict:
     """Exports and times models; writes the table, CSV, plot and JSON to ``output_dir``.
@@ -210,15 +224,19 @@ def benchmark(
         warmup: int. Untimed runs per measurement. Defaults to 5.
         runs: int. Timed runs per measurement. Defaults to 30.
         model_kwargs: builder overrides applied to the pf_keras models (not the baselines), e.g.
-            a small config for a smoke run. Defaults to None.
+            a small config for a smoke run. Defaults to None. The official models are always
+            built as published, so with ``torch_route`` the pairs then compare different networks.
         num_calibration: int. int8 calibration images (latency does not depend on them). Defaults to 16.
+        torch_route: TorchRoute or None. Also time the official models of ``models`` converted by
+            litert-torch (formats fp32 and int8 only; cached in ``output_dir/files``). Defaults to None.
         verbose: bool. Print progress and the table. Defaults to True.
 
     Returns:
         dict with ``rows``, ``meta`` and the written ``paths``.
 
     Raises:
-        ValueError: for unknown models or formats, bad counts, or an unwritable ``output_dir``.
+        ValueError: for unknown models or formats, bad counts, an unwritable ``output_dir``, or a
+            ``torch_route`` whose Python or checkout does not work (checked before any export).
     """
     names, skipped = resolve_models(models)
     selected = formats_lib.parse(formats, timeable=True)
@@ -229,9 +247,11 @@ def benchmark(
     if runs < 1 or warmup < 0:
         raise ValueError(f"`runs` must be >= 1 and `warmup` >= 0. Received: runs={runs}, warmup={warmup}")
     output_dir = check_output_dir(output_dir)
+    route_info = torch_route_lib.check(torch_route) if torch_route else None
     files_dir = os.path.join(output_dir, "files")
     os.makedirs(files_dir, exist_ok=True)
-    files = []  # (name, format, path, profile): export everything first, then time interleaved.
+    files = []  # (name, format, route, path, profile): convert everything first, then time interleaved.
+    failed = []  # (name, format, profile, reason): official conversions that gave no file
     for name in names:
         kwargs = None if name in BASELINES else model_kwargs
         model = build_model(name, model_kwargs=kwargs, image_size=image_size)
@@ -242,21 +262,55 @@ def benchmark(
             )
             for fmt in selected:
                 path = fmt.convert(model, fmt.path_in(files_dir, name), context)
-                files.append((name, fmt.name, path, profile))
+                files.append((name, fmt.name, PORT_ROUTE, path, profile))
         if verbose:
             print(f"exported {name} ({', '.join(formats)})", flush=True)
         keras.utils.clear_session()
+        if route_info is not None:
+            _add_official(name, formats, profile, torch_route, route_info, files_dir, num_calibration,
+                          files, failed, verbose)
     rows = []
     for count in threads:
-        timings = time_interleaved([f[2] for f in files], threads=count, warmup=warmup, runs=runs)
-        for (name, fmt, path, profile), timing in zip(files, timings, strict=True):
+        timings = time_interleaved([f[3] for f in files], threads=count, warmup=warmup, runs=runs)
+        for (name, fmt, route, path, profile), timing in zip(files, timings, strict=True):
             size = int(profile.input_shape[0])
-            rows.append(_row(name, fmt, count, size, profile.params, profile.macs, path, timing, runs, warmup))
-    rows.sort(key=lambda r: (names.index(r["model"]), formats.index(r["format"]), r["threads"]))
+            rows.append(_row(name, fmt, count, size, profile.params, profile.macs, path, timing, runs, warmup,
+                             route=route))
+        for name, fmt, profile, reason in failed:
+            rows.append(_failed_row(name, fmt, count, int(profile.input_shape[0]), profile, reason, runs, warmup))
+    routes = (PORT_ROUTE, torch_route_lib.ROUTE)
+    rows.sort(key=lambda r: (names.index(r["model"]), formats.index(r["format"]), r["threads"],
+                             routes.index(r["route"])))
     meta = {**machine_info(), "image_size": image_size, "threads": threads, "warmup": warmup, "runs": runs,
             "formats": formats, "models": names, "skipped_models": skipped, "model_kwargs": model_kwargs,
             "runtime": "ai_edge_litert Interpreter, default XNNPACK delegate, batch 1"}
+    if route_info is not None:
+        meta["litert_torch"] = {"python": torch_route.python, "pflayer_dir": torch_route.pflayer_dir,
+                                "torch": route_info.get("torch"), "litert_torch": route_info.get("litert_torch"),
+                                "official_models": route_info["models"], "int8": torch_route_lib.INT8_DESCRIPTION}
     return _finish(rows, meta, output_dir, verbose)
+
+
+def _add_official(name, formats, profile, route, route_info, files_dir, num_calibration, files, failed, verbose):
+    """Appends the official ``name``'s litert-torch files to ``files`` (or its failures to ``failed``)."""
+    status = route_info["models"].get(name)
+    if status is None:  # no official counterpart (the keras.applications baselines)
+        return
+    size = int(profile.input_shape[0])
+    for fmt in (f for f in formats if f in torch_route_lib.PRECISIONS):
+        if status != "ok":
+            official = torch_route_lib.OfficialFile(name, fmt, None, failure=f"not in the checkout ({status})")
+        else:
+            official = torch_route_lib.official_file(
+                route, name, fmt, files_dir=files_dir, image_size=size, num_calibration=num_calibration,
+                calibration=lambda s: calibration_inputs(load_images(None, num_calibration, s), takes_pixels=False),
+            )
+        if official.path:
+            files.append((name, fmt, torch_route_lib.ROUTE, official.path, profile))
+        else:
+            failed.append((name, fmt, profile, official.failure))
+        if verbose:
+            print(f"official {name} {fmt} via litert-torch: {official.failure or official.path}", flush=True)
 
 
 def benchmark_export_dir(
@@ -334,9 +388,10 @@ def _read_report(path: str) -> dict:
     return report
 
 
-def _row(name, fmt, threads, size, params, macs, path, timing, runs, warmup) -> dict:
+def _row(name, fmt, threads, size, params, macs, path, timing, runs, warmup, *, route=PORT_ROUTE) -> dict:
     return {
-        "model": name, "format": fmt, "threads": threads, "image_size": size, "params": params, "macs": macs,
+        "model": name, "format": fmt, "route": route, "threads": threads, "image_size": size, "params": params,
+        "macs": macs,
         "size_bytes": os.path.getsize(path), "median_ms": timing["median_ms"], "p90_ms": timing["p90_ms"],
         "mean_ms": timing["mean_ms"], "min_ms": timing["min_ms"], "runs": runs, "warmup": warmup,
         "fully_delegated": timing["xnnpack"]["fully_delegated"], "cpu_ops": timing["xnnpack"]["cpu_ops"],
@@ -344,37 +399,100 @@ def _row(name, fmt, threads, size, params, macs, path, timing, runs, warmup) -> 
     }
 
 
+def _failed_row(name, fmt, threads, size, profile, reason, runs, warmup) -> dict:
+    """A litert-torch row whose file could not be made: no times, the reason in ``failure``."""
+    return {
+        "model": name, "format": fmt, "route": torch_route_lib.ROUTE, "threads": threads, "image_size": size,
+        "params": profile.params, "macs": profile.macs, "size_bytes": None, "median_ms": None, "p90_ms": None,
+        "mean_ms": None, "min_ms": None, "runs": runs, "warmup": warmup, "fully_delegated": None, "cpu_ops": [],
+        "path": None, "failure": reason,
+    }
+
+
+def _key(row: dict) -> tuple:
+    return row["format"], row.get("route", PORT_ROUTE), row.get("delegate"), row["threads"], row["image_size"]
+
+
 def add_speedups(rows: list[dict], reference: str = REFERENCE_MODEL) -> None:
-    """Adds ``speedup_vs_resnet50``: the reference's median over the row's, same format/threads/size."""
-    base = {(r["format"], r["threads"], r["image_size"]): r["median_ms"] for r in rows if r["model"] == reference}
+    """Adds ``speedup_vs_resnet50``: the reference's median over the row's, same format/route/threads/size."""
+    base = {_key(r): r["median_ms"] for r in rows if r["model"] == reference and r.get("median_ms")}
     for row in rows:
-        key = (row["format"], row["threads"], row["image_size"])
-        row["speedup_vs_resnet50"] = base[key] / row["median_ms"] if key in base else None
+        key = _key(row)
+        row["speedup_vs_resnet50"] = base[key] / row["median_ms"] if key in base and row.get("median_ms") else None
+
+
+def add_route_ratios(rows: list[dict]) -> None:
+    """Adds ``port_over_litert_torch`` to both rows of each (port, litert-torch) pair: port median / litert-torch's.
+
+    Below 1 the port's file is faster. None where a row has no partner or no time.
+    """
+    def pair(row: dict) -> tuple:
+        return row["model"], row["format"], row.get("delegate"), row["threads"], row["image_size"]
+
+    port = {pair(r): r for r in rows if r.get("route", PORT_ROUTE) == PORT_ROUTE}
+    for row in rows:
+        row["port_over_litert_torch"] = None
+    for row in rows:
+        if row.get("route") != torch_route_lib.ROUTE:
+            continue
+        partner = port.get(pair(row))
+        if partner and partner.get("median_ms") and row.get("median_ms"):
+            ratio = partner["median_ms"] / row["median_ms"]
+            row["port_over_litert_torch"] = partner["port_over_litert_torch"] = ratio
+
+
+def _format_label(row: dict) -> str:
+    label = f"{row['format']} / {row['delegate']}" if row.get("delegate") else row["format"]
+    if row.get("route", PORT_ROUTE) != PORT_ROUTE:
+        label = f"official via {row['route']} {label}"
+    return label
 
 
 def format_table(rows: list[dict], meta: dict, *, latency_label: str = "median (ms)") -> str:
-    """Rows as a Markdown table, headed by the date, machine and versions."""
+    """Rows as a Markdown table, headed by the date, machine and versions.
+
+    With litert-torch rows the table gains a ``port / litert-torch`` column (port median over
+    the official file's, same format and threads) and its header the torch/litert-torch versions.
+    """
     v = meta.get("versions", {})
-    header = [
+    routes = any(r.get("route", PORT_ROUTE) != PORT_ROUTE for r in rows)
+    title = (
         f"Measured {meta.get('date', '')} on {meta.get('cpu', '?')} ({meta.get('cpu_count', '?')} CPUs), "
         f"{meta.get('runtime', '')}; TensorFlow {v.get('tensorflow', '?')}, Keras {v.get('keras', '?')}, "
-        f"ai-edge-litert {v.get('ai_edge_litert', '?')}; warm-up {meta.get('warmup')}, {meta.get('runs')} runs.",
+        f"ai-edge-litert {v.get('ai_edge_litert', '?')}; warm-up {meta.get('warmup')}, {meta.get('runs')} runs."
+    )
+    if routes and meta.get("litert_torch"):
+        info = meta["litert_torch"]
+        title += (f" Official models: PfLayer checkout, torch {info.get('torch', '?')}, "
+                  f"litert-torch {info.get('litert_torch', '?')}.")
+    ratio_head, ratio_rule = (" port / litert-torch |", "---|") if routes else ("", "")
+    header = [
+        title,
         "",
         f"| model | format | threads | params (M) | GMACs | size (MB) | {latency_label} | p90 (ms) | x vs resnet50 "
-        "| XNNPACK |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"|{ratio_head} XNNPACK |",
+        f"|---|---|---|---|---|---|---|---|---|{ratio_rule}---|",
     ]
     lines = []
     for r in rows:
         params = f"{r['params'] / 1e6:.2f}" if r.get("params") else "-"
         macs = (f"{r['macs'] / 1e9:.2f}" if r["macs"] >= 1e8 else f"{r['macs'] / 1e9:.2g}") if r.get("macs") else "-"
         speedup = f"{r['speedup_vs_resnet50']:.2f}" if r.get("speedup_vs_resnet50") else "-"
-        delegation = "full" if r.get("fully_delegated") else "CPU: " + ",".join(sorted(set(r.get("cpu_ops", []))))
+        if r.get("failure"):
+            delegation = f"failed: {r['failure']}"
+        elif r.get("fully_delegated"):
+            delegation = "full"
+        else:
+            delegation = "CPU: " + ",".join(sorted(set(r.get("cpu_ops", []))))
+        median = f"{r['median_ms']:.2f}" if r.get("median_ms") is not None else "-"
         p90 = f"{r['p90_ms']:.2f}" if r.get("p90_ms") is not None else "-"
-        fmt = f"{r['format']} / {r['delegate']}" if r.get("delegate") else r["format"]
+        size = f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") is not None else "-"
+        ratio = ""
+        if routes:
+            ratio = f" {r['port_over_litert_torch']:.2f} |" if r.get("port_over_litert_torch") else " - |"
         lines.append(
-            f"| {r['model']} | {fmt} | {r['threads']} | {params} | {macs} | {r['size_bytes'] / 1e6:.2f} | "
-            f"{r['median_ms']:.2f} | {p90} | {speedup} | {delegation} |"
+            f"| {r['model']} | {_format_label(r)} | {r['threads']} | {params} | {macs} | {size} | "
+            f"{median} | {p90} | {speedup} |{ratio} {delegation} |"
         )
     return "\n".join(header + lines)
 
@@ -402,10 +520,12 @@ def plot(rows: list[dict], path: str, *, title: str = "") -> str:
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     fig, axes = plt.subplots(1, len(thread_counts), figsize=(6.5 * len(thread_counts), 4.8), squeeze=False)
     for ax, count in zip(axes[0], thread_counts, strict=True):
-        for r in (r for r in rows if r["threads"] == count):
+        for r in (r for r in rows if r["threads"] == count and r.get("median_ms") is not None):
             x = (r["macs"] or 0) / 1e9
-            ax.scatter(x, r["median_ms"], marker=markers.get(r["format"], "x"), color=colours[r["model"]], s=45)
-            label = f"{r['model']} {r['format']}" + (f" {r['delegate']}" if r.get("delegate") else "")
+            official = r.get("route", PORT_ROUTE) != PORT_ROUTE  # hollow markers
+            ax.scatter(x, r["median_ms"], marker=markers.get(r["format"], "x"), s=45,
+                       facecolors="none" if official else colours[r["model"]], edgecolors=colours[r["model"]])
+            label = f"{r['model']} {_format_label(r)}"
             ax.annotate(label, (x, r["median_ms"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         ax.set_xlabel("GMACs (multiply-adds)")
@@ -428,6 +548,7 @@ def write_results(rows: list[dict], meta: dict, output_dir: str, *, prefix: str 
         pf_keras.fileio.WriteError: when a file cannot be written (its previous version is intact).
     """
     add_speedups(rows)
+    add_route_ratios(rows)
     paths = {
         "markdown": os.path.join(output_dir, f"{prefix}.md"),
         "csv": os.path.join(output_dir, f"{prefix}.csv"),
@@ -446,6 +567,9 @@ def _finish(rows: list[dict], meta: dict, output_dir: str, verbose: bool) -> dic
     if verbose:
         if meta.get("skipped_models"):
             print(f"Skipped (not in the registry yet): {meta['skipped_models']}")
+        failures = sorted({f"{r['model']} {r['format']}: {r['failure']}" for r in rows if r.get("failure")})
+        for failure in failures:
+            print(f"litert-torch row without a file: {failure}")
         print(format_table(rows, meta))
         print(f"Wrote {', '.join(paths.values())}")
     return {"rows": rows, "meta": meta, "paths": paths}
