@@ -31,7 +31,8 @@ FLAGS = {
                                   "--int8_output_type", "--require_full_delegation", "--batch_size", "--output_dir"},
     validate: COMMON | MODEL | {"--require_full_delegation", "--batch_size", "--output_dir"},
     benchmark: COMMON | {"--model", "--model_kwargs", "--image_size", "--formats", "--export_dir", "--threads",
-                         "--warmup", "--runs", "--num_calibration", "--output_dir"},
+                         "--warmup", "--runs", "--num_calibration", "--litert_torch_python", "--pflayer_dir",
+                         "--output_dir"},
     android: COMMON | {"--files", "--binary", "--threads", "--delegates", "--runs", "--warmup", "--adb", "--serial",
                        "--parse", "--output_dir"},
 }
