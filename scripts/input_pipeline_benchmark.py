@@ -1,15 +1,22 @@
 """Images/s per core of the JPEG train transform on a generated folder of ImageNet-sized JPEGs.
 
-    python scripts/input_pipeline_benchmark.py --images 256 --batches 8
+    python scripts/input_pipeline_benchmark.py --images 256 --batches 8 --threads 1
 
 Writes ``--images`` JPEGs of 500x375 (ImageNet's typical size) at quality 90 into a
 ``folder:`` dataset (``train/<class>/`` and ``val/<class>/``; a temporary folder unless
-``--folder`` is given), then times, each with tf.data limited to ``--threads`` threads:
+``--folder`` is given), then times, each with tf.data limited to ``--threads`` threads (and
+intra-op parallelism 1), these stages, each a prefix of the next:
 
 - ``read``: the files' bytes only;
 - ``decode+crop``: the partial JPEG decode of a random crop (``decode_and_crop_jpeg``);
-- ``train``: the whole train pipeline of ``training/data.py`` (partial decode, crop, resize,
-  flip, colour jitter 0.4, normalise, batching), the same function train.py runs.
+- ``+resize``: ``data.train_resized`` (the crop resized to ``--image_size``, antialiased bilinear);
+- ``train per-image``: the train pipeline of ``training/data.py`` with every step per image;
+- ``train``: the train pipeline as train.py runs it (flip, colour jitter 0.4 and normalisation
+  on whole batches, XLA-compiled: ``augment.finish_batch``).
+
+Each stage reports images/s of wall time and images per CPU-second of the whole process
+(``time.process_time``: all threads, XLA's included); on a shared machine the second is the
+honest per-core number. The load average is printed with the table.
 
 It also checks that the folder pipeline's graph holds no Python op (no ``from_generator`` /
 ``py_function``: those hold the GIL and do not scale with threads).
@@ -52,17 +59,20 @@ def python_ops_in(dataset) -> list[str]:
     return [op.decode() for op in PYTHON_OPS if op in graph]
 
 
-def _rate(dataset, threads: int, elements: int, per_element: int) -> float:
+def _rate(dataset, threads: int, elements: int, per_element: int) -> tuple[float, float]:
+    """(images/s of wall time, images per CPU-second of the process) over ``elements`` elements."""
     import tensorflow as tf
 
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
     it = iter(dataset.with_options(options))
-    next(it)  # warm-up
-    start = time.perf_counter()
+    next(it)  # warm-up (tracing, XLA compilation, file open)
+    cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(elements):
         next(it)
-    return elements * per_element / (time.perf_counter() - start)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return elements * per_element / wall, elements * per_element / max(cpu, 1e-9)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,22 +114,44 @@ def main(argv: list[str] | None = None) -> int:
         crop = read.enumerate().map(
             lambda i, b: data_lib.decode_random_crop(b, tf.stack([i, i]), (0.08, 1.0), (3 / 4, 4 / 3)),
             num_parallel_calls=tf.data.AUTOTUNE)
+        resized = read.enumerate().map(
+            lambda i, b: data_lib.train_resized(b, tf.stack([i, i]), cfg, "bilinear"),
+            num_parallel_calls=tf.data.AUTOTUNE)
         ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1)
-        train = data_lib.make_train_dataset_fn(source, cfg, seed=0, epoch=0, steps_per_epoch=10**6, skip_steps=0,
-                                               label_smoothing=0.0, interpolation="bilinear")(ctx)
+
+        def train_stream():
+            return data_lib.make_train_dataset_fn(source, cfg, seed=0, epoch=0, steps_per_epoch=10**6, skip_steps=0,
+                                                  label_smoothing=0.0, interpolation="bilinear")(ctx)
+
+        train = train_stream()
+        batched = data_lib.batched_finish
+        data_lib.batched_finish = lambda cfg: False  # the same pipeline with every step per image
+        try:
+            train_per_image = train_stream()
+        finally:
+            data_lib.batched_finish = batched
         python_ops = python_ops_in(train)
         per_image = len(source.train_files[0])
-        rows = []
-        for n in threads:
-            rows.append((n, _rate(read, n, per_image, 1), _rate(crop, n, per_image, 1),
-                         _rate(train, n, args.batches, args.batch_size)))
+        stages = [("read", read, per_image, 1), ("decode+crop", crop, per_image, 1),
+                  ("+resize", resized, per_image, 1),
+                  ("train per-image", train_per_image, args.batches, args.batch_size),
+                  ("train", train, args.batches, args.batch_size)]
+        rows = [(n, name, *_rate(ds, n, count, size)) for n in threads for name, ds, count, size in stages]
     print(f"{args.images} JPEGs {WIDTH}x{HEIGHT} q{QUALITY} (mean {mean_bytes / 1024:.0f} KiB), train transform to "
-          f"{args.image_size}x{args.image_size}, batch {args.batch_size}, TF {tf.__version__}, {cores} cores")
+          f"{args.image_size}x{args.image_size}, batch {args.batch_size}, TF {tf.__version__}, {cores} cores, "
+          f"load average {' '.join(_load_average())}")
     print(f"Python ops in the folder pipeline: {', '.join(python_ops) if python_ops else 'none'}")
-    print(f"{'threads':>7} {'read img/s':>11} {'decode+crop img/s':>18} {'train img/s':>12} {'train img/s/thread':>19}")
-    for n, r, c, t in rows:
-        print(f"{n:>7} {r:>11.0f} {c:>18.0f} {t:>12.0f} {t / n:>19.0f}")
+    print(f"{'threads':>7} {'stage':<16} {'img/s':>7} {'img/CPU-s':>9} {'CPU ms/img':>10}")
+    for n, name, wall, cpu in rows:
+        print(f"{n:>7} {name:<16} {wall:>7.0f} {cpu:>9.0f} {1000 / cpu:>10.2f}")
     return 0
+
+
+def _load_average() -> list[str]:
+    try:
+        return [f"{v:.2f}" for v in os.getloadavg()]
+    except OSError:
+        return ["unknown"]
 
 
 if __name__ == "__main__":

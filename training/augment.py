@@ -19,8 +19,10 @@ as timm's do.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import tensorflow as tf
 
 import pf_keras
@@ -237,12 +239,73 @@ def jitter(image: tf.Tensor, factors, order) -> tf.Tensor:
     return image
 
 
+def jitter_params(strength: float, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """:func:`color_jitter`'s draws: (brightness, contrast, saturation factors uniform in
+    [max(0, 1 - s), 1 + s], float32 [3]; their order, a permutation of 0, 1, 2 as int32 [3])."""
+    factors = tf.random.stateless_uniform([3], seed, max(0.0, 1 - strength), 1 + strength)
+    order = tf.argsort(tf.random.stateless_uniform([3], _seed(seed, 1)))
+    return factors, order
+
+
 def color_jitter(image: tf.Tensor, strength: float, seed: tf.Tensor) -> tf.Tensor:
     """timm's ``--color-jitter``: brightness, contrast and saturation factors uniform in
     [max(0, 1 - s), 1 + s], applied in a random order (torchvision's ``ColorJitter``, hue 0)."""
-    factors = tf.random.stateless_uniform([3], seed, max(0.0, 1 - strength), 1 + strength)
-    order = tf.argsort(tf.random.stateless_uniform([3], _seed(seed, 1)))
-    return jitter(image, factors, order)
+    return jitter(image, *jitter_params(strength, seed))
+
+
+def jitter_batch(images: tf.Tensor, factors: tf.Tensor, orders: tf.Tensor) -> tf.Tensor:
+    """:func:`jitter` of every image of a batch [B, H, W, 3] with its own factors [B, 3] and order [B, 3]:
+    bit-identical to it image by image. Each of the three steps is one blend ``clip(floor(d + f (x - d)))``
+    whose degenerate ``d`` (0, the rounded mean of L, or L) and factor are selected per image."""
+    per_image = [-1, 1, 1, 1]
+    orders = tf.cast(orders, tf.int32)
+    for k in range(3):
+        op = orders[:, k]
+        factor = tf.reshape(tf.gather(factors, op, batch_dims=1), per_image)
+        grey = luma(images)
+        mean = tf.floor(tf.reduce_mean(tf.cast(grey, tf.float64), axis=[1, 2, 3], keepdims=True) + 0.5)
+        degenerate = tf.where(tf.reshape(op == 2, per_image), grey,
+                              tf.where(tf.reshape(op == 1, per_image), tf.cast(mean, images.dtype), 0.0))
+        images = blend(degenerate, images, factor)
+    return images
+
+
+# ---------------------------------------------------------------- normalisation, the batched finish
+
+
+@functools.cache
+def _levels_table() -> np.ndarray:
+    return pf_keras.normalize(np.arange(256, dtype=np.float32)[:, None]).reshape(-1)  # [256 * 3], level-major
+
+
+def normalize_levels(image: tf.Tensor) -> tf.Tensor:
+    """``(x / 255 - mean) / std`` of integer levels 0..255 [..., 3], with the float32 bits of torch's
+    ``ToTensor`` + ``Normalize``: a table lookup, so graph mode, XLA and eager give the same bits (Grappler
+    and XLA each rewrite the arithmetic differently, in the last bit)."""
+    index = tf.cast(image, tf.int32) * 3 + tf.range(3)
+    return tf.gather(tf.constant(_levels_table()), index)
+
+
+@functools.cache
+def _compiled_finish(hflip: bool, jitter: bool):
+    def finish(images, flips, factors, orders):
+        x = tf.round(tf.clip_by_value(images, 0.0, 255.0))  # PIL's uint8 image after the resize
+        if hflip:
+            x = tf.where(tf.reshape(flips, [-1, 1, 1, 1]), tf.reverse(x, [2]), x)
+        if jitter:
+            x = jitter_batch(x, factors, orders)
+        return normalize_levels(x)
+
+    return tf.function(finish, jit_compile=True)
+
+
+def finish_batch(images: tf.Tensor, flips: tf.Tensor, factors: tf.Tensor, orders: tf.Tensor, *, hflip: bool,
+                 jitter: bool) -> tf.Tensor:
+    """The train transform after the resize, on a whole batch [B, H, W, 3] of resized float images, as one
+    XLA-compiled function (a few fused loops instead of ~40 ops per image): round to levels, flip where
+    ``flips`` [B] (if ``hflip``), :func:`jitter_batch` with ``factors`` / ``orders`` [B, 3] (if ``jitter``),
+    :func:`normalize_levels`. Bit-identical to the per-image ops (``tests/training/transform_test.py``)."""
+    return _compiled_finish(bool(hflip), bool(jitter))(images, flips, factors, orders)
 
 
 # ---------------------------------------------------------------- random erasing

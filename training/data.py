@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 import pf_keras
-from pf_keras_training import repeated_aug, sources
+from pf_keras_training import augment, repeated_aug, sources
 from pf_keras_training.augment import color_jitter, mix_batch, rand_augment, random_erasing
 from pf_keras_training.recipes import DataConfig
 
@@ -271,13 +271,10 @@ def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float, inte
 # (the augmentations themselves live in training/augment.py, compared with timm's op by op)
 
 
-def train_example(image_bytes: tf.Tensor, seed: tf.Tensor, cfg: DataConfig, interpolation: str) -> tf.Tensor:
-    """timm's ``transforms_imagenet_train`` of one encoded image, on PIL's 0..255 scale up to the normalisation.
-
-    RandomResizedCrop (``cfg.train_interpolation``: "random" picks bilinear or bicubic per
-    image as timm's default does; "" uses ``interpolation``), rounded to integers as PIL's uint8
-    image is, horizontal flip, colour jitter and/or RandAugment, normalise, random erasing.
-    """
+def train_resized(image_bytes: tf.Tensor, seed: tf.Tensor, cfg: DataConfig, interpolation: str) -> tf.Tensor:
+    """RandomResizedCrop of one encoded image (partial decode of the crop, antialiased resize), float32
+    [S, S, 3] on the 0..255 scale, not yet rounded. ``cfg.train_interpolation``: "random" picks bilinear or
+    bicubic per image as timm's default does; "" uses ``interpolation``."""
     image = decode_random_crop(image_bytes, _seed(seed[0], seed[1], 0), (cfg.crop_scale_min, 1.0),
                                (cfg.crop_ratio_min, cfg.crop_ratio_max))
     image = tf.cast(image, tf.float32)
@@ -285,22 +282,60 @@ def train_example(image_bytes: tf.Tensor, seed: tf.Tensor, cfg: DataConfig, inte
     method = cfg.train_interpolation or interpolation
     if method == "random":
         bicubic = tf.random.stateless_uniform([], _seed(seed[0], seed[1], 5)) < 0.5
-        image = tf.cond(bicubic, lambda: tf.image.resize(image, size, method="bicubic", antialias=True),
-                        lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
-    else:
-        image = tf.image.resize(image, size, method=method, antialias=True)
-    image = tf.round(tf.clip_by_value(image, 0.0, 255.0))
+        return tf.cond(bicubic, lambda: tf.image.resize(image, size, method="bicubic", antialias=True),
+                       lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
+    return tf.image.resize(image, size, method=method, antialias=True)
+
+
+def train_example(image_bytes: tf.Tensor, seed: tf.Tensor, cfg: DataConfig, interpolation: str) -> tf.Tensor:
+    """timm's ``transforms_imagenet_train`` of one encoded image, on PIL's 0..255 scale up to the normalisation.
+
+    :func:`train_resized`, rounded to integers as PIL's uint8 image is, horizontal flip, colour
+    jitter and/or RandAugment, normalise, random erasing. Without RandAugment and random erasing
+    the pipeline runs the steps after the resize on whole batches instead (:func:`batched_finish`),
+    with the same bits.
+    """
+    image = tf.round(tf.clip_by_value(train_resized(image_bytes, seed, cfg, interpolation), 0.0, 255.0))
     if cfg.hflip:
         image = tf.image.stateless_random_flip_left_right(image, _seed(seed[0], seed[1], 1))
     if cfg.color_jitter > 0:
         image = color_jitter(image, cfg.color_jitter, _seed(seed[0], seed[1], 2))
-    if cfg.randaugment_magnitude > 0:
+    if cfg.randaugment_magnitude > 0:  # geometric ops leave fractional values: the arithmetic normalisation
         image = rand_augment(image, _seed(seed[0], seed[1], 3), magnitude=cfg.randaugment_magnitude,
                              magnitude_std=cfg.randaugment_magnitude_std, num_ops=cfg.randaugment_num_ops)
-    image = pf_keras.normalize(image)
+        image = pf_keras.normalize(image)
+    else:
+        image = augment.normalize_levels(image)
     if cfg.random_erasing > 0:
         image = random_erasing(image, _seed(seed[0], seed[1], 4), cfg.random_erasing)
     return image
+
+
+def batched_finish(cfg: DataConfig) -> bool:
+    """Whether the train transform after the resize (flip, colour jitter, normalisation) runs on whole
+    batches (:func:`augment.finish_batch`): without RandAugment and random erasing, which stay per image."""
+    return cfg.randaugment_magnitude == 0 and cfg.random_erasing == 0
+
+
+def train_params(seed: tf.Tensor, cfg: DataConfig) -> dict[str, tf.Tensor]:
+    """One image's draws for :func:`augment.finish_batch`, those :func:`train_example` makes: ``flip``
+    (``stateless_random_flip_left_right``'s draw), colour jitter ``factors`` and ``order``."""
+    flip = tf.random.stateless_uniform([], _seed(seed[0], seed[1], 1)) < 0.5
+    if cfg.color_jitter > 0:
+        factors, order = augment.jitter_params(cfg.color_jitter, _seed(seed[0], seed[1], 2))
+    else:
+        factors, order = tf.ones([3]), tf.range(3)
+    return {"flip": flip, "factors": factors, "order": order}
+
+
+def finish_train_batch(batch: dict[str, tf.Tensor], cfg: DataConfig) -> dict[str, tf.Tensor]:
+    """A batch of :func:`train_resized` images with their :func:`train_params` -> the normalised images
+    of :func:`train_example` (bit-identical), the draws removed."""
+    batch = dict(batch)
+    flips, factors, orders = batch.pop("flip"), batch.pop("factors"), batch.pop("order")
+    batch["images"] = augment.finish_batch(batch["images"], flips, factors, orders, hflip=cfg.hflip,
+                                           jitter=cfg.color_jitter > 0)
+    return batch
 
 
 # ---------------------------------------------------------------- datasets
@@ -361,12 +396,17 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
         def example(index, pair):
             image_bytes, label = pair
             s = _seed(seed, epoch, ctx.input_pipeline_id, index)
-            image = train_example(checked(source.read(image_bytes), max_image_pixels), s, cfg, interpolation)
-            return {"images": image, "labels": label, "index": index}
+            encoded = checked(source.read(image_bytes), max_image_pixels)
+            if batched:  # the steps after the resize run on the batch (finish_train_batch)
+                return dict(images=train_resized(encoded, s, cfg, interpolation), labels=label, index=index,
+                            **train_params(s, cfg))
+            return {"images": train_example(encoded, s, cfg, interpolation), "labels": label, "index": index}
 
         def failed(index, pair):
-            return {"images": tf.zeros([cfg.image_size, cfg.image_size, 3]), "labels": pair[1], "index": index}
+            element = {"images": tf.zeros([cfg.image_size, cfg.image_size, 3]), "labels": pair[1], "index": index}
+            return dict(element, flip=False, factors=tf.ones([3]), order=tf.range(3)) if batched else element
 
+        batched = batched_finish(cfg)
         limit, chunk = max_consecutive_skips, 64
         per_host = source.train_files_per_host(ctx)
         if per_host:  # a whole pass of this host's files
@@ -379,7 +419,7 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
             ds = ds.batch(batch, drop_remainder=True).enumerate().take(total).skip(skip_batches)
 
         def finish(batch_index, b):
-            b = dict(b)
+            b = finish_train_batch(b, cfg) if batched else dict(b)
             targets = targets_of(b["labels"])
             if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
                 b["images"], targets = mix_batch(b["images"], targets, _seed(seed, epoch, ctx.input_pipeline_id,
