@@ -24,7 +24,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
@@ -457,11 +456,3 @@ def read_metrics(model_dir: str, kind: str | None = None) -> list[dict]:
         records = [json.loads(line) for line in f if line.strip()]
     return [r for r in records if kind is None or r["kind"] == kind]
 
-
-def replica_values(strategy: tf.distribute.Strategy, variables: Sequence) -> list[list]:
-    """For each variable, its value on every local replica (NumPy); for identity checks."""
-    values = []
-    for var in variables:
-        raw = var.value if isinstance(var, keras.Variable) else var  # the tf.distribute variable inside
-        values.append([v.numpy() for v in strategy.experimental_local_results(raw)])
-    return values

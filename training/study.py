@@ -59,6 +59,7 @@ from pf_keras.cli import PREEMPTED_EXIT, run_cli
 from pf_keras_export.args import ArgumentParser
 from pf_keras_training import recipes as recipes_lib
 from pf_keras_training import train as train_lib
+from pf_keras_training.callbacks import TrainCallback
 
 # The study's default grid: every spatial op in every block (the paper's Table 1 columns),
 # "efficient" being the hybrid rule (max-pool, avg-pool + conv where the network downsamples).
@@ -160,6 +161,24 @@ def _read_json(path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+class _SpeedRecorder(TrainCallback):
+    """Keeps the trainer (its model is measured after the run) and appends every inner loop's images/s to
+    ``path`` (kept across preemptions: a resumed cell adds to the speeds of its earlier part)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.speeds: list[float] = (_read_json(path) or {}).get("images_per_sec", [])
+        self.trainer = None
+
+    def on_train_begin(self, trainer) -> None:
+        self.trainer = trainer
+
+    def on_loop_end(self, step: int, metrics: dict[str, Any]) -> None:
+        if metrics.get("images_per_sec"):
+            self.speeds.append(float(metrics["images_per_sec"]))
+            fileio.write_json(self.path, {"images_per_sec": self.speeds})
+
+
 def run_cell(cell: Cell, base: recipes_lib.Recipe, out_dir: str, *, tflite: bool = True,
              verbose: bool = True) -> tuple[dict[str, Any], bool]:
     """Trains and measures one cell unless its result file exists. Returns ``(result, trained_now)``."""
@@ -177,26 +196,18 @@ def run_cell(cell: Cell, base: recipes_lib.Recipe, out_dir: str, *, tflite: bool
             f"Received: out_dir={out_dir!r}"
         )
     os.makedirs(cell_dir, exist_ok=True)
-    speed_path = os.path.join(cell_dir, "speed.json")
-    speeds = (_read_json(speed_path) or {}).get("images_per_sec", [])
-
-    def record_speed(metrics: dict) -> None:
-        if metrics.get("images_per_sec"):
-            speeds.append(float(metrics["images_per_sec"]))
-            fileio.write_json(speed_path, {"images_per_sec": speeds})
-
+    speed = _SpeedRecorder(os.path.join(cell_dir, "speed.json"))
     if verbose:
         print(f"[study] cell {cell.name}: block_kinds={cell.block_kinds}", flush=True)
-    summary = train_lib.run(recipe, os.path.join(cell_dir, "train"), verbose=False, loop_end_hook=record_speed,
-                            return_trainer=True)
+    summary = train_lib.run(recipe, os.path.join(cell_dir, "train"), verbose=False, callbacks=[speed])
     if summary["status"] == "preempted":
         raise Preempted(f"cell {cell.name!r} preempted at step {summary['step']} (checkpoint saved); rerun to resume")
     if summary["status"] != "completed":
         raise ValueError(f"Training of cell {cell.name!r} stopped ({summary['status']}); rerun to resume")
-    model = summary["trainer"].model
+    model = speed.trainer.model
     size = base.data.image_size
     cost = pf_keras.profile(model, size)
-    steady = speeds[1:] or speeds  # the first inner loop includes tracing
+    steady = speed.speeds[1:] or speed.speeds  # the first inner loop includes tracing
     result = {
         "name": cell.name,
         "block_kinds": cell.block_kinds,

@@ -29,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 if __name__ == "__main__":  # run as a script: TensorFlow's start-up lines silenced before it loads (unless --verbose)
@@ -44,11 +44,13 @@ import pf_keras
 from pf_keras import fileio
 from pf_keras.cli import one_line
 from pf_keras_export import args
+from pf_keras_training import callbacks as callbacks_lib
 from pf_keras_training import checkpoint as checkpoint_lib
 from pf_keras_training import data as data_lib
 from pf_keras_training import lock as lock_lib
 from pf_keras_training import loop as loop_lib
 from pf_keras_training import recipes as recipes_lib
+from pf_keras_training.callbacks import TrainCallback
 from pf_keras_training.recipes import Recipe
 
 PROG = "pf-keras-train"
@@ -243,9 +245,9 @@ def _check_settings(model_dir: str, settings: dict[str, Any], chief: bool) -> No
 def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | None = None,
         strategy_name: str = "one_device", num_replicas: int = 0, tpu: str = "", mixed_precision: str = "float32",
         jit_compile: bool = False, deterministic: bool = False, resume_from: str = "", max_steps: int = 0,
-        eval_at_end: bool = True, verbose: bool = True, loop_end_hook: Callable[[dict], None] | None = None,
-        return_trainer: bool = False, restart_from_scratch: bool = False,
-        max_image_pixels: int = data_lib.MAX_IMAGE_PIXELS, max_consecutive_skips: int = data_lib.MAX_CONSECUTIVE_SKIPS,
+        eval_at_end: bool = True, verbose: bool = True, callbacks: Sequence[TrainCallback] | None = None,
+        restart_from_scratch: bool = False, max_image_pixels: int = data_lib.MAX_IMAGE_PIXELS,
+        max_consecutive_skips: int = data_lib.MAX_CONSECUTIVE_SKIPS,
         sigterm_stall_s: float = SIGTERM_STALL_S) -> dict[str, Any]:
     """Trains ``recipe`` into ``model_dir``; resumes if ``model_dir`` holds a checkpoint.
 
@@ -264,9 +266,9 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
         max_steps: int. Stop (with a checkpoint, status "stopped") after this global step; 0 = run to the end.
         eval_at_end: bool. Evaluate after the last epoch even if eval_every_epochs skips it.
         verbose: bool. Progress bar and run summary on the chief.
-        loop_end_hook: called on the host after every inner loop with its metrics (custom
-            reporting; tests use it to deliver SIGTERM at a known step).
-        return_trainer: bool. Add the live ``Trainer`` to the summary under "trainer" (tests).
+        callbacks: list of :class:`callbacks.TrainCallback`. Called at the run's begin, after every
+            inner loop and at its end (custom logging, reading the trained model); their exceptions
+            end the run. Defaults to none.
         max_image_pixels: int. Files whose header declares more pixels are skipped (0 = no limit).
         max_consecutive_skips: int. This many undecodable training files in a row (or a whole pass)
             stop the run with an error (0 = never).
@@ -280,6 +282,7 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
         ValueError: for impossible settings (batch not divisible by the replicas, a dataset
             smaller than one batch, an unknown precision, a recipe differing from model_dir's,
             model_dir used by another run, no intact checkpoint, undecodable data).
+        TypeError: a callback that is not a TrainCallback.
         fileio.WriteError: (a ValueError) a result or checkpoint could not be written (full disk).
     """
     if mixed_precision not in PRECISIONS:
@@ -287,6 +290,7 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
             f"`mixed_precision` must be one of {list(PRECISIONS)}. Received: mixed_precision={mixed_precision!r}"
         )
     recipes_lib.validate(recipe)
+    callbacks = callbacks_lib.check_callbacks(callbacks)
     for name, value in (("max_image_pixels", max_image_pixels), ("max_consecutive_skips", max_consecutive_skips),
                         ("max_steps", max_steps)):
         if value < 0:
@@ -313,175 +317,261 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
         )
     steps_per_epoch = recipes_lib.steps_per_epoch(recipe, source.train_examples)
     total_steps = steps_per_epoch * recipe.schedule.epochs
-    chief = checkpoint_lib.is_chief(strategy)
+    spec = pf_keras.SPECS.get(recipe.model.name)
+    plan = _Plan(
+        recipe=recipe, model_dir=model_dir, strategy=strategy, source=source, chief=checkpoint_lib.is_chief(strategy),
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        stop_at=min(total_steps, max_steps) if max_steps else total_steps, mixed_precision=mixed_precision,
+        jit_compile=jit_compile, interpolation=recipe.data.interpolation or (spec.eval.interpolation if spec else
+                                                                             "bilinear"),
+        eval_at_end=eval_at_end, verbose=verbose, callbacks=callbacks, sigterm_stall_s=sigterm_stall_s,
+        data_limits={"max_image_pixels": max_image_pixels, "max_consecutive_skips": max_consecutive_skips})
     os.makedirs(model_dir, exist_ok=True)
-    run_lock = lock_lib.RunLock(model_dir) if chief else None  # the chief holds it for the whole run
+    run_lock = lock_lib.RunLock(model_dir) if plan.chief else None  # the chief holds it for the whole run
     try:
-        return _run_locked(recipe, model_dir, strategy=strategy, source=source, chief=chief,
-                           steps_per_epoch=steps_per_epoch, total_steps=total_steps, mixed_precision=mixed_precision,
-                           jit_compile=jit_compile, resume_from=resume_from, max_steps=max_steps,
-                           eval_at_end=eval_at_end, verbose=verbose, loop_end_hook=loop_end_hook,
-                           return_trainer=return_trainer, restart_from_scratch=restart_from_scratch,
-                           data_limits={"max_image_pixels": max_image_pixels,
-                                        "max_consecutive_skips": max_consecutive_skips},
-                           sigterm_stall_s=sigterm_stall_s)
+        _check_recipe_file(model_dir, recipe, plan.chief)
+        _check_settings(model_dir, {"mixed_precision": mixed_precision}, plan.chief)
+        previous_policy = keras.config.dtype_policy()
+        keras.mixed_precision.set_global_policy(mixed_precision)
+        try:
+            trainer, checkpointer = _build(plan)
+            restored = _restore(plan, checkpointer, resume_from=resume_from,
+                                restart_from_scratch=restart_from_scratch)
+            return _train(plan, trainer, checkpointer, restored)
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
     finally:
         if run_lock is not None:
             run_lock.release()
 
 
-def _run_locked(recipe: Recipe, model_dir: str, *, strategy, source, chief: bool, steps_per_epoch: int,
-                total_steps: int, mixed_precision: str, jit_compile: bool, resume_from: str, max_steps: int,
-                eval_at_end: bool, verbose: bool, loop_end_hook, return_trainer: bool, restart_from_scratch: bool,
-                data_limits: dict[str, int], sigterm_stall_s: float) -> dict[str, Any]:
-    _check_recipe_file(model_dir, recipe, chief)
-    _check_settings(model_dir, {"mixed_precision": mixed_precision}, chief)
-    spec = pf_keras.SPECS.get(recipe.model.name)
-    interpolation = recipe.data.interpolation or (spec.eval.interpolation if spec else "bilinear")
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """One run's settings, checked and derived by :func:`run` before any model exists."""
 
-    previous_policy = keras.config.dtype_policy()
-    keras.mixed_precision.set_global_policy(mixed_precision)
-    try:
-        with strategy.scope():
-            model = build_model(recipe, source.num_classes)
-            optimizer = loop_lib.build_optimizer(recipe, model, mixed_precision=mixed_precision)
-            trainer = loop_lib.Trainer(strategy=strategy, model=model, optimizer=optimizer, recipe=recipe,
-                                       steps_per_epoch=steps_per_epoch, jit_compile=jit_compile)
-            objects = {"model": model, "optimizer": optimizer, "step": trainer.global_step,
-                       "skipped_files": trainer.skipped_files, "epoch_skipped_files": trainer.epoch_skipped_files,
-                       "evaluated_epoch": trainer.evaluated_epoch}
-            if trainer.ema:
-                objects["ema"] = trainer.ema
-            checkpointer = checkpoint_lib.Checkpointer(model_dir, strategy, keep=recipe.keep_checkpoints, **objects)
-        restored, note = checkpointer.choose(restart_from_scratch=restart_from_scratch)
-        if note and chief:
-            print(f"[train] {note}", file=sys.stderr, flush=True)
-        if restored is None and resume_from:
-            reason = checkpoint_lib.verify(resume_from)
-            if reason:
-                raise ValueError(f"`resume_from` is not an intact checkpoint: {reason}. Received: resume_from="
-                                 f"{resume_from!r}")
-            restored = resume_from
-        if restored:
-            checkpointer.restore(restored)
-        return _train(recipe, model_dir, strategy=strategy, trainer=trainer, checkpointer=checkpointer,
-                      source=source, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                      interpolation=interpolation, chief=chief, restored=restored, max_steps=max_steps,
-                      eval_at_end=eval_at_end, verbose=verbose, mixed_precision=mixed_precision,
-                      loop_end_hook=loop_end_hook, return_trainer=return_trainer, data_limits=data_limits,
-                      sigterm_stall_s=sigterm_stall_s)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+    recipe: Recipe
+    model_dir: str
+    strategy: tf.distribute.Strategy
+    source: data_lib.Source
+    chief: bool  # writes model_dir (checkpoints, logs, final weights) and prints
+    steps_per_epoch: int
+    total_steps: int  # of the whole recipe
+    stop_at: int  # the global step this call stops after (max_steps or total_steps)
+    mixed_precision: str
+    jit_compile: bool
+    interpolation: str  # of the train and eval resize
+    eval_at_end: bool
+    verbose: bool
+    callbacks: tuple[TrainCallback, ...]
+    sigterm_stall_s: float
+    data_limits: dict[str, int]  # max_image_pixels, max_consecutive_skips
+
+    def say(self, text: str) -> None:
+        """Prints ``text`` on the chief of a verbose run."""
+        if self.verbose and self.chief:
+            print(text)
 
 
-def _train(recipe: Recipe, model_dir: str, *, strategy, trainer: loop_lib.Trainer, checkpointer, source,
-           steps_per_epoch: int, total_steps: int, interpolation: str, chief: bool, restored: str | None,
-           max_steps: int, eval_at_end: bool, verbose: bool, mixed_precision: str,
-           loop_end_hook: Callable[[dict], None] | None, return_trainer: bool, data_limits: dict[str, int],
-           sigterm_stall_s: float) -> dict[str, Any]:
-    say = print if (verbose and chief) else (lambda *a, **k: None)
-    replicas = strategy.num_replicas_in_sync
-    step = int(trainer.global_step.numpy())
-    say(f"[train] model {recipe.model.name} ({trainer.model.count_params():,} params), recipe {recipe.name}, "
-        f"dataset {source.name} ({source.train_examples} train / {source.eval_examples} val, "
-        f"{source.num_classes} classes)")
-    say(f"[train] {type(strategy).__name__}: {replicas} replicas on {loop_lib.num_workers(strategy)} host(s), "
-        f"global batch {recipe.data.global_batch_size} ({recipe.data.global_batch_size // replicas} per replica), "
-        f"{steps_per_epoch} steps/epoch x {recipe.schedule.epochs} epochs = {total_steps} steps, "
-        f"peak lr {recipes_lib.scaled_lr(recipe):.4g}, {mixed_precision}")
-    if restored:
-        say(f"[train] resumed from {restored} at step {step} (epoch {step // steps_per_epoch}, "
-            f"batch {step % steps_per_epoch})")
-    logger = loop_lib.MetricsLogger(model_dir, enabled=chief)
-    progress = loop_lib.Progress(total_steps, enabled=verbose and chief)
-    eval_fn = data_lib.make_eval_dataset_fn(source, recipe.data, interpolation=interpolation,
-                                            max_image_pixels=data_limits["max_image_pixels"])
-    n_eval = data_lib.eval_steps(source, recipe.data)
-    last, evaluation = {}, {}
-    last_saved = step
-    stop_at = min(total_steps, max_steps) if max_steps else total_steps
-    agree = _flag_reducer(strategy)
-
-    def run_eval(done: int) -> dict:
-        """The eval after epoch ``done`` if it is due (recorded in the checkpoint, so a run
-        preempted right at an epoch end evaluates that epoch when it resumes)."""
-        if not (done % recipe.eval_every_epochs == 0 or (done == recipe.schedule.epochs and eval_at_end)):
-            return {}
-        with _data_errors(source, "val", data_limits):
-            result = {"epoch": done, "step": done * steps_per_epoch, **trainer.evaluate(eval_fn, n_eval)}
+def _build(plan: _Plan) -> tuple[loop_lib.Trainer, checkpoint_lib.Checkpointer]:
+    """The model, optimizer, trainer and checkpointer of ``plan`` (under the global dtype policy), in its scope."""
+    recipe = plan.recipe
+    with plan.strategy.scope():
+        model = build_model(recipe, plan.source.num_classes)
+        optimizer = loop_lib.build_optimizer(recipe, model, mixed_precision=plan.mixed_precision)
+        trainer = loop_lib.Trainer(strategy=plan.strategy, model=model, optimizer=optimizer, recipe=recipe,
+                                   steps_per_epoch=plan.steps_per_epoch, jit_compile=plan.jit_compile)
+        objects = {"model": model, "optimizer": optimizer, "step": trainer.global_step,
+                   "skipped_files": trainer.skipped_files, "epoch_skipped_files": trainer.epoch_skipped_files,
+                   "evaluated_epoch": trainer.evaluated_epoch}
         if trainer.ema:
-            with _data_errors(source, "val", data_limits):
-                ema = trainer.evaluate(eval_fn, n_eval, use_ema=True)
+            objects["ema"] = trainer.ema
+        checkpointer = checkpoint_lib.Checkpointer(plan.model_dir, plan.strategy, keep=recipe.keep_checkpoints,
+                                                   **objects)
+    return trainer, checkpointer
+
+
+def _restore(plan: _Plan, checkpointer: checkpoint_lib.Checkpointer, *, resume_from: str,
+             restart_from_scratch: bool) -> str | None:
+    """Restores the run's newest intact checkpoint, else ``resume_from``; returns its prefix (None: from scratch)."""
+    restored, note = checkpointer.choose(restart_from_scratch=restart_from_scratch)
+    if note and plan.chief:
+        print(f"[train] {note}", file=sys.stderr, flush=True)
+    if restored is None and resume_from:
+        reason = checkpoint_lib.verify(resume_from)
+        if reason:
+            raise ValueError(f"`resume_from` is not an intact checkpoint: {reason}. Received: resume_from="
+                             f"{resume_from!r}")
+        restored = resume_from
+    if restored:
+        checkpointer.restore(restored)
+    return restored
+
+
+def _train(plan: _Plan, trainer: loop_lib.Trainer, checkpointer: checkpoint_lib.Checkpointer,
+           restored: str | None) -> dict[str, Any]:
+    """Epochs of inner loops from the trainer's step to ``plan.stop_at``; returns the run's summary."""
+    loop = _Loop(plan, trainer, checkpointer)
+    loop.announce(restored)
+    for callback in plan.callbacks:
+        callback.on_train_begin(trainer)
+    loop.eval_if_pending()
+    preempted = False
+    with _Preemption(loop.heartbeat, plan.sigterm_stall_s) as preemption:
+        while loop.step < plan.stop_at and not preempted:
+            preempted = loop.train_epoch(preemption)
+    if preempted:
+        return loop.finish("preempted")
+    loop.progress.newline()
+    return loop.finish("completed" if loop.step >= plan.total_steps else "stopped")
+
+
+class _Loop:
+    """The host side of a run once its model exists: inner loops, evals, checkpoints, logs and callbacks."""
+
+    def __init__(self, plan: _Plan, trainer: loop_lib.Trainer, checkpointer: checkpoint_lib.Checkpointer) -> None:
+        self.plan, self.trainer, self.checkpointer = plan, trainer, checkpointer
+        self.step = int(trainer.global_step.numpy())
+        self.last_saved = self.step
+        self.last: dict[str, Any] = {}  # the metrics of the latest inner loop
+        self.evaluation: dict[str, Any] = {}  # the latest eval
+        self.logger = loop_lib.MetricsLogger(plan.model_dir, enabled=plan.chief)
+        self.progress = loop_lib.Progress(plan.total_steps, enabled=plan.verbose and plan.chief)
+        self.eval_fn = data_lib.make_eval_dataset_fn(plan.source, plan.recipe.data, interpolation=plan.interpolation,
+                                                     max_image_pixels=plan.data_limits["max_image_pixels"])
+        self.eval_steps = data_lib.eval_steps(plan.source, plan.recipe.data)
+        self.agree = _flag_reducer(plan.strategy)
+
+    def announce(self, restored: str | None) -> None:
+        """The run's opening lines: model, dataset, strategy, schedule, where it resumed."""
+        plan, recipe, source = self.plan, self.plan.recipe, self.plan.source
+        replicas = plan.strategy.num_replicas_in_sync
+        batch = recipe.data.global_batch_size
+        plan.say(f"[train] model {recipe.model.name} ({self.trainer.model.count_params():,} params), recipe "
+                 f"{recipe.name}, dataset {source.name} ({source.train_examples} train / {source.eval_examples} "
+                 f"val, {source.num_classes} classes)")
+        plan.say(f"[train] {type(plan.strategy).__name__}: {replicas} replicas on "
+                 f"{loop_lib.num_workers(plan.strategy)} host(s), global batch {batch} ({batch // replicas} per "
+                 f"replica), {plan.steps_per_epoch} steps/epoch x {recipe.schedule.epochs} epochs = "
+                 f"{plan.total_steps} steps, peak lr {recipes_lib.scaled_lr(recipe):.4g}, {plan.mixed_precision}")
+        if restored:
+            plan.say(f"[train] resumed from {restored} at step {self.step} (epoch "
+                     f"{self.step // plan.steps_per_epoch}, batch {self.step % plan.steps_per_epoch})")
+
+    def heartbeat(self) -> tuple[int, int]:
+        """Global and eval step counters (the preemption watchdog reads them from another thread)."""
+        return int(self.trainer.global_step.numpy()), int(self.trainer.evaluator.steps_done.numpy())
+
+    def evaluate(self, done: int) -> dict[str, Any]:
+        """The eval after epoch ``done`` if it is due (recorded in the checkpoint, so a run
+        preempted right at an epoch end evaluates that epoch when it resumes); {} if not due."""
+        plan, trainer = self.plan, self.trainer
+        if not (done % plan.recipe.eval_every_epochs == 0 or (done == plan.recipe.schedule.epochs and
+                                                               plan.eval_at_end)):
+            return {}
+        with _data_errors(plan.source, "val", plan.data_limits):
+            result = {"epoch": done, "step": done * plan.steps_per_epoch,
+                      **trainer.evaluate(self.eval_fn, self.eval_steps)}
+        if trainer.ema:
+            with _data_errors(plan.source, "val", plan.data_limits):
+                ema = trainer.evaluate(self.eval_fn, self.eval_steps, use_ema=True)
             result.update({f"ema_{k}": v for k, v in ema.items()})
         trainer.evaluated_epoch.assign(done)
-        logger.write(result, kind="eval")
-        progress.newline()
-        say(f"[eval] epoch {done}: top-1 {result['val_top1']:.4f} top-5 {result['val_top5']:.4f} "
-            f"loss {result['val_loss']:.4f} ({result['val_examples']} images, {result['val_skipped']} skipped)")
+        self.logger.write(result, kind="eval")
+        self.progress.newline()
+        plan.say(f"[eval] epoch {done}: top-1 {result['val_top1']:.4f} top-5 {result['val_top5']:.4f} "
+                 f"loss {result['val_loss']:.4f} ({result['val_examples']} images, {result['val_skipped']} skipped)")
         return result
 
-    pending = step // steps_per_epoch if step > 0 and step % steps_per_epoch == 0 else 0
-    if pending > int(trainer.evaluated_epoch.numpy()):  # preempted between an epoch's last step and its eval
-        evaluation = run_eval(pending)
-    def heartbeat() -> tuple[int, int]:
-        return int(trainer.global_step.numpy()), int(trainer.evaluator.steps_done.numpy())
+    def eval_if_pending(self) -> None:
+        """The eval of the last epoch if the run was preempted between its last step and its eval."""
+        spe = self.plan.steps_per_epoch
+        pending = self.step // spe if self.step > 0 and self.step % spe == 0 else 0
+        if pending > int(self.trainer.evaluated_epoch.numpy()):
+            self.evaluation = self.evaluate(pending)
 
-    with _Preemption(heartbeat, sigterm_stall_s) as preemption:
-        while step < stop_at:
-            epoch = step // steps_per_epoch
-            epoch_end = (epoch + 1) * steps_per_epoch
-            skip_steps = step - epoch * steps_per_epoch
-            if skip_steps == 0:
-                trainer.epoch_skipped_files.assign(0)
-            dataset_fn = data_lib.make_train_dataset_fn(
-                source, recipe.data, seed=recipe.seed, epoch=epoch, steps_per_epoch=steps_per_epoch,
-                skip_steps=skip_steps, label_smoothing=recipe.optim.label_smoothing, interpolation=interpolation,
-                clean_prefix=int(trainer.epoch_skipped_files.numpy()) == 0, **data_limits)
-            iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-            while step < min(epoch_end, stop_at):
-                next_ckpt = (step // recipe.checkpoint_every_steps + 1) * recipe.checkpoint_every_steps
-                n = min(recipe.steps_per_loop, epoch_end - step, next_ckpt - step, stop_at - step)
-                trainer.train_loop_begin()
-                with _data_errors(source, "train", data_limits):
-                    outputs = trainer.train_loop(iterator, tf.constant(n, tf.int32))
-                last = trainer.train_loop_end(outputs, n)
-                step = last["step"]
-                if not math.isfinite(last["loss"]):
-                    raise FloatingPointError(
-                        f"Non-finite loss {last['loss']} in steps {step - n + 1}..{step}; lower the lr or use float32."
-                    )
-                last["epoch"] = step / steps_per_epoch
-                last["skipped_total"] = int(trainer.skipped_files.numpy())
-                logger.write(last, kind="train")
-                progress.update(last, steps_per_epoch, recipe.schedule.epochs, recipe.data.global_batch_size)
-                if loop_end_hook is not None:
-                    loop_end_hook(dict(last))
-                if agree(preemption.requested):
-                    preemption.acknowledged = True
-                    checkpointer.save(step)
-                    progress.newline()
-                    say(f"[train] SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume.")
-                    return _summary("preempted", step, last, evaluation, trainer, model_dir, return_trainer)
-                if step % recipe.checkpoint_every_steps == 0 and step != last_saved:
-                    checkpointer.save(step)
-                    last_saved = step
-            if step == epoch_end:
-                evaluation = run_eval(epoch + 1) or evaluation
-            if step != last_saved:
-                checkpointer.save(step)
-                last_saved = step
-    progress.newline()
-    if step < total_steps:
-        return _summary("stopped", step, last, evaluation, trainer, model_dir, return_trainer)
-    if chief:
-        _save_final(recipe, model_dir, trainer, source)
-    summary = _summary("completed", step, last, evaluation, trainer, model_dir)
-    logger.write(summary, kind="final")
-    if return_trainer:
-        summary["trainer"] = trainer
-    say(f"[train] done: step {step}, val top-1 {summary.get('val_top1')}, skipped files {summary['skipped']}; "
-        f"weights in {os.path.join(model_dir, 'final.weights.h5')}")
-    return summary
+    def train_epoch(self, preemption: _Preemption) -> bool:
+        """The rest of the current epoch (up to ``plan.stop_at``), its eval and checkpoint.
+
+        Returns:
+            True if the workers agreed on a SIGTERM (a checkpoint was saved at the current step).
+        """
+        plan, trainer, recipe = self.plan, self.trainer, self.plan.recipe
+        epoch = self.step // plan.steps_per_epoch
+        epoch_end = (epoch + 1) * plan.steps_per_epoch
+        skip_steps = self.step - epoch * plan.steps_per_epoch
+        if skip_steps == 0:
+            trainer.epoch_skipped_files.assign(0)
+        dataset_fn = data_lib.make_train_dataset_fn(
+            plan.source, recipe.data, seed=recipe.seed, epoch=epoch, steps_per_epoch=plan.steps_per_epoch,
+            skip_steps=skip_steps, label_smoothing=recipe.optim.label_smoothing, interpolation=plan.interpolation,
+            clean_prefix=int(trainer.epoch_skipped_files.numpy()) == 0, **plan.data_limits)
+        iterator = iter(plan.strategy.distribute_datasets_from_function(dataset_fn))
+        while self.step < min(epoch_end, plan.stop_at):
+            self.inner_loop(iterator, epoch_end)
+            if self.agree(preemption.requested):
+                preemption.acknowledged = True
+                self.checkpointer.save(self.step)
+                self.progress.newline()
+                plan.say(f"[train] SIGTERM: saved a checkpoint at step {self.step}; rerun the same command to resume.")
+                return True
+            if self.step % recipe.checkpoint_every_steps == 0:
+                self.save()
+        if self.step == epoch_end:
+            self.evaluation = self.evaluate(epoch + 1) or self.evaluation
+        self.save()
+        return False
+
+    def inner_loop(self, iterator, epoch_end: int) -> None:
+        """One ``train_loop`` call up to the next epoch end, checkpoint step or stop; logs it, calls the callbacks.
+
+        Raises:
+            FloatingPointError: a non-finite loss.
+        """
+        plan, trainer, recipe = self.plan, self.trainer, self.plan.recipe
+        next_ckpt = (self.step // recipe.checkpoint_every_steps + 1) * recipe.checkpoint_every_steps
+        n = min(recipe.steps_per_loop, epoch_end - self.step, next_ckpt - self.step, plan.stop_at - self.step)
+        trainer.train_loop_begin()
+        with _data_errors(plan.source, "train", plan.data_limits):
+            outputs = trainer.train_loop(iterator, tf.constant(n, tf.int32))
+        last = trainer.train_loop_end(outputs, n)
+        self.step = last["step"]
+        if not math.isfinite(last["loss"]):
+            raise FloatingPointError(
+                f"Non-finite loss {last['loss']} in steps {self.step - n + 1}..{self.step}; lower the lr or use "
+                f"float32."
+            )
+        last["epoch"] = self.step / plan.steps_per_epoch
+        last["skipped_total"] = int(trainer.skipped_files.numpy())
+        self.last = last
+        self.logger.write(last, kind="train")
+        self.progress.update(last, plan.steps_per_epoch, recipe.schedule.epochs, recipe.data.global_batch_size)
+        for callback in plan.callbacks:
+            callback.on_loop_end(self.step, dict(last))
+
+    def save(self) -> None:
+        """A checkpoint at the current step unless one was saved there."""
+        if self.step != self.last_saved:
+            self.checkpointer.save(self.step)
+            self.last_saved = self.step
+
+    def finish(self, status: str) -> dict[str, Any]:
+        """The summary (after the final outputs if "completed"), given to the callbacks' ``on_train_end``."""
+        plan, trainer = self.plan, self.trainer
+        if status == "completed" and plan.chief:
+            _save_final(plan.recipe, plan.model_dir, trainer, plan.source)
+        summary = {
+            "status": status, "step": self.step, "loss": self.last.get("loss"),
+            "images_per_sec": self.last.get("images_per_sec"), "val_top1": self.evaluation.get("val_top1"),
+            "val_top5": self.evaluation.get("val_top5"), "skipped": int(trainer.skipped_files.numpy()),
+            "model_dir": plan.model_dir, "time": time.time(),
+        }
+        if status == "completed":
+            self.logger.write(summary, kind="final")
+            plan.say(f"[train] done: step {self.step}, val top-1 {summary.get('val_top1')}, skipped files "
+                     f"{summary['skipped']}; weights in {os.path.join(plan.model_dir, 'final.weights.h5')}")
+        for callback in plan.callbacks:
+            callback.on_train_end(dict(summary))
+        return summary
 
 
 class _data_errors:  # noqa: N801 (a context manager used like a function)
@@ -540,16 +630,6 @@ def _save_final(recipe: Recipe, model_dir: str, trainer: loop_lib.Trainer, sourc
     fileio.write_json(os.path.join(model_dir, "model.json"), {
         "name": recipe.model.name, "kwargs": kwargs, "class_names": list(source.class_names),
         "interpolation": recipe.data.interpolation or None, "crop_fraction": recipe.data.crop_fraction})
-
-
-def _summary(status: str, step: int, last: dict, evaluation: dict, trainer, model_dir: str,
-             return_trainer: bool = False) -> dict[str, Any]:
-    extra = {"trainer": trainer} if return_trainer else {}
-    return {**extra,
-        "status": status, "step": step, "loss": last.get("loss"), "images_per_sec": last.get("images_per_sec"),
-        "val_top1": evaluation.get("val_top1"), "val_top5": evaluation.get("val_top5"),
-        "skipped": int(trainer.skipped_files.numpy()), "model_dir": model_dir, "time": time.time(),
-    }
 
 
 # ---------------------------------------------------------------- command line

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from pf_keras import fileio
 from pf_keras_training import checkpoint, loop, recipes, train
+from pf_keras_training.callbacks import TrainCallback
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_worker.py")
 
@@ -164,12 +165,13 @@ class TestPreemptionInProcess:
         recipe = make_recipe(f"folder:{shapes_dir}", **{"data.eval_examples": 8})
         model_dir = str(tmp_path / "run")
 
-        def hook(metrics):
-            if metrics["step"] == 6:  # the last step of epoch 1, before its evaluation
-                os.kill(os.getpid(), signal.SIGTERM)
+        class SigtermAtStep6(TrainCallback):
+            def on_loop_end(self, step, metrics):
+                if step == 6:  # the last step of epoch 1, before its evaluation
+                    os.kill(os.getpid(), signal.SIGTERM)
 
         first = train.run(recipe, model_dir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"), verbose=False,
-                          loop_end_hook=hook)
+                          callbacks=[SigtermAtStep6()])
         assert (first["status"], first["step"]) == ("preempted", 6)
         assert loop.read_metrics(model_dir, "eval") == []
         second = train.run(recipe, model_dir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"), verbose=False)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pf_keras_training import loop, recipes, train
+from pf_keras_training.callbacks import TrainCallback
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_worker.py")
 
@@ -21,6 +22,26 @@ def _losses(model_dir: str) -> list[float]:
 
 def _decreased(losses: list[float]) -> bool:
     return float(np.mean(losses[-2:])) < float(np.mean(losses[:2]))
+
+
+class _KeepTrainer(TrainCallback):
+    """Keeps the run's live trainer, to inspect its variables after ``run`` returned."""
+
+    trainer = None
+
+    def on_train_begin(self, trainer) -> None:
+        self.trainer = trainer
+
+
+def _replica_values(strategy, variables) -> list[list[np.ndarray]]:
+    """For each variable, its value on every local replica."""
+    import keras
+
+    values = []
+    for var in variables:
+        raw = var.value if isinstance(var, keras.Variable) else var  # the tf.distribute variable inside
+        values.append([v.numpy() for v in strategy.experimental_local_results(raw)])
+    return values
 
 
 class TestTrainer:
@@ -48,12 +69,13 @@ class TestTrainer:
         strategy = mirrored_strategy
         assert strategy.num_replicas_in_sync == 2
         recipe = make_recipe(f"folder:{shapes_dir}", **{"schedule.epochs": 3, "data.eval_examples": 16})
-        summary = train.run(recipe, str(tmp_path / "run"), strategy=strategy, verbose=False, return_trainer=True)
-        trainer = summary["trainer"]
+        keep = _KeepTrainer()
+        train.run(recipe, str(tmp_path / "run"), strategy=strategy, verbose=False, callbacks=[keep])
         losses = _losses(str(tmp_path / "run"))
         assert _decreased(losses)
-        variables = list(trainer.model.weights) + list(trainer.optimizer.variables)
-        for per_replica in loop.replica_values(strategy, variables):
+        variables = list(keep.trainer.model.weights) + list(keep.trainer.optimizer.variables)
+        assert len(variables) > 10
+        for per_replica in _replica_values(strategy, variables):
             assert len(per_replica) == 2
             np.testing.assert_array_equal(per_replica[0], per_replica[1])
 
@@ -63,8 +85,9 @@ class TestTrainer:
         strategy = mirrored_strategy
         recipe = make_recipe(f"folder:{shapes_dir}", **{"model.sync_bn": "true", "schedule.epochs": 1,
                                                         "data.eval_examples": 16})
-        summary = train.run(recipe, str(tmp_path / "run"), strategy=strategy, verbose=False, return_trainer=True)
-        bns = [layer for layer in summary["trainer"].model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        keep = _KeepTrainer()
+        summary = train.run(recipe, str(tmp_path / "run"), strategy=strategy, verbose=False, callbacks=[keep])
+        bns = [layer for layer in keep.trainer.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
         assert bns and all(layer.synchronized for layer in bns)
         assert np.isfinite(summary["loss"])
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from pf_keras.cli import run_cli
 from pf_keras_training import data, recipes, train
+from pf_keras_training.callbacks import TrainCallback
 
 
 def _stalled_input(marker: str):
@@ -48,32 +49,45 @@ def _stalled_input(marker: str):
     return make
 
 
+class _Worker(TrainCallback):
+    """Records the steps of every inner loop, pauses at ``pause`` until ``marker`` is deleted, keeps the trainer."""
+
+    def __init__(self, pause: int | None, marker: str | None) -> None:
+        self.pause, self.marker = pause, marker
+        self.seen: list[int] = []
+        self.trainer = None
+        self.summary = None
+
+    def on_train_begin(self, trainer) -> None:
+        self.trainer = trainer
+
+    def on_loop_end(self, step: int, metrics: dict) -> None:
+        self.seen.append(step)
+        if step == self.pause:
+            with open(self.marker, "w") as f:
+                f.write(str(os.getpid()))
+            deadline = time.time() + 60
+            while os.path.exists(self.marker) and time.time() < deadline:
+                time.sleep(0.05)  # the test sends SIGTERM, then deletes the marker
+
+    def on_train_end(self, summary: dict) -> None:
+        self.summary = summary
+
+
 def main(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     recipe = recipes.from_dict(spec["recipe"])
-    pause = spec.get("pause_at_step")
-    seen: list[int] = []
-
-    def hook(metrics: dict) -> None:
-        seen.append(metrics["step"])
-        if pause is not None and metrics["step"] == pause:
-            with open(spec["marker"], "w") as f:
-                f.write(str(os.getpid()))
-            deadline = time.time() + 60
-            while os.path.exists(spec["marker"]) and time.time() < deadline:
-                time.sleep(0.05)  # the test sends SIGTERM, then deletes the marker
-
+    worker = _Worker(spec.get("pause_at_step"), spec.get("marker"))
     if spec.get("stall_marker"):
         data.make_train_dataset_fn = _stalled_input(spec["stall_marker"])
     extra = {k: spec[k] for k in ("sigterm_stall_s", "max_steps") if k in spec}
     summary = train.run(recipe, spec["model_dir"], strategy_name=spec.get("strategy", "one_device"),
-                        deterministic=spec.get("deterministic", False), loop_end_hook=hook,
-                        return_trainer=True, verbose=True, **extra)
-    trainer = summary.pop("trainer")
-    summary["first_loop_step"] = seen[0] if seen else None
+                        deterministic=spec.get("deterministic", False), callbacks=[worker], verbose=True, **extra)
+    assert worker.summary == summary, (worker.summary, summary)  # on_train_end saw what run returned
+    summary["first_loop_step"] = worker.seen[0] if worker.seen else None
     if spec.get("weights_out"):
-        np.savez(spec["weights_out"], *[w.numpy() for w in trainer.model.weights])
+        np.savez(spec["weights_out"], *[w.numpy() for w in worker.trainer.model.weights])
     print("SUMMARY " + json.dumps(summary), flush=True)
     return train.PREEMPTED_EXIT_CODE if summary["status"] == "preempted" else 0
 
