@@ -28,7 +28,7 @@ class TestInputPipelineBenchmark:
         script = _load_script("input_pipeline_benchmark")
         folder = tmp_path / "jpegs"
         assert script.main(["--images", "6", "--image_size", "32", "--batch_size", "2", "--batches", "1",
-                            "--threads", "1", "--folder", str(folder)]) == 0
+                            "--threads", "1", "--repeats", "1", "--folder", str(folder)]) == 0
         out = capsys.readouterr().out
         assert "Python ops in the folder pipeline: none" in out
         assert "load average" in out

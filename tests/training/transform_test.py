@@ -52,6 +52,15 @@ class TestFinishBatch:
         np.testing.assert_array_equal(got, want)
         assert got.dtype == np.float32 and len({g.tobytes() for g in got}) == n
 
+    def test_images_over_256x256_sum_l_in_float64(self):
+        rng = np.random.default_rng(2)
+        images = np.round(np.clip(_resized_like(rng, 2, 272, 264), 0, 255))  # 272 * 264 * 255 > 2^24
+        factors = np.float32([[1.2, 0.7, 1.3], [0.8, 1.4, 0.6]])
+        orders = np.int32([[1, 2, 0], [2, 1, 0]])
+        got = augment.jitter_batch(tf.constant(images), factors, orders).numpy()
+        for i in range(2):
+            np.testing.assert_array_equal(got[i], augment.jitter(tf.constant(images[i]), factors[i], orders[i]))
+
     def test_flip_and_jitter_off(self):
         rng = np.random.default_rng(1)
         images = _resized_like(rng, 3, 8, 10)
