@@ -1,12 +1,9 @@
-"""Tests of the pf_keras command lines (convert, profile) and of the docstring examples."""
+"""Tests of the pf_keras command lines (convert, profile); the docstring examples run in docstring_test.py."""
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import json
 import os
-import pkgutil
 import re
 import subprocess
 import sys
@@ -157,13 +154,3 @@ class TestProfile:
         assert small.input_shape == (64, 64, 3) and small.macs > 0
         assert pf_keras.profile(model, image_size=128).macs == pytest.approx(4 * small.macs, rel=1e-6)
 
-
-def _pf_keras_modules():
-    for info in pkgutil.walk_packages(pf_keras.__path__, "pf_keras."):
-        yield importlib.import_module(info.name)
-
-
-@pytest.mark.parametrize("module", list(_pf_keras_modules()), ids=lambda m: m.__name__)
-def test_docstring_examples_run(module):
-    result = doctest.testmod(module, extraglobs={"np": np}, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0

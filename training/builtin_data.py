@@ -127,7 +127,7 @@ def generate(root: str, *, train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
         >>> import tempfile
         >>> root = generate(tempfile.mkdtemp() + "/b", train_per_class=2, val_per_class=1)
         >>> sorted(os.listdir(root))
-        ['train', 'val']
+        ['COMPLETE', 'train', 'val']
     """
     from PIL import Image
 

@@ -272,8 +272,8 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
         ValueError: for an unknown key or a value that does not parse as the field's type.
 
     Example:
-        >>> apply_overrides(get_recipe("resnet90"), {"schedule.epochs": "2"}).schedule.epochs
-        2
+        >>> apply_overrides(get_recipe("resnet90"), {"schedule.epochs": "5"}).schedule.epochs
+        5
     """
     top = {f.name: f for f in dataclasses.fields(Recipe)}
     section_updates: dict[str, dict[str, Any]] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import importlib.util
 import json
 import os
@@ -177,9 +176,6 @@ class TestMaxPool2D:
                              input_shape=(32, 32, 3))
         pools = [layer for layer in model.layers if isinstance(layer, MaxPool2D)]
         assert {p.strides[0] for p in pools} == {1, 2} and "stem_pool" in {p.name for p in pools}
-
-    def test_docstring_examples(self):
-        assert doctest.testmod(max_pool, extraglobs={"keras": keras}).failed == 0
 
 
 _OTHER_BACKEND_CHECK = r"""

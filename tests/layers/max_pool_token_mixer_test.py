@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import keras
 import numpy as np
 import pytest
 
-from pf_keras.layers import max_pool_token_mixer
 from pf_keras.layers.max_pool_token_mixer import MaxPoolTokenMixer
 
 _erf = np.vectorize(math.erf)
@@ -127,6 +125,3 @@ class TestMaxPoolTokenMixer:
     def test_tokens_that_do_not_fill_the_grid(self):
         with pytest.raises(ValueError, match="tokens must fill grid_size=\\(3, 5\\). Received: tokens=16"):
             MaxPoolTokenMixer(grid_size=(3, 5)).build((2, 16, 8))
-
-    def test_docstring_examples(self):
-        assert doctest.testmod(max_pool_token_mixer, raise_on_error=True).attempted > 0

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
-
 import keras
 import numpy as np
 import pytest
 
-from pf_keras.layers import multi_head_self_attention
 from pf_keras.layers.multi_head_self_attention import MultiHeadSelfAttention
 
 
@@ -80,6 +77,3 @@ class TestMultiHeadSelfAttention:
     def test_invalid_rank(self):
         with pytest.raises(ValueError, match="Received: input_shape=\\(4, 8\\)"):
             MultiHeadSelfAttention(num_heads=2).build((4, 8))
-
-    def test_docstring_examples(self):
-        assert doctest.testmod(multi_head_self_attention, raise_on_error=True).attempted > 0

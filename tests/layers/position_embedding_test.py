@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import keras
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 
-from pf_keras.layers import position_embedding
 from pf_keras.layers.position_embedding import (
     PositionEmbedding,
     bicubic_resize_matrix,
@@ -218,6 +216,3 @@ class TestPositionEmbedding:
     def test_invalid_inputs(self, shape, match):
         with pytest.raises(ValueError, match=match):
             PositionEmbedding().build(shape)
-
-    def test_docstring_examples(self):
-        assert doctest.testmod(position_embedding, raise_on_error=True).attempted > 0

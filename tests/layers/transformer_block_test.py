@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
-
 import keras
 import numpy as np
 import pytest
 
-from pf_keras.layers import transformer_block
 from pf_keras.layers.max_pool_token_mixer import MaxPoolTokenMixer
 from pf_keras.layers.multi_head_self_attention import MultiHeadSelfAttention
 from pf_keras.layers.transformer_block import TransformerBlock
@@ -89,6 +86,3 @@ class TestTransformerBlock:
     def test_invalid_arguments(self, kwargs, match):
         with pytest.raises(ValueError, match=match):
             TransformerBlock(num_heads=2, **kwargs)
-
-    def test_docstring_examples(self):
-        assert doctest.testmod(transformer_block, raise_on_error=True).attempted > 0

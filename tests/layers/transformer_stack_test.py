@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import doctest
-
 import keras
 import pytest
 
-from pf_keras.layers import transformer_stack
 from pf_keras.layers.transformer_stack import apply_transformer_stack, resolve_mixers
 
 
@@ -47,6 +44,3 @@ class TestApplyTransformerStack:
     def test_rates_length_checked(self):
         with pytest.raises(ValueError, match="one rate per block \\(2\\). Received: drop_path_rates=\\[0.1\\]"):
             apply_transformer_stack(keras.Input((4, 8)), num_heads=2, mixers=["max", "max"], drop_path_rates=[0.1])
-
-    def test_docstring_examples(self):
-        assert doctest.testmod(transformer_stack, raise_on_error=True).attempted > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import os
 
 import keras
@@ -12,7 +11,6 @@ from conftest import FIXTURES, load_fixture, nchw_to_nhwc, randomised, state_dic
 from torch_save_writer import save_state_dict
 
 import pf_keras
-from pf_keras.models import features
 from pf_keras.models.features import FeatureInfo, resolve_out_indices
 
 # Small configurations of each family at a non-square size, and their candidate maps (stride, channels).
@@ -167,6 +165,3 @@ def test_saved_feature_model_reloads_with_the_same_outputs(tmp_path):
     for a, b in zip(model.predict(x, verbose=0), restored.predict(x, verbose=0), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
-
-def test_docstring_examples():
-    assert doctest.testmod(features, raise_on_error=True).attempted > 0

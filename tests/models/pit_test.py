@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import keras
 import numpy as np
 import pytest
@@ -224,9 +222,6 @@ class TestPiTBuilder:
         model = pit.PiT(**SMALL)
         clone = keras.Model.from_config(model.get_config())
         assert clone.get_config() == model.get_config()
-
-    def test_docstring_examples(self):
-        assert doctest.testmod(pit, raise_on_error=True).attempted > 0
 
 
 class TestPiTValidation:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import os
 
 import keras
@@ -210,9 +209,6 @@ class TestViTBuilder:
         model = vit.ViT(**SMALL, drop_path_rate=0.1)
         clone = keras.Model.from_config(model.get_config())
         assert clone.get_config() == model.get_config()
-
-    def test_docstring_examples(self):
-        assert doctest.testmod(vit, raise_on_error=True).attempted > 0
 
 
 class TestViTValidation:
