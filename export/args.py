@@ -59,11 +59,12 @@ def add_run_flags(parser: argparse.ArgumentParser, *, json_output: bool = True) 
 
 def add_model_flags(parser: argparse.ArgumentParser, *, input_types: Sequence[str], required: bool = True) -> None:
     """--model, --model_kwargs, --weights, --image_size, --input_type, --seed."""
-    parser.add_argument("--model", required=required, help="Registry name (pf_keras.list_models()), or "
-                        "keras_resnet50 / keras_mobilenetv2.")
+    parser.add_argument("--model", required=required, help="Registry name (pf_keras.list_models()), "
+                        "keras_resnet50 / keras_mobilenetv2, or a model folder: a preset folder such as a training "
+                        "run's final/ (build record + weights), or the run folder itself.")
     add_model_kwargs_flag(parser)
-    parser.add_argument("--weights", help="Official .pth checkpoint or Keras .weights.h5 (a run's final.weights.h5). "
-                        "Default: seeded random weights.")
+    parser.add_argument("--weights", help="Official .pth checkpoint or Keras .weights.h5 for a registry name (a model "
+                        "folder brings its own). Default: seeded random weights.")
     add_image_size_flag(parser)
     parser.add_argument("--input_type", default="float", choices=list(input_types),
                         help="float: normalised RGB in; uint8: RGB pixels in, preprocessing inside the model.")
@@ -74,13 +75,13 @@ def add_model_flags(parser: argparse.ArgumentParser, *, input_types: Sequence[st
 def add_model_kwargs_flag(parser: argparse.ArgumentParser) -> None:
     """--model_kwargs."""
     parser.add_argument("--model_kwargs", default="", help="Builder overrides: a JSON object, k=v pairs "
-                        "(depths=[1,1,1,1],width_mult=0.25) or a JSON file (a run's model.json).")
+                        "(depths=[1,1,1,1],width_mult=0.25) or a JSON file holding an object.")
 
 
 def add_image_size_flag(parser: argparse.ArgumentParser) -> None:
     """--image_size."""
     parser.add_argument("--image_size", type=positive_int, default=None, help="Input side in pixels (default: "
-                        "input_shape in --model_kwargs, else 224).")
+                        "input_shape in --model_kwargs, else the model folder's, else 224).")
 
 
 def add_data_flags(parser: argparse.ArgumentParser, *, purpose: str) -> None:

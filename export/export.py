@@ -8,6 +8,7 @@ Command (about a minute for a small model)::
 
     pf-keras-export --model resnet50_hybrid --model_kwargs 'depths=[1,1,1,1],width_mult=0.125,classes=10' \\
         --image_size 64 --formats saved_model,fp32,fp16,dynamic,int8 --output_dir out
+    pf-keras-export --model runs/demo/final --output_dir runs/demo/export   # a training run's model folder
 
 (``python export/export.py ...`` in the repository does the same.)
 """

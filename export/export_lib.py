@@ -42,7 +42,8 @@ def export_model(
     """Builds ``name``, exports it in every requested format and validates each file.
 
     Args:
-        name: str. Registry name (or a keras.applications baseline of :mod:`export.build`).
+        name: str. Registry name, a model folder (a preset folder such as a training run's
+            ``final/``, or the run folder) or a keras.applications baseline (:mod:`pf_keras_export.build`).
         output_dir: str. Files go to ``output_dir/<model name>/``.
         formats: comma-separated str or sequence of registered format names
             (:mod:`pf_keras_export.formats`). Defaults to None (all).
@@ -104,6 +105,7 @@ def export_model(
                 k: list(v) if isinstance(v, tuple) else v for k, v in parse_model_kwargs(model_kwargs).items()
             },
             "image_size": int(model.input_shape[1]),
+            "record": record.to_json() if (record := pf_keras.build_record(model)) else None,
         },
         "params": profile.params,
         "macs": profile.macs,

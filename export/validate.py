@@ -7,8 +7,7 @@ every file passes, 1 when one fails (the message names the report), 2 for a bad 
 
 Command::
 
-    pf-keras-validate --model resnet50_hybrid --model_kwargs runs/demo/model.json \\
-        --weights runs/demo/final.weights.h5 --output_dir runs/demo/export
+    pf-keras-validate --model runs/demo/final --output_dir runs/demo/export
 """
 
 from __future__ import annotations

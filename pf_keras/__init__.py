@@ -7,7 +7,18 @@ Example:
 
 from pf_keras import layers
 from pf_keras.imagenet import decode_predictions, preprocess_input
-from pf_keras.models import SPECS, PfPiT, PfResNet50, PfViT, ResNet, ResNet50, create_model, get_spec, list_models
+from pf_keras.models import (
+    SPECS,
+    PfPiT,
+    PfResNet50,
+    PfViT,
+    ResNet,
+    ResNet50,
+    build_record,
+    create_model,
+    get_spec,
+    list_models,
+)
 from pf_keras.preprocessing import eval_transform, normalize
 from pf_keras.profiling import profile
 from pf_keras.weights.errors import CheckpointError
@@ -22,6 +33,7 @@ __all__ = [
     "ResNet",
     "ResNet50",
     "SPECS",
+    "build_record",
     "create_model",
     "decode_predictions",
     "eval_transform",

@@ -99,6 +99,10 @@ def parse_model_kwargs(value: str | Mapping[str, Any] | None, *, key: str = "mod
             ) from None
         if not isinstance(parsed, dict):
             raise ValueError(f"`{key}` must be a JSON object. Received: {key}={source!r}")
+        if {"name", "kwargs"} <= set(parsed):  # a run's model.json of older pf-keras versions
+            raise ValueError(f"`{key}` holds a training run's model.json, which is no longer read: pass the run's "
+                             f"model folder instead (--model RUN/final; evaluate: --model_dir RUN). "
+                             f"Received: {key}={source!r}")
         return parsed
     result: dict[str, Any] = {}
     depth, start, parts = 0, 0, []

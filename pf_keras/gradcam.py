@@ -18,7 +18,7 @@ Needs the TensorFlow backend (gradients through ``tf.GradientTape``).
 Command (one PNG overlay per image, the top class or ``--class_index``):
 
     pf-keras-gradcam --model resnet50_hybrid --weights imagenet --output_dir cams a.jpg b.jpg
-    pf-keras-gradcam --model runs/demo --output_dir cams circle.jpg   # a pf-keras-train run folder
+    pf-keras-gradcam --model runs/demo --output_dir cams circle.jpg   # a pf-keras-train run (its final/)
     pf-keras-gradcam --model my_model.keras --output_dir cams shape.jpg
 
 Images are resized to the model's input size and normalised with the ImageNet mean and std
@@ -214,31 +214,26 @@ def read_image(path: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
         raise ValueError(f"Cannot read the image {path!r}: {' '.join(str(error).split())}") from None
 
 
-def _load_run(folder: str) -> tuple[keras.Model, list[str]]:
-    """The final model of a ``training/train.py`` run folder (``model.json`` + ``final.weights.h5``)."""
-    import json
+def _load_run(folder: str, weights: str | None) -> tuple[keras.Model, list[str]]:
+    """The model of a preset folder or a ``pf-keras-train`` run folder (its ``final/``), and its class names.
 
-    from pf_keras.models.registry import create_model
+    ``weights`` (e.g. the run's ``final_ema.weights.h5``) replaces the folder's own weights.
+    """
+    from pf_keras.weights.preset import model_folder, read_preset
 
+    preset = read_preset(model_folder(folder))  # one line for an unfinished, older or damaged run
     try:
-        with open(os.path.join(folder, "model.json")) as f:
-            spec = json.load(f)
-        name, kwargs = spec["name"], dict(spec["kwargs"])
-        kwargs["input_shape"] = tuple(kwargs["input_shape"])
-        class_names = [str(c) for c in spec.get("class_names") or []]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"Cannot read the run's model.json in {folder!r}: {' '.join(str(error).split())}") from None
-    model = create_model(name, **kwargs)
-    try:
-        model.load_weights(os.path.join(folder, "final.weights.h5"))
-    except Exception as error:  # missing, truncated or mismatched file: one line
-        raise ValueError(f"Cannot load final.weights.h5 in {folder!r}: {' '.join(str(error).split())[:300]}") from None
-    return model, class_names
+        model = preset.record.build(weights=weights or preset.weights_path)
+    except Exception as error:  # noqa: BLE001 (a truncated or mismatched weights file: one line)
+        path = weights or preset.weights_path
+        raise ValueError(f"Cannot load the weights {path!r}: {' '.join(str(error).split())[:300]}") from None
+    names = preset.metadata.get("class_names")
+    return model, [str(c) for c in names] if isinstance(names, list) else []
 
 
 def _load_model(spec: str, weights: str | None) -> tuple[keras.Model, list[str]]:
     if os.path.isdir(spec):
-        return _load_run(spec)
+        return _load_run(spec, weights)
     if spec.endswith(".keras"):
         if not os.path.isfile(spec):
             raise ValueError(f"The model file does not exist. Received: --model={spec!r}")
@@ -256,8 +251,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pf-keras-gradcam", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
     parser.add_argument("--model", required=True,
-                        help="registry name (with --weights), a .keras file or a training/train.py run folder")
-    parser.add_argument("--weights", default=None, help="registry models: imagenet, a .pth or .weights.h5 file")
+                        help="registry name (with --weights), a .keras file, a preset folder or a pf-keras-train "
+                        "run folder (its final/)")
+    parser.add_argument("--weights", default=None, help="registry models: imagenet, a .pth or .weights.h5 file; "
+                        "folders: other weights for the same model (e.g. a run's final_ema.weights.h5)")
     parser.add_argument("--output_dir", "--out_dir", dest="out_dir", metavar="OUTPUT_DIR", required=True,
                         help="folder of the heatmaps (--out_dir: deprecated alias)")
     parser.add_argument("--image_size", type=int, default=0, help="input side; default: the model's")

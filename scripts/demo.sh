@@ -11,7 +11,7 @@ rm -rf "$RUN"
 $PY training/train.py --recipe demo --model resnet50_hybrid --model_kwargs 'depths=[1,1,1,1],width_mult=0.25' \
   --dataset builtin --epochs 20 --model_dir "$RUN"
 $PY training/evaluate.py --model_dir "$RUN" --dataset builtin
-$PY export/export.py --model resnet50_hybrid --weights "$RUN/final.weights.h5" --model_kwargs "$RUN/model.json" \
+$PY export/export.py --model "$RUN/final" \
   --formats saved_model,fp32,fp16,dynamic,int8 --output_dir "$RUN/export"
 $PY export/benchmark.py --export_dir "$RUN/export" --formats fp32,fp16,dynamic,int8 --threads 1,2 --runs 50 \
   --output_dir "$RUN/bench"

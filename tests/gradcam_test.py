@@ -144,24 +144,33 @@ class TestOverlayAndCommand:
         assert "The model file does not exist" in capsys.readouterr().err
 
     def test_command_reads_a_training_run_folder(self, tmp_path, capsys):
-        import json
+        from pf_keras.weights.preset import write_preset
 
-        from pf_keras import fileio
-
-        kwargs = {"depths": [1, 1, 1, 1], "width_mult": 0.125, "block_kinds": "max", "input_shape": [32, 32, 3],
-                  "classes": 10, "include_top": True, "classifier_activation": None}
+        kwargs = {"depths": (1, 1, 1, 1), "width_mult": 0.125, "block_kinds": "max", "input_shape": (32, 32, 3),
+                  "classes": 10, "classifier_activation": None}
         run = tmp_path / "run"
-        run.mkdir()
-        model = randomised(pf_keras.create_model("resnet50", **{**kwargs, "input_shape": (32, 32, 3)}))
-        fileio.save_weights(model, run / "final.weights.h5")
-        (run / "model.json").write_text(json.dumps({"name": "resnet50", "kwargs": kwargs,
-                                                    "class_names": list(builtin_data.CLASSES)}))
+        model = randomised(pf_keras.create_model("resnet50", **kwargs))
+        write_preset(model, run / "final", metadata={"class_names": list(builtin_data.CLASSES)})  # as train does
         Image.fromarray(builtin_data.example(1)[0]).save(tmp_path / "square.png")
         assert run_cli(main, ["--model", str(run), "--out_dir", str(tmp_path / "o"), str(tmp_path / "square.png")]) == 0
         label = int(np.argmax(model.predict(
             pf_keras.preprocess_input(np.asarray(Image.fromarray(builtin_data.example(1)[0]).resize((32, 32),
                                       Image.BILINEAR))[None].astype("float32")), verbose=0)))
         assert f"class {label} ({builtin_data.CLASSES[label]})" in capsys.readouterr().out
-        (run / "model.json").write_text("{truncated")
+        (run / "final" / "model.weights.h5").write_bytes(b"truncated")
         assert run_cli(main, ["--model", str(run), "--out_dir", str(tmp_path / "o"), str(tmp_path / "square.png")]) == 2
-        assert "Cannot read the run's model.json" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "error: Cannot load the weights" in err and err.count("\n") == 1
+
+    def test_a_run_from_before_final_is_one_line(self, tmp_path, capsys):
+        run = tmp_path / "old_run"
+        run.mkdir()
+        (run / "model.json").write_text('{"name": "resnet50", "kwargs": {}}')
+        Image.fromarray(builtin_data.example(1)[0]).save(tmp_path / "square.png")
+        code = run_cli(main, ["--model", str(run), "--out_dir", str(tmp_path / "o"), str(tmp_path / "square.png")],
+                       prog="pf-keras-gradcam")
+        assert code == 2
+        assert capsys.readouterr().err == (
+            f"pf-keras-gradcam: error: {run} is a training run of an older pf-keras (model.json, no final/): rerun "
+            f"its pf-keras-train command with --model_dir {run}; it resumes at the last checkpoint and writes the "
+            f"model folder final/ without training again. Received: {str(run)!r}\n")

@@ -6,8 +6,9 @@ Reproducing the published 77.1 % top-1 of R50-hybrid from the official PyTorch c
     pf-keras-evaluate --model resnet50_hybrid --weights resnet50_hybrid.pth \\
         --dataset imagenet2012 --data_dir ~/tensorflow_datasets --output_dir runs/r50_hybrid_eval
 
-A run of train.py: ``--model_dir runs/demo`` reads its preset folder ``final/`` (builder arguments,
-weights and eval transform), or for older runs ``model.json`` and ``final.weights.h5``.
+A run of train.py: ``--model_dir runs/demo`` reads its model folder ``final/`` (a preset folder:
+build record, weights and eval transform); ``--model`` takes a registry name, a preset folder or a
+run folder alike.
 Every user error (an unfinished run, a bad flag, a damaged weights file, an ``--output_dir`` that
 cannot be written: checked before evaluating) is one line on stderr and status 2; ``--debug``
 shows the traceback. ``OUTPUT_DIR/evaluate.json`` is written atomically.
@@ -32,7 +33,7 @@ import tensorflow as tf
 import pf_keras
 from pf_keras import fileio
 from pf_keras.cli import one_line, parse_model_kwargs
-from pf_keras.weights.preset import is_preset, read_preset
+from pf_keras.weights.preset import model_folder, read_preset
 from pf_keras_export import args
 from pf_keras_training import data as data_lib
 from pf_keras_training import loop as loop_lib
@@ -120,48 +121,25 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
 
 
 def _from_model_dir(model_dir: str) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
-    """(name, weights path, create_model kwargs, eval settings) of a finished train.py run.
+    """(name, preset folder, create_model kwargs, eval settings) of a finished train.py run (or its ``final/``).
 
     Raises:
-        ValueError: if ``model_dir`` holds no finished run (no or a damaged ``model.json``, no final weights).
+        ValueError: one line if ``model_dir`` holds no finished run (an unfinished run, a run of an
+            older pf-keras without ``final/``, a damaged preset folder).
     """
-    path = os.path.join(model_dir, "model.json")
-    weights = os.path.join(model_dir, "final.weights.h5")
-    if not os.path.isdir(model_dir):
-        raise ValueError(f"`model_dir` does not exist. Received: model_dir={model_dir!r}")
-    preset_dir = os.path.join(model_dir, "final")
-    if is_preset(preset_dir):  # a run's final preset folder: the weights and the builder arguments together
-        preset = read_preset(preset_dir)  # ValueError naming a missing or malformed file
-        transform = preset.metadata.get("eval_transform")
-        transform = transform if isinstance(transform, dict) else {}
-        try:
-            image_size = int(preset.config["input_shape"][0])
-        except (KeyError, TypeError, IndexError, ValueError) as error:
-            raise ValueError(f"{preset_dir}/config.json has no usable input_shape ({type(error).__name__}). "
-                             f"Received: model_dir={model_dir!r}") from None
-        extra = {"image_size": image_size, "crop_fraction": transform.get("crop_fraction") or 0.0,
-                 "interpolation": transform.get("interpolation") or ""}
-        kwargs = {k: v for k, v in preset.config.items() if k not in EVALUATE_SETS}
-        return preset.model, preset_dir, kwargs, extra
-    if not (os.path.isfile(path) and os.path.isfile(weights)):
-        raise ValueError(
-            f"{model_dir} holds no finished run: model.json and final.weights.h5 are written when train.py ends "
-            f"(finish or resume the run first, or pass --model and --weights). Received: model_dir={model_dir!r}"
-        )
+    preset_dir = model_folder(model_dir)  # the run's final/ (or model_dir itself, a preset folder)
+    preset = read_preset(preset_dir)  # ValueError naming a missing or malformed file
+    transform = preset.metadata.get("eval_transform")
+    transform = transform if isinstance(transform, dict) else {}
     try:
-        with open(path, encoding="utf-8") as f:
-            info = json.loads(f.read(1 << 20))
-        kwargs = dict(info["kwargs"])
-        image_size = int(kwargs.pop("input_shape")[0])
-        name = str(info["name"])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError) as error:
-        raise ValueError(f"{path} is damaged ({type(error).__name__}: {one_line(error)[:200]}). "
+        image_size = int(preset.config["input_shape"][0])
+    except (KeyError, TypeError, IndexError, ValueError) as error:
+        raise ValueError(f"{preset_dir}/config.json has no usable input_shape ({type(error).__name__}). "
                          f"Received: model_dir={model_dir!r}") from None
-    for key in ("classes", "classifier_activation", "include_preprocessing", "include_top"):
-        kwargs.pop(key, None)
-    extra = {"image_size": image_size, "crop_fraction": info.get("crop_fraction") or 0.0,
-             "interpolation": info.get("interpolation") or ""}
-    return name, weights, kwargs, extra
+    extra = {"image_size": image_size, "crop_fraction": transform.get("crop_fraction") or 0.0,
+             "interpolation": transform.get("interpolation") or ""}
+    kwargs = {k: v for k, v in preset.config.items() if k not in EVALUATE_SETS}
+    return preset.model, preset_dir, kwargs, extra
 
 
 def check_output_dir(output_dir: str, name: str = RESULT_FILE) -> str:
@@ -188,8 +166,11 @@ def _main(f) -> int:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={f.batch_size}")
     extra: dict[str, Any] = {}
     name, weights, kwargs = f.model, f.weights, parse_model_kwargs(f.model_kwargs)
-    if f.model_dir:
-        name, weights, stored, extra = _from_model_dir(f.model_dir)
+    model_dir = f.model_dir
+    if not model_dir and f.model and f.model not in pf_keras.list_models() and os.path.isdir(f.model):
+        model_dir = f.model  # a preset folder or a run folder
+    if model_dir:
+        name, weights, stored, extra = _from_model_dir(model_dir)
         kwargs = {**stored, **kwargs}
         weights = f.weights or weights
     if not name:
@@ -223,12 +204,12 @@ def _main(f) -> int:
 def build_parser() -> args.ArgumentParser:
     """The flags of pf-keras-evaluate (the README's flag table)."""
     p = args.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="Registry name (pf_keras.list_models()); or --model_dir.")
+    p.add_argument("--model", help="Registry name (pf_keras.list_models()), a preset folder (a run's final/) or a "
+                   "run folder (as --model_dir).")
     args.add_model_kwargs_flag(p)
     p.add_argument("--weights", help="Official .pth checkpoint or Keras .weights.h5 (with --model_dir: instead of "
-                   "the run's final.weights.h5, e.g. final_ema.weights.h5).")
-    p.add_argument("--model_dir", help="A finished pf-keras-train run (reads its preset folder final/, or "
-                   "model.json and final.weights.h5).")
+                   "the weights in the run's final/, e.g. its final_ema.weights.h5).")
+    p.add_argument("--model_dir", help="A finished pf-keras-train run (reads its model folder final/).")
     p.add_argument("--dataset", default="imagenet2012", help="builtin, synthetic, folder:PATH or a TFDS name "
                    "(default imagenet2012).")
     p.add_argument("--data_dir", help="TFDS data folder (default: TFDS's own).")

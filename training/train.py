@@ -147,7 +147,7 @@ class _Preemption:
 
 
 def model_build_kwargs(recipe: Recipe, num_classes: int) -> dict[str, Any]:
-    """The ``create_model`` keywords of a run (also written to ``model_dir/model.json``)."""
+    """The ``create_model`` keywords of a run (its build record in ``model_dir/final/config.json``)."""
     kwargs = dict(recipe.model.kwargs)
     if "classes" in kwargs and kwargs["classes"] != num_classes:
         raise ValueError(
@@ -181,7 +181,7 @@ def build_model(recipe: Recipe, num_classes: int) -> keras.Model:
             raise ValueError(f"cannot start from init_weights {init}: {one_line(error)[:500]}. "
                              f"Received: model.init_weights={init!r}") from None
     if recipe.model.sync_bn:
-        model = with_sync_batchnorm(model)
+        model = pf_keras.build_record(model).attach(with_sync_batchnorm(model))  # the same graph: same record
     return model
 
 
@@ -254,7 +254,7 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
     Args:
         recipe: Recipe. See :mod:`recipes`.
         model_dir: str. Checkpoints, ``recipe.json``, ``metrics.jsonl``, ``tb/`` and, at the
-            end, ``final.weights.h5`` (+ ``final_ema.weights.h5``) and ``model.json``.
+            end, the preset folder ``final/`` (+ ``final_ema.weights.h5``).
         strategy: a ready strategy (tests); else built from ``strategy_name``/``num_replicas``/``tpu``.
         mixed_precision: str. ``float32``, ``mixed_float16`` (dynamic loss scaling) or ``mixed_bfloat16``.
         jit_compile: bool. XLA for the forward/backward pass.
@@ -568,7 +568,7 @@ class _Loop:
         if status == "completed":
             self.logger.write(summary, kind="final")
             plan.say(f"[train] done: step {self.step}, val top-1 {summary.get('val_top1')}, skipped files "
-                     f"{summary['skipped']}; weights in {os.path.join(plan.model_dir, 'final.weights.h5')}")
+                     f"{summary['skipped']}; model in {os.path.join(plan.model_dir, FINAL_PRESET)}")
         for callback in plan.callbacks:
             callback.on_train_end(dict(summary))
         return summary
@@ -604,32 +604,29 @@ def _flag_reducer(strategy):
 
 
 def _save_final(recipe: Recipe, model_dir: str, trainer: loop_lib.Trainer, source) -> None:
-    """final.weights.h5 (+ final_ema.weights.h5), the preset folder ``final/`` and model.json, each atomic (fileio).
+    """The preset folder ``final/`` (weights + build record + metadata) and, with EMA, ``final_ema.weights.h5``.
+
+    ``final/`` is the run's model: ``pf_keras.create_model(model_dir/final)``, ``--model
+    model_dir/final`` of the export tools, ``--model_dir`` of evaluate. ``final_ema.weights.h5``
+    holds the EMA weights of the same architecture (``pf-keras-evaluate --model_dir RUN --weights
+    RUN/final_ema.weights.h5``). Written EMA first: ``final/`` marks a finished run.
 
     Raises:
         fileio.WriteError: one line (full disk, ...); no partial file under a final name, the previous
             version intact.
     """
-    fileio.save_weights(trainer.model, os.path.join(model_dir, "final.weights.h5"))
+    from pf_keras.weights.preset import write_preset
+
     if trainer.ema:
         with trainer.ema_weights() as model:
             fileio.save_weights(model, os.path.join(model_dir, "final_ema.weights.h5"))
-    kwargs = model_build_kwargs(recipe, source.num_classes)
     spec = pf_keras.SPECS.get(recipe.model.name)
-    if spec is not None:  # the weights with the record that rebuilds them: pf_keras.create_model(model_dir/final)
-        from pf_keras.weights.preset import write_preset
-
-        interpolation = recipe.data.interpolation or spec.eval.interpolation
-        write_preset(trainer.model, os.path.join(model_dir, FINAL_PRESET), name=spec.name, family=spec.family,
-                     config={**spec.builder_args, **kwargs},
-                     metadata={"spec": spec.name, "source": "pf-keras-train", "recipe": recipe.name,
-                               "class_names": list(source.class_names),
-                               "eval_transform": {"size": recipe.data.image_size, "interpolation": interpolation,
-                                                  "crop_fraction": recipe.data.crop_fraction}})
-    # model.json: the same record for the tools that read it (export --model_kwargs, gradcam, older runs).
-    fileio.write_json(os.path.join(model_dir, "model.json"), {
-        "name": recipe.model.name, "kwargs": kwargs, "class_names": list(source.class_names),
-        "interpolation": recipe.data.interpolation or None, "crop_fraction": recipe.data.crop_fraction})
+    interpolation = recipe.data.interpolation or (spec.eval.interpolation if spec else None)
+    write_preset(trainer.model, os.path.join(model_dir, FINAL_PRESET),  # the model's build record
+                 metadata={"spec": spec and spec.name, "source": "pf-keras-train", "recipe": recipe.name,
+                           "class_names": list(source.class_names),
+                           "eval_transform": {"size": recipe.data.image_size, "interpolation": interpolation,
+                                              "crop_fraction": recipe.data.crop_fraction}})
 
 
 # ---------------------------------------------------------------- command line

@@ -15,14 +15,26 @@ options (``drop_path_rate``). ``weights`` may be:
 - a preset folder (:mod:`pf_keras.weights.preset`), or a PyTorch / Keras weights file.
 
 ``create_model(folder)`` builds the model a preset folder describes.
+
+Every model ``create_model`` returns remembers how it was built: :func:`build_record` gives
+its :class:`BuildRecord` (the spec or registered name, the family builder, and the builder's
+arguments: the spec's architecture updated by the overrides), so a weights file plus that
+record rebuilds it (``record.build(weights=path)``). A preset folder's ``config.json`` is that
+record on disk: :func:`pf_keras.weights.preset.write_preset` writes it, ``create_model(folder)``
+reads it. The record lives on the Python object, not in ``get_config()``: the models are plain
+``keras.Model`` graphs of core layers (they load without pf_keras), and a ``.keras`` file
+already holds the whole graph, so it needs no record to rebuild; the weights-file route's
+record is the preset folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import keras
 
@@ -30,6 +42,102 @@ from pf_keras.imagenet import NUM_CLASSES
 from pf_keras.models.specs import SIZE_DEPENDENT_FAMILIES, SPECS, ModelSpec, family_builder, list_specs
 
 _REGISTRY: dict[str, Callable[..., keras.Model]] = {}
+_RECORD_ATTRIBUTE = "_pf_keras_build_record"
+# Builder arguments that are not part of the record: the weights come from the file that goes with
+# it, the name is the record's ``model``, and an input tensor cannot be stored.
+_NOT_RECORDED = ("weights", "name", "input_tensor")
+
+
+def _canonical(value):
+    return tuple(_canonical(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildRecord:
+    """How a model was built: with a weights file, enough to rebuild it.
+
+    Attributes:
+        model: str. The spec or registered name (``pf_keras.list_models()``).
+        family: str or None. The family builder of a spec ("resnet", "vit", "pit"); None for a
+            builder registered with :func:`register_model` (rebuilt through ``create_model``,
+            so its registration must be imported first).
+        config: dict. The builder's arguments (for a spec: its full architecture updated by the
+            overrides), without ``weights``, ``name`` and ``input_tensor``; lists are stored as tuples.
+    """
+
+    model: str
+    family: str | None
+    config: dict[str, Any]
+
+    def __post_init__(self) -> None:  # lists as tuples: a record read from JSON equals the one built
+        object.__setattr__(self, "config", {str(k): _canonical(v) for k, v in self.config.items()})
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"model", "family", "config"}`` with tuples as lists: a preset's ``config.json``."""
+        return {"model": self.model, "family": self.family, "config": _jsonable(self.config)}
+
+    def build(self, **overrides) -> keras.Model:
+        """The model again (it carries this record, updated by ``overrides``).
+
+        ``weights`` may be a Keras ``.weights.h5`` (or, for a spec family, a PyTorch checkpoint);
+        it must set every weight of the model.
+        """
+        weights = overrides.pop("weights", None)
+        config = {**self.config, **overrides}
+        if self.family is None:
+            model = create_model(self.model, **config)
+            if weights is not None:
+                from pf_keras.weights.loading import check_weights_arg, load_keras_weights  # noqa: PLC0415
+
+                check_weights_arg(weights)
+                load_keras_weights(model, os.fspath(weights))
+            return model
+        model = family_builder(self.family)(**{**config, "name": self.model, "weights": weights})
+        return BuildRecord(self.model, self.family, _recorded(config)).attach(model)
+
+    def attach(self, model: keras.Model) -> keras.Model:
+        """Marks ``model`` as built by this record (e.g. a copy of a recorded model's graph); returns it."""
+        setattr(model, _RECORD_ATTRIBUTE, self)
+        return model
+
+
+def _recorded(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k not in _NOT_RECORDED}
+
+
+def _attach(model: keras.Model, record: BuildRecord | None) -> keras.Model:
+    if record is not None:
+        return record.attach(model)
+    setattr(model, _RECORD_ATTRIBUTE, None)
+    return model
+
+
+def build_record(model: keras.Model) -> BuildRecord | None:
+    """The :class:`BuildRecord` of a model built by :func:`create_model` (or a preset folder); else None.
+
+    None for models built otherwise (the family classes ``ResNet``/``ViT``/``PiT`` called
+    directly, ``keras.models.load_model``, ``clone_model``) and for models built on an
+    ``input_tensor`` (which no record can hold).
+
+    Example:
+        >>> model = create_model("resnet50_max", depths=(1, 1, 1, 1), width_mult=0.125,
+        ...                      input_shape=(32, 32, 3), classes=10)
+        >>> record = build_record(model)
+        >>> record.model, record.family, record.config["depths"], record.config["classes"]
+        ('resnet50_max', 'resnet', (1, 1, 1, 1), 10)
+        >>> build_record(record.build()) == record
+        True
+    """
+    record = getattr(model, _RECORD_ATTRIBUTE, None)
+    return record if isinstance(record, BuildRecord) else None
 
 
 def register_model(name: str) -> Callable:
@@ -73,10 +181,6 @@ def resolve_variant(variants: dict[str, str], variant: str) -> str:
     if variant not in variants:
         raise ValueError(f"`variant` must be one of {sorted(variants)}. Received: variant={variant!r}")
     return variants[variant]
-
-
-def _canonical(value):
-    return tuple(_canonical(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def changed_architecture(spec: ModelSpec, kwargs: dict) -> dict:
@@ -140,21 +244,21 @@ def _build_from_preset(folder, *, expected: str | None, kwargs: dict) -> keras.M
             f"create_model({os.fspath(folder)!r}). Received: weights={os.fspath(folder)!r}"
         )
     kwargs = {k: v for k, v in kwargs.items() if k != "weights"}
-    return family_builder(preset.family)(
-        **{**preset.config, "name": preset.model, **kwargs, "weights": preset.weights_path}
-    )
+    return preset.record.build(**kwargs, weights=preset.weights_path)
 
 
 def build_from_spec(spec: ModelSpec, **kwargs) -> keras.Model:
     """Builds ``spec``'s model: its builder arguments updated by ``kwargs``; resolves ``weights``."""
     weights = kwargs.get("weights")
     if _is_checkpoint_tag(spec, weights):
-        return _build_pretrained(spec, weights, {k: v for k, v in kwargs.items() if k != "weights"})
-    from pf_keras.weights.preset import is_preset  # noqa: PLC0415
+        model = _build_pretrained(spec, weights, {k: v for k, v in kwargs.items() if k != "weights"})
+    else:
+        from pf_keras.weights.preset import is_preset  # noqa: PLC0415
 
-    if weights is not None and is_preset(weights):
-        return _build_from_preset(weights, expected=spec.name, kwargs=kwargs)
-    return spec.builder()(**{**spec.builder_args, "name": spec.name, **kwargs})
+        if weights is not None and is_preset(weights):
+            return _build_from_preset(weights, expected=spec.name, kwargs=kwargs)
+        model = spec.builder()(**{**spec.builder_args, "name": spec.name, **kwargs})
+    return _attach(model, BuildRecord(spec.name, spec.family, _recorded({**spec.builder_args, **kwargs})))
 
 
 def create_model(name: str, **kwargs) -> keras.Model:
@@ -172,17 +276,19 @@ def create_model(name: str, **kwargs) -> keras.Model:
     from pf_keras.weights.preset import is_preset  # noqa: PLC0415
 
     if name in SPECS:
-        return build_from_spec(SPECS[name], **kwargs)
-    if name in _REGISTRY:
-        return _REGISTRY[name](**kwargs)
-    if is_preset(name):
+        model = build_from_spec(SPECS[name], **kwargs)
+    elif name in _REGISTRY:
+        model = _attach(_REGISTRY[name](**kwargs), BuildRecord(name, None, _recorded(kwargs)))
+    elif is_preset(name):
         if kwargs.get("weights") is not None:
             raise ValueError(
                 f"A preset folder brings its own weights; drop `weights`. Received: name={os.fspath(name)!r}, "
                 f"weights={kwargs['weights']!r}"
             )
-        return _build_from_preset(name, expected=None, kwargs=kwargs)
-    raise ValueError(f"Unknown model name. Valid names: {list_models()}. Received: name={name!r}")
+        model = _build_from_preset(name, expected=None, kwargs=kwargs)
+    else:
+        raise ValueError(f"Unknown model name. Valid names: {list_models()}. Received: name={name!r}")
+    return _attach(model, None) if kwargs.get("input_tensor") is not None else model
 
 
 def get_builder(name: str) -> Callable[..., keras.Model]:

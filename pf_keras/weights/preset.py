@@ -3,7 +3,9 @@
 A preset folder holds
 
 - ``config.json``: ``{"model": name, "family": family, "config": {builder arguments}}``, the
-  family builder's arguments (architecture, head) without ``weights`` and ``name``;
+  family builder's arguments (architecture, head) without ``weights`` and ``name``: the model's
+  :class:`pf_keras.models.registry.BuildRecord` (``family`` is null for a builder registered
+  with ``register_model``, rebuilt through ``create_model(name, **config)``);
 - ``model.weights.h5``: the Keras weights;
 - ``metadata.json``: where the weights come from (``source_url``, ``source_sha256`` of the
   converted file, ``spec``), the ``eval_transform`` and the versions, parameter count and
@@ -28,6 +30,7 @@ from pf_keras.models.specs import FAMILY_BUILDERS
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
+RUN_PRESET = "final"  # a pf-keras-train run folder's model: RUN/final/ (a preset folder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +39,7 @@ class Preset:
 
     folder: str
     model: str  # registry / spec name
-    family: str
+    family: str | None  # None: a builder registered with register_model
     config: dict[str, Any]  # builder arguments
     metadata: dict[str, Any]
 
@@ -44,10 +47,44 @@ class Preset:
     def weights_path(self) -> str:
         return os.path.join(self.folder, WEIGHTS_FILE)
 
+    @property
+    def record(self):
+        """The :class:`~pf_keras.models.registry.BuildRecord` in ``config.json``."""
+        from pf_keras.models.registry import BuildRecord  # noqa: PLC0415
+
+        return BuildRecord(self.model, self.family, dict(self.config))
+
 
 def is_preset(path) -> bool:
     """True when ``path`` is a folder holding a ``config.json``."""
     return isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(path), CONFIG_FILE))
+
+
+def model_folder(path: str | os.PathLike) -> str:
+    """The preset folder ``path`` names: a preset folder itself, or a training run folder's ``final/``.
+
+    Raises:
+        ValueError: one line for a folder that is neither: a missing folder, an unfinished run, or
+            a run written before runs kept their model in ``final/`` (saying how to upgrade it).
+    """
+    path = os.fspath(path)
+    if is_preset(path):
+        return path
+    if not os.path.isdir(path):
+        raise ValueError(f"The model folder does not exist. Received: {path!r}")
+    folder = os.path.join(path, RUN_PRESET)
+    if is_preset(folder):
+        return folder
+    if os.path.isfile(os.path.join(path, "model.json")):
+        raise ValueError(
+            f"{path} is a training run of an older pf-keras (model.json, no {RUN_PRESET}/): rerun its "
+            f"pf-keras-train command with --model_dir {path}; it resumes at the last checkpoint and writes the "
+            f"model folder {RUN_PRESET}/ without training again. Received: {path!r}"
+        )
+    raise ValueError(
+        f"{path} is neither a preset folder nor a finished training run: pf-keras-train writes the model folder "
+        f"{RUN_PRESET}/ when it ends (finish or resume the run first). Received: {path!r}"
+    )
 
 
 def _jsonable(value):
@@ -62,33 +99,46 @@ def write_preset(
     model,
     folder: str | os.PathLike,
     *,
-    name: str,
-    family: str,
-    config: dict[str, Any],
+    name: str | None = None,
+    family: str | None = None,
+    config: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> str:
-    """Writes ``model``'s weights, its builder ``config`` and ``metadata`` as a preset folder, atomically.
+    """Writes ``model``'s weights, its build record and ``metadata`` as a preset folder, atomically.
 
     Args:
-        model: keras.Model. Built by the ``family`` builder with ``config``.
+        model: keras.Model. Built by ``pf_keras.create_model`` (it carries its build record), or
+            by the ``family`` builder with ``config``.
         folder: str. The preset folder; an existing one is replaced only once the new one is complete.
-        name: str. Registry name the preset belongs to.
-        family: str. "resnet", "vit" or "pit".
-        config: dict. Builder arguments that rebuild ``model`` (JSON-serialisable; tuples become lists).
+        name: str or None. Registry name the preset belongs to. Defaults to the model's build record.
+        family: str or None. "resnet", "vit" or "pit" (None: a ``register_model`` builder). Defaults
+            to the model's build record.
+        config: dict or None. Builder arguments that rebuild ``model`` (JSON-serialisable; tuples
+            become lists). Defaults to the model's build record.
         metadata: dict or None. Extra metadata (``source_url``, ``source_sha256``, ``eval_transform``, ...).
 
     Returns:
         The folder path.
 
     Raises:
-        ValueError: for an unknown family or a config with ``weights``/``name``.
+        ValueError: for a model without a build record and no ``name``/``config``, an unknown
+            family, or a config with ``weights``/``name``.
         fileio.WriteError: when the folder cannot be written (the previous one is intact).
     """
     import keras  # noqa: PLC0415
 
     import pf_keras  # noqa: PLC0415
+    from pf_keras.models.registry import build_record  # noqa: PLC0415
 
-    if family not in FAMILY_BUILDERS:
+    if name is None or config is None:
+        record = build_record(model)
+        if record is None:
+            raise ValueError(
+                f"Model {model.name!r} carries no build record (it was not built by pf_keras.create_model): "
+                f"pass name, family and config. Received: name={name!r}, config={config!r}"
+            )
+        name, family, config = record.model, record.family, record.config
+    if family is not None and family not in FAMILY_BUILDERS:
         raise ValueError(f"Unknown model family. Valid families: {sorted(FAMILY_BUILDERS)}. Received: {family=}")
     if {"weights", "name"} & set(config):
         raise ValueError(f"A preset config holds builder arguments without `weights` and `name`. Received: {config}")
@@ -192,10 +242,11 @@ def read_preset(folder: str | os.PathLike) -> Preset:
             )
     data = _read_json(os.path.join(folder, CONFIG_FILE))
     model, family, config = data.get("model"), data.get("family"), data.get("config")
-    if not isinstance(model, str) or family not in FAMILY_BUILDERS or not isinstance(config, dict):
+    known_family = "family" in data and (family is None or family in FAMILY_BUILDERS)
+    if not isinstance(model, str) or not known_family or not isinstance(config, dict):
         raise ValueError(
             f"{os.path.join(folder, CONFIG_FILE)} must hold {{'model': str, 'family': one of "
-            f"{sorted(FAMILY_BUILDERS)}, 'config': {{...}}}}. Received: model={model!r}, family={family!r}, "
+            f"{sorted(FAMILY_BUILDERS)} or null, 'config': {{...}}}}. Received: model={model!r}, family={family!r}, "
             f"config of type {type(config).__name__}"
         )
     if {"weights", "name"} & set(config):
@@ -207,9 +258,11 @@ __all__ = [
     "CONFIG_FILE",
     "METADATA_FILE",
     "Preset",
+    "RUN_PRESET",
     "WEIGHTS_FILE",
     "convert_to_preset",
     "is_preset",
+    "model_folder",
     "read_preset",
     "source_metadata",
     "write_preset",

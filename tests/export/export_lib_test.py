@@ -7,8 +7,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import randomised
 
 import pf_keras
+from pf_keras.weights.preset import write_preset
 from pf_keras_export import formats, litert
 from pf_keras_export import saved_model as saved_model_lib
 from pf_keras_export.build import build_model
@@ -86,15 +88,11 @@ class TestExportModel:
         assert entry["xnnpack"]["fully_delegated"] and entry["output"]["dtype"] == "float32"
 
     def test_uint8_input_with_preprocessing_matches_float_model(self, tmp_path, small_resnet_kwargs):
-        # A "training run": float model, its weights file and the model.json training writes.
-        float_model = build_model("resnet50_hybrid", model_kwargs=small_resnet_kwargs, image_size=64)
-        weights = str(tmp_path / "final.weights.h5")
-        float_model.save_weights(weights)
-        kwargs = {**small_resnet_kwargs, "input_shape": [64, 64, 3], "include_preprocessing": False}
-        (tmp_path / "model.json").write_text(json.dumps({"name": "resnet50_hybrid", "kwargs": kwargs}))
+        # A "training run": a float model and its model folder final/ (build record + weights), as train writes it.
+        float_model = randomised(build_model("resnet50_hybrid", model_kwargs=small_resnet_kwargs, image_size=64))
+        write_preset(float_model, tmp_path / "run" / "final")
 
-        report = export_model("resnet50_hybrid", output_dir=str(tmp_path / "out"), weights=weights,
-                              model_kwargs=str(tmp_path / "model.json"), input_type="uint8",
+        report = export_model(str(tmp_path / "run" / "final"), output_dir=str(tmp_path / "out"), input_type="uint8",
                               formats="saved_model,fp32,int8", num_calibration=8, verbose=False)
         files = _by_format(report)
         assert report["passed"] and report["input_type"] == "uint8"
@@ -142,10 +140,23 @@ class TestExportErrors:
             export_model("resnet50_max", output_dir=str(tmp_path / "out"), weights=weights, model_kwargs=wider,
                          image_size=64, formats="fp32")
 
-    def test_training_run_of_another_model(self, tmp_path):
+    def test_a_runs_old_model_json_is_refused_with_the_new_route(self, tmp_path):
         (tmp_path / "model.json").write_text(json.dumps({"name": "resnet50_max", "kwargs": {"classes": 10}}))
-        with pytest.raises(ValueError, match=r"training run of 'resnet50_max'.*Received: name='resnet50'"):
-            export_model("resnet50", output_dir=str(tmp_path), model_kwargs=str(tmp_path / "model.json"))
+        with pytest.raises(ValueError, match=r"model.json, which is no longer read: pass the run's model folder "
+                                             r"instead \(--model RUN/final"):
+            export_model("resnet50_max", output_dir=str(tmp_path), model_kwargs=str(tmp_path / "model.json"))
+        (tmp_path / "final.weights.h5").write_bytes(b"")  # a whole run folder of an older pf-keras
+        with pytest.raises(ValueError, match=r"is a training run of an older pf-keras \(model.json, no final/\): "
+                                             r"rerun its pf-keras-train command"):
+            export_model(str(tmp_path), output_dir=str(tmp_path / "out"), formats="fp32")
+
+    def test_a_model_folder_brings_its_own_weights(self, tmp_path, small_resnet_kwargs):
+        model = build_model("resnet50_max", model_kwargs=small_resnet_kwargs, image_size=64)
+        write_preset(model, tmp_path / "final")
+        model.save_weights(str(tmp_path / "w.weights.h5"))
+        with pytest.raises(ValueError, match=r"A preset folder brings its own weights; drop `weights`"):
+            export_model(str(tmp_path / "final"), output_dir=str(tmp_path / "out"), formats="fp32",
+                         weights=str(tmp_path / "w.weights.h5"))
 
     def test_unknown_model_and_types(self, tmp_path):
         with pytest.raises(ValueError, match=r"Unknown model name.*Received: name='resnet51'"):

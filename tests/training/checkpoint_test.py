@@ -57,7 +57,7 @@ class TestPreemption:
         assert first.returncode == train.PREEMPTED_EXIT_CODE, out[-3000:]
         assert "SIGTERM: saved a checkpoint at step 3" in out
         assert tf.train.latest_checkpoint(os.path.join(preempted_dir, "checkpoints")).endswith("ckpt-3")
-        assert not os.path.exists(os.path.join(preempted_dir, "final.weights.h5"))
+        assert not os.path.exists(os.path.join(preempted_dir, "final"))
 
         resumed = _start(tmp_path, "resumed", {**base, "model_dir": preempted_dir,
                                                "weights_out": str(tmp_path / "resumed.npz")})
@@ -150,8 +150,8 @@ class TestPreemption:
 
         # Only the chief wrote model_dir: one TensorBoard file per chief process, one set of
         # checkpoint files; worker 1's private checkpoint copies (in its TMPDIR) were deleted.
-        assert sorted(os.listdir(model_dir)) == [".lock", "checkpoints", "final", "final.weights.h5", "metrics.jsonl",
-                                                 "model.json", "recipe.json", "settings.json", "tb"]
+        assert sorted(os.listdir(model_dir)) == [".lock", "checkpoints", "final", "metrics.jsonl", "recipe.json",
+                                                 "settings.json", "tb"]
         assert len(os.listdir(os.path.join(model_dir, "tb"))) == 2
         ckpts = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
         assert all(re.fullmatch(r"checkpoint|ckpt-\d+\.(index|data-00000-of-00001)", n) for n in ckpts), ckpts

@@ -43,18 +43,22 @@ def _error_line(capsys) -> str:
 class TestEvaluateErrors:
     def test_an_unfinished_run_dir_is_one_line(self, shapes_dir, tmp_path, capsys):
         model_dir = tmp_path / "run"
-        (model_dir / "checkpoints").mkdir(parents=True)  # a run still training: no model.json, no final weights
+        (model_dir / "checkpoints").mkdir(parents=True)  # a run still training: no final/
         code = evaluate.main(["--model_dir", str(model_dir), "--dataset", f"folder:{shapes_dir}"])
         assert code == 2
-        assert _error_line(capsys).startswith(f"{model_dir} holds no finished run: model.json and final.weights.h5")
+        assert _error_line(capsys).startswith(f"{model_dir} is neither a preset folder nor a finished training run: "
+                                              f"pf-keras-train writes the model folder final/ when it ends")
 
-    def test_a_damaged_model_json_is_one_line(self, shapes_dir, tmp_path, capsys):
+    def test_a_run_from_before_final_is_one_line(self, shapes_dir, tmp_path, capsys):
         model_dir = tmp_path / "run"
         model_dir.mkdir()
-        (model_dir / "model.json").write_text('{"name": "resnet50_max", "kwa')
+        (model_dir / "model.json").write_text('{"name": "resnet50_max", "kwargs": {}}')
         (model_dir / "final.weights.h5").write_bytes(b"")
-        assert evaluate.main(["--model_dir", str(model_dir), "--dataset", f"folder:{shapes_dir}"]) == 2
-        assert _error_line(capsys).startswith(f"{model_dir / 'model.json'} is damaged (JSONDecodeError")
+        for flag in ("--model_dir", "--model"):
+            assert evaluate.main([flag, str(model_dir), "--dataset", f"folder:{shapes_dir}"]) == 2
+            assert _error_line(capsys).startswith(
+                f"{model_dir} is a training run of an older pf-keras (model.json, no final/): rerun its "
+                f"pf-keras-train command with --model_dir {model_dir}; it resumes at the last checkpoint")
 
     def test_batch_size_zero_is_one_line(self, shapes_dir, capsys):
         code = evaluate.main(["--model", "resnet50_max", "--dataset", f"folder:{shapes_dir}", "--batch_size", "0"])

@@ -52,15 +52,15 @@ class TestTrainer:
         assert summary["status"] == "completed" and summary["step"] == 18
         losses = _losses(model_dir)
         assert len(losses) == 9 and _decreased(losses)  # 3 loops per epoch + 1 more at each checkpoint step
-        for name in ("final.weights.h5", "model.json", "recipe.json", "metrics.jsonl", "tb", "checkpoints"):
+        for name in ("final/model.weights.h5", "recipe.json", "metrics.jsonl", "tb", "checkpoints"):
             assert os.path.exists(os.path.join(model_dir, name)), name
         evals = loop.read_metrics(model_dir, "eval")
         assert [e["epoch"] for e in evals] == [1, 2, 3]
         assert {"val_top1", "val_top5", "step"} <= set(evals[-1])
         assert {"epoch", "step", "loss", "images_per_sec"} <= set(loop.read_metrics(model_dir, "train")[0])
-        with open(os.path.join(model_dir, "model.json")) as f:
-            info = json.load(f)
-        assert info["name"] == "resnet50_hybrid" and info["kwargs"]["classes"] == 10
+        with open(os.path.join(model_dir, "final", "config.json")) as f:
+            info = json.load(f)  # the model's build record
+        assert info["model"] == "resnet50_hybrid" and info["config"]["classes"] == 10
         # Rerunning the same command resumes: nothing left to do, same step.
         again = train.run(recipe, model_dir, strategy=loop.create_strategy("one_device"), verbose=False)
         assert again["step"] == 18 and len(_losses(model_dir)) == 9
@@ -119,7 +119,7 @@ class TestTrainer:
             assert len(w0.files) > 10
             for key in w0.files:
                 np.testing.assert_array_equal(w0[key], w1[key])
-        assert os.path.exists(tmp_path / "run" / "final.weights.h5")
+        assert os.path.exists(tmp_path / "run" / "final" / "model.weights.h5")
 
 
 class TestStrategyErrors:

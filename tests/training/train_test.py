@@ -12,6 +12,7 @@ import types
 import numpy as np
 import pytest
 
+import pf_keras
 from pf_keras import fileio
 from pf_keras_training import benchmark, evaluate, loop, recipes, train
 
@@ -63,7 +64,7 @@ class TestRun:
         recipe = recipes.apply_overrides(recipes.get_recipe("demo"), {"schedule.epochs": "3"})
         summary = train.run(recipe, str(tmp_path / "run"), strategy=loop.create_strategy("one_device"), verbose=False)
         assert summary["val_top1"] > 0.4, summary  # 10 classes: chance is 0.1
-        assert os.path.exists(tmp_path / "run" / "final.weights.h5")
+        assert os.path.exists(tmp_path / "run" / "final" / "model.weights.h5")
 
     def test_model_dir_with_another_recipe_is_refused(self, shapes_dir, make_recipe, tmp_path):
         model_dir = str(tmp_path / "run")
@@ -230,18 +231,26 @@ class TestAtomicResults:
         trainer = self._trainer(recipe, source)
         model_dir = small_disk / "run"
         model_dir.mkdir()
-        previous = {"final.weights.h5": b"previous weights", "final_ema.weights.h5": b"previous ema",
-                    "model.json": b'{"previous": true}\n'}
+        previous = {"final_ema.weights.h5": b"previous ema", "final/config.json": b'{"previous": true}\n'}
+        (model_dir / "final").mkdir()
         for name, content in previous.items():
             (model_dir / name).write_bytes(content)
+
+        def files():
+            return {os.path.relpath(os.path.join(d, n), model_dir): open(os.path.join(d, n), "rb").read()
+                    for d, _, names in os.walk(model_dir) for n in names}
+
         fill_disk(str(small_disk), leave=32 * 1024)
-        with pytest.raises(fileio.WriteError, match=r"cannot write .*final.weights.h5 \(ENOSPC: No space left on "
-                                                    r"device\); the previous version, if any, is intact$"):
+        with pytest.raises(fileio.WriteError, match=r"cannot write .*final_ema.weights.h5 \(ENOSPC: No space left "
+                                                    r"on device\); the previous version, if any, is intact$"):
             train._save_final(recipe, str(model_dir), trainer, source)
-        assert {n: (model_dir / n).read_bytes() for n in os.listdir(model_dir)} == previous  # no temporaries
+        assert files() == previous  # no temporaries
+        trainer.ema = None  # the EMA file aside: the model folder final/ is replaced whole or not at all
+        with pytest.raises(fileio.WriteError, match=r"ENOSPC: No space left on device"):
+            train._save_final(recipe, str(model_dir), trainer, source)
+        assert files() == previous
 
     def test_the_final_preset_folder_rebuilds_the_trained_model(self, shapes_dir, make_recipe, tmp_path, capsys):
-        import pf_keras
         from pf_keras_training import data
 
         recipe = make_recipe(f"folder:{shapes_dir}")
@@ -254,12 +263,48 @@ class TestAtomicResults:
         assert rebuilt.count_params() == trainer.model.count_params() and rebuilt.output_shape == (None, 10)
         for r, w in zip(rebuilt.weights, trainer.model.weights, strict=True):
             np.testing.assert_array_equal(r.numpy(), w.numpy())
+        assert pf_keras.build_record(rebuilt) == pf_keras.build_record(trainer.model)
+        assert sorted(os.listdir(tmp_path)) == ["final"]  # no side channel (model.json, final.weights.h5)
         name, weights, kwargs, extra = evaluate._from_model_dir(str(tmp_path))
         assert (name, weights, extra["image_size"]) == (recipe.model.name, str(tmp_path / "final"), 32)
         assert kwargs["depths"] == [1, 1, 1, 1] and "classes" not in kwargs
         assert evaluate.main(["--model_dir", str(tmp_path), "--dataset", f"folder:{shapes_dir}", "--batch_size", "8",
                               "--eval_examples", "8", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["examples"] == 8
+
+    def test_export_and_gradcam_rebuild_the_trained_model_from_final(self, shapes_dir, make_recipe, tmp_path,
+                                                                        capsys):
+        """train -> export (the run folder as --model) and train -> gradcam: the same outputs as the trained model."""
+        from PIL import Image
+
+        from pf_keras import gradcam
+        from pf_keras.cli import run_cli
+        from pf_keras_export.build import build_model
+        from pf_keras_export.export_lib import export_model
+        from pf_keras_training import data
+
+        recipe = make_recipe(f"folder:{shapes_dir}")
+        source = data.resolve_source(recipe.data)
+        trainer = self._trainer(recipe, source)
+        for w in trainer.model.trainable_weights:  # not the builder's initialisation
+            w.assign_add(np.full(w.shape, 0.01, w.dtype))
+        train._save_final(recipe, str(tmp_path / "run"), trainer, source)
+        x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+        trained = trainer.model.predict(x, verbose=0)
+        for model in (str(tmp_path / "run"), str(tmp_path / "run" / "final")):  # the run folder or its final/
+            np.testing.assert_array_equal(build_model(model).predict(x, verbose=0), trained)
+        report = export_model(str(tmp_path / "run"), output_dir=str(tmp_path / "export"), formats="fp32",
+                              verbose=False)
+        assert report["passed"] and report["build"]["record"] == pf_keras.build_record(trainer.model).to_json()
+        image = np.random.default_rng(1).integers(0, 256, (32, 32, 3)).astype(np.uint8)  # at the model's size
+        expected, classes = gradcam.grad_cam(trainer.model, pf_keras.preprocess_input(image[None].astype("float32")))
+        Image.fromarray(image).save(tmp_path / "x.png")
+        assert run_cli(gradcam.main, ["--model", str(tmp_path / "run"), "--output_dir", str(tmp_path / "cams"),
+                                      str(tmp_path / "x.png")]) == 0
+        assert f"class {int(classes[0])} ({source.class_names[int(classes[0])]})" in capsys.readouterr().out
+        rebuilt, _ = gradcam._load_run(str(tmp_path / "run"), None)
+        heat, _ = gradcam.grad_cam(rebuilt, pf_keras.preprocess_input(image[None].astype("float32")))
+        np.testing.assert_allclose(heat, expected, atol=1e-6)
 
     def test_a_damaged_final_preset_is_one_line(self, shapes_dir, tmp_path, capsys):
         final = tmp_path / "final"
