@@ -275,16 +275,17 @@ def train_resized(image_bytes: tf.Tensor, seed: tf.Tensor, cfg: DataConfig, inte
     """RandomResizedCrop of one encoded image (partial decode of the crop, antialiased resize), float32
     [S, S, 3] on the 0..255 scale, not yet rounded. ``cfg.train_interpolation``: "random" picks bilinear or
     bicubic per image as timm's default does; "" uses ``interpolation``."""
+    # uint8 into the resize: ScaleAndTranslate converts each pixel as it reads it (the same bits as a
+    # float32 image, without a pass over the crop to convert it first)
     image = decode_random_crop(image_bytes, _seed(seed[0], seed[1], 0), (cfg.crop_scale_min, 1.0),
                                (cfg.crop_ratio_min, cfg.crop_ratio_max))
-    image = tf.cast(image, tf.float32)
     size = [cfg.image_size, cfg.image_size]
     method = cfg.train_interpolation or interpolation
     if method == "random":
         bicubic = tf.random.stateless_uniform([], _seed(seed[0], seed[1], 5)) < 0.5
         return tf.cond(bicubic, lambda: tf.image.resize(image, size, method="bicubic", antialias=True),
                        lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
-    return tf.image.resize(image, size, method=method, antialias=True)
+    return tf.cast(tf.image.resize(image, size, method=method, antialias=True), tf.float32)  # nearest keeps uint8
 
 
 def train_example(image_bytes: tf.Tensor, seed: tf.Tensor, cfg: DataConfig, interpolation: str) -> tf.Tensor:

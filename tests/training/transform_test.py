@@ -81,6 +81,28 @@ class TestFinishBatch:
             np.testing.assert_array_equal(got, want[f"jitter/{k}"].astype(np.float32))
 
 
+class TestTrainResized:
+    @pytest.mark.parametrize("method", ["bilinear", "bicubic", "nearest", "area", "random"])
+    def test_uint8_resize_equals_the_float_resize(self, images, method):
+        rng = np.random.default_rng(3)
+        array = np.clip(np.linspace(0, 255, 60 * 50 * 3).reshape(60, 50, 3) + rng.normal(0, 25, (60, 50, 3)), 0, 255)
+        jpeg = tf.constant(images.jpeg(array.astype(np.uint8)))
+        cfg = recipes.DataConfig(image_size=24, train_interpolation=method)
+        for k in range(4):
+            seed = tf.constant([k, 7], tf.int64)
+            got = data.train_resized(jpeg, seed, cfg, "bilinear")
+            crop = tf.cast(data.decode_random_crop(jpeg, data._seed(k, 7, 0), (cfg.crop_scale_min, 1.0),
+                                                   (cfg.crop_ratio_min, cfg.crop_ratio_max)), tf.float32)
+            if method == "random":
+                bicubic = bool(tf.random.stateless_uniform([], data._seed(k, 7, 5)) < 0.5)
+                method_k = "bicubic" if bicubic else "bilinear"
+            else:
+                method_k = method
+            want = tf.image.resize(crop, [24, 24], method=method_k, antialias=True)
+            assert got.dtype == tf.float32
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
 class TestNormalizeLevels:
     def test_is_torchs_float32_arithmetic(self):
         levels = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, 1)
