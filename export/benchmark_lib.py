@@ -86,14 +86,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the system has none): how shared the machine was."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine_info() -> dict:
-    """Date, host, CPU and library versions recorded with every benchmark."""
+    """Date, host, CPU, load average and library versions recorded with every benchmark."""
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": platform.machine(),
         "system": f"{platform.system()} {platform.release()}",
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "load_average": load_average(),
         "versions": versions(),
     }
 
@@ -461,6 +470,8 @@ def format_table(rows: list[dict], meta: dict, *, latency_label: str = "median (
         f"{meta.get('runtime', '')}; TensorFlow {v.get('tensorflow', '?')}, Keras {v.get('keras', '?')}, "
         f"ai-edge-litert {v.get('ai_edge_litert', '?')}; warm-up {meta.get('warmup')}, {meta.get('runs')} runs."
     )
+    if meta.get("load_average"):
+        title += f" Load average {'/'.join(f'{x:.2f}' for x in meta['load_average'])} (1/5/15 min) when timed."
     if routes and meta.get("litert_torch"):
         info = meta["litert_torch"]
         title += (f" Official models: PfLayer checkout, torch {info.get('torch', '?')}, "
