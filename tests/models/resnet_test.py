@@ -11,6 +11,7 @@ import pytest
 from conftest import FIXTURES, load_fixture, load_published_manifest, nchw_to_nhwc, randomised, state_dict_of
 
 import pf_keras
+from pf_keras.layers.max_pool import MaxPool2D
 from pf_keras.models import resnet
 from pf_keras.weights import plan_torch_transfer
 
@@ -152,11 +153,12 @@ class TestPublishedResNets:
 
 class TestResNetBuilder:
     def test_pf_resnet50_default_is_hybrid(self):
-        model = pf_keras.PfResNet50(weights=None)
+        # Default input size and classes; a shallow, narrow body (the full-size build is in TestPublishedResNets).
+        model = pf_keras.PfResNet50(weights=None, depths=(1, 2, 1, 1), width_mult=0.125)
         assert model.name == "resnet50_hybrid"
         assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 1000)
-        assert model.get_layer("stage2_block1_spatial_avgpool") is not None
-        assert model.get_layer("stage2_block2_spatial_pool") is not None
+        assert isinstance(model.get_layer("stage2_block1_spatial_avgpool"), keras.layers.AveragePooling2D)
+        assert isinstance(model.get_layer("stage2_block2_spatial_pool"), MaxPool2D)
 
     def test_stride_sits_on_spatial_op(self):
         model = pf_keras.ResNet50(**SMALL)
@@ -186,7 +188,8 @@ class TestResNetBuilder:
     def test_pooling_options(self):
         avg = pf_keras.ResNet50(include_top=False, pooling="avg", depths=(1, 1, 1, 1), width_mult=0.125)
         mx = pf_keras.ResNet50(include_top=False, pooling="max", depths=(1, 1, 1, 1), width_mult=0.125)
-        assert avg.get_layer("avg_pool") is not None and mx.get_layer("max_pool") is not None
+        assert isinstance(avg.get_layer("avg_pool"), keras.layers.GlobalAveragePooling2D)
+        assert isinstance(mx.get_layer("max_pool"), keras.layers.GlobalMaxPooling2D)
         assert avg.output_shape == mx.output_shape == (None, 256)
 
     def test_include_preprocessing_matches_preprocess_input(self):
@@ -206,9 +209,15 @@ class TestResNetBuilder:
     def test_block_kinds_per_block(self):
         kinds = ["max", ["regular", "max"], "efficient", "max"]
         model = pf_keras.ResNet((1, 2, 1, 1), kinds, width_mult=0.125, input_shape=(64, 64, 3))
-        assert model.get_layer("stage2_block1_spatial_conv") is not None
-        assert model.get_layer("stage2_block2_spatial_pool") is not None
-        assert model.get_layer("stage3_block1_spatial_avgpool") is not None
+        ops = {layer.name: type(layer).__name__ for layer in model.layers
+               if "_spatial_" in layer.name and not layer.name.endswith(("_pad", "_bn", "_relu"))}
+        assert ops == {
+            "stage1_block1_spatial_pool": "MaxPool2D",  # max
+            "stage2_block1_spatial_conv": "Conv2D",  # regular
+            "stage2_block2_spatial_pool": "MaxPool2D",  # max
+            "stage3_block1_spatial_avgpool": "AveragePooling2D", "stage3_block1_spatial_conv": "Conv2D",  # efficient
+            "stage4_block1_spatial_pool": "MaxPool2D",  # max
+        }
 
     def test_drop_path_and_gradients(self):
         import tensorflow as tf

@@ -48,7 +48,9 @@ class TestPresetFolders:
         np.testing.assert_array_equal(_outputs(by_name), _outputs(reference))
         # Arguments without weights of their own may still be chosen at load time.
         with_pixels = pf_keras.create_model(str(folder), include_preprocessing=True)
-        assert with_pixels.get_layer("preprocessing") is not None
+        pixels = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+        np.testing.assert_allclose(with_pixels.predict(pixels, verbose=0),
+                                   reference.predict(pf_keras.preprocess_input(pixels), verbose=0), atol=1e-4)
 
     def test_published_architecture_records_the_official_url(self, tmp_path, monkeypatch):
         # An architecture override is not the official file: no URL is claimed for it.
