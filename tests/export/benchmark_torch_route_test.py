@@ -16,7 +16,9 @@ import shutil
 import sys
 
 import pytest
+from conftest import fill_disk
 
+from pf_keras import fileio
 from pf_keras_export import benchmark as benchmark_cli
 from pf_keras_export import litert, torch_route
 from pf_keras_export.benchmark_lib import benchmark
@@ -116,6 +118,18 @@ class TestTorchRouteRows:
         bad = get()
         assert bad.path is None and bad.failure.startswith("conversion wrote no LiteRT file (not a .tflite")
         assert not os.path.exists(first.path)
+
+    def test_full_disk_keeps_the_previous_file(self, small_disk, stand_in, monkeypatch, hybrid_export):
+        monkeypatch.setenv("STAND_IN_SOURCE_DIR", os.path.dirname(hybrid_export["files"][1]["path"]))
+        cached = small_disk / "resnet50_hybrid_litert_torch_fp32.tflite"
+        cached.write_bytes(b"previous file")  # no record: not reused, to be replaced
+        fill_disk(small_disk, leave=0)
+        with pytest.raises(fileio.WriteError, match=r"cannot write .*resnet50_hybrid_litert_torch_fp32.tflite "
+                                                    r"\(ENOSPC"):
+            official_file(stand_in, "resnet50_hybrid", "fp32", files_dir=str(small_disk), image_size=64,
+                          num_calibration=2, calibration=lambda s: _normalised(2, s))
+        assert cached.read_bytes() == b"previous file"
+        assert sorted(os.listdir(small_disk)) == ["filler.bin", "resnet50_hybrid_litert_torch_fp32.tflite"]
 
     def test_environment_errors(self, tmp_path, stand_in, monkeypatch):
         missing = TorchRoute(str(tmp_path / "no-python"), stand_in.pflayer_dir)
