@@ -276,8 +276,9 @@ def benchmark(
             print(f"exported {name} ({', '.join(formats)})", flush=True)
         keras.utils.clear_session()
         if route_info is not None:
-            _add_official(name, formats, profile, torch_route, route_info, files_dir, num_calibration,
-                          files, failed, verbose)
+            _add_official(name, profile, formats=formats, route=torch_route, route_info=route_info,
+                          files_dir=files_dir, num_calibration=num_calibration, files=files, failed=failed,
+                          verbose=verbose)
     rows = []
     for count in threads:
         timings = time_interleaved([f[3] for f in files], threads=count, warmup=warmup, runs=runs)
@@ -300,7 +301,8 @@ def benchmark(
     return _finish(rows, meta, output_dir, verbose)
 
 
-def _add_official(name, formats, profile, route, route_info, files_dir, num_calibration, files, failed, verbose):
+def _add_official(name, profile, *, formats, route, route_info, files_dir, num_calibration, files, failed,
+                  verbose) -> None:
     """Appends the official ``name``'s litert-torch files to ``files`` (or its failures to ``failed``)."""
     status = route_info["models"].get(name)
     if status is None:  # no official counterpart (the keras.applications baselines)
@@ -308,7 +310,7 @@ def _add_official(name, formats, profile, route, route_info, files_dir, num_cali
     size = int(profile.input_shape[0])
     for fmt in (f for f in formats if f in torch_route_lib.PRECISIONS):
         if status != "ok":
-            official = torch_route_lib.OfficialFile(name, fmt, None, failure=f"not in the checkout ({status})")
+            official = torch_route_lib.OfficialFile(name, fmt, None, failure=f"official model unavailable ({status})")
         else:
             official = torch_route_lib.official_file(
                 route, name, fmt, files_dir=files_dir, image_size=size, num_calibration=num_calibration,

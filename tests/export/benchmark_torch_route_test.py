@@ -50,7 +50,7 @@ class TestTorchRouteRows:
     def test_rows_beside_the_port_with_ratios(self, tmp_path, stand_in, monkeypatch, small_resnet_kwargs):
         out = tmp_path / "bench"
         monkeypatch.setenv("STAND_IN_SOURCE_DIR", str(out / "files"))  # the port's files, copied as "official"
-        monkeypatch.setenv("STAND_IN_FAIL", "resnet50_max:int8")
+        monkeypatch.setenv("STAND_IN_MISSING", "resnet50_max")  # e.g. a checkout without its module
         result = benchmark("resnet50,resnet50_max", output_dir=str(out), formats="fp32,int8", image_size=32,
                            warmup=1, runs=3, model_kwargs=small_resnet_kwargs, num_calibration=2,
                            torch_route=stand_in, verbose=False)
@@ -59,28 +59,27 @@ class TestTorchRouteRows:
             (m, f, route) for m in ("resnet50", "resnet50_max") for f in ("fp32", "int8")
             for route in ("port", "litert-torch")
         ]
-        assert sorted(_conversions(stand_in)) == ["resnet50 fp32 32 None", "resnet50 int8 32 2",
-                                                  "resnet50_max fp32 32 None"]
+        assert sorted(_conversions(stand_in)) == ["resnet50 fp32 32 None", "resnet50 int8 32 2"]
         pairs = {(r["model"], r["format"], r["route"]): r for r in rows}
-        for model, fmt in (("resnet50", "fp32"), ("resnet50", "int8"), ("resnet50_max", "fp32")):
+        for model, fmt in (("resnet50", "fp32"), ("resnet50", "int8")):
             port, official = pairs[model, fmt, "port"], pairs[model, fmt, "litert-torch"]
             assert official["path"] == os.path.join(str(out), "files", f"{model}_litert_torch_{fmt}.tflite")
             assert official["size_bytes"] == port["size_bytes"]  # the stand-in copied the port's file
             assert (official["params"], official["macs"]) == (port["params"], port["macs"])
             ratio = port["median_ms"] / official["median_ms"]
             assert port["port_over_litert_torch"] == official["port_over_litert_torch"] == pytest.approx(ratio)
-        failed = pairs["resnet50_max", "int8", "litert-torch"]
-        assert failed["median_ms"] is None and failed["port_over_litert_torch"] is None
-        assert failed["failure"] == ("conversion failed (exit 1): litert_torch_convert: RuntimeError: stand-in "
-                                     "cannot convert resnet50_max int8")
-        assert pairs["resnet50_max", "int8", "port"]["port_over_litert_torch"] is None
+        for fmt in ("fp32", "int8"):
+            failed = pairs["resnet50_max", fmt, "litert-torch"]
+            assert failed["median_ms"] is None and failed["port_over_litert_torch"] is None
+            assert failed["failure"] == "official model unavailable (ModuleNotFoundError: stand-in)"
+            assert pairs["resnet50_max", fmt, "port"]["port_over_litert_torch"] is None
         # resnet50's official row is the reference of the official rows' "x vs resnet50".
         assert pairs["resnet50", "fp32", "litert-torch"]["speedup_vs_resnet50"] == 1.0
         with open(result["paths"]["markdown"]) as f:
             table = f.read()
         assert "| port / litert-torch | XNNPACK |" in table and "torch stand-in, litert-torch stand-in" in table
         assert "| resnet50_max | official via litert-torch int8 | 1 |" in table
-        assert "failed: conversion failed (exit 1)" in table
+        assert "| - | - | - | failed: official model unavailable (ModuleNotFoundError: stand-in) |" in table
         with open(result["paths"]["csv"]) as f:
             written = list(csv.DictReader(f))
         assert [r["route"] for r in written] == [r["route"] for r in rows]
@@ -113,8 +112,13 @@ class TestTorchRouteRows:
             f.write(b"\0" * 64)
         get(size=32)
         assert len(_conversions(stand_in)) == 5
-        monkeypatch.setenv("STAND_IN_GARBAGE", "1")
+        monkeypatch.setenv("STAND_IN_FAIL", "resnet50_hybrid:fp32")
         os.remove(first.path)
+        failed = get()
+        assert failed.path is None and failed.failure == ("conversion failed (exit 1): litert_torch_convert: "
+                                                          "RuntimeError: stand-in cannot convert resnet50_hybrid fp32")
+        monkeypatch.delenv("STAND_IN_FAIL")
+        monkeypatch.setenv("STAND_IN_GARBAGE", "1")
         bad = get()
         assert bad.path is None and bad.failure.startswith("conversion wrote no LiteRT file (not a .tflite")
         assert not os.path.exists(first.path)
