@@ -10,6 +10,8 @@ Library modules (no absl, no command-line parsing):
   :mod:`~pf_keras_export.benchmark_lib`, :mod:`~pf_keras_export.android_lib`: the four tools.
 - :mod:`pf_keras_export.build`, :mod:`~pf_keras_export.images`, :mod:`~pf_keras_export.context`,
   :mod:`~pf_keras_export.files`: model building, images, conversion context, output folders.
+- :mod:`pf_keras_export.torch_route`: the benchmark's official-model rows (litert-torch, run in
+  another Python through ``litert_torch_convert.py``, a program that imports no pf_keras).
 
 Command lines (thin argparse modules; console scripts after ``pip install``):
 :mod:`~pf_keras_export.export` (``pf-keras-export``), :mod:`~pf_keras_export.validate`
