@@ -61,14 +61,16 @@ def python_ops_in(dataset) -> list[str]:
 
 def _rate(dataset, threads: int, elements: int, per_element: int, repeats: int = 1) -> tuple[float, float]:
     """(images/s of wall time, images per CPU-second of the process) over ``elements`` elements: the best
-    of ``repeats`` runs of each (on a shared machine the least disturbed one)."""
+    of ``repeats`` runs of each (on a shared machine the least disturbed one), after as many elements
+    untimed (so that no run consumes work buffered ahead while the first element compiled)."""
     import tensorflow as tf
 
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1
     it = iter(dataset.with_options(options))
-    next(it)  # warm-up (tracing, XLA compilation, file open)
+    for _ in range(elements):  # warm-up: tracing, XLA compilation, and what the pipeline buffered meanwhile
+        next(it)
     best_cpu = best_wall = float("inf")
     for _ in range(repeats):
         cpu, wall = time.process_time(), time.perf_counter()
