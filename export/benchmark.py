@@ -36,8 +36,8 @@ def build_parser() -> args.ArgumentParser:
 
     timeable = ",".join(formats.names(timeable=True))
     parser = args.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="Comma-separated model names (default: "
-                        f"{','.join(benchmark_lib.DEFAULT_MODELS)}, those registered).")
+    parser.add_argument("--model", default=None, help="Comma-separated model names or model folders (a run's "
+                        f"final/) (default: {','.join(benchmark_lib.DEFAULT_MODELS)}, those registered).")
     args.add_model_kwargs_flag(parser)
     args.add_image_size_flag(parser)
     parser.add_argument("--formats", default=None, help=f"Comma-separated subset of {timeable} (default: "

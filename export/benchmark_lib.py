@@ -47,7 +47,7 @@ from pf_keras import fileio
 from pf_keras_export import formats as formats_lib
 from pf_keras_export import litert
 from pf_keras_export import torch_route as torch_route_lib
-from pf_keras_export.build import BASELINES, build_model, known_models
+from pf_keras_export.build import BASELINES, build_model, known_models, model_folder
 from pf_keras_export.context import ExportContext
 from pf_keras_export.files import check_output_dir
 from pf_keras_export.images import load_images
@@ -194,17 +194,25 @@ def _parse_list(value: str | Sequence, kind=str) -> list:
 def resolve_models(models: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
     """(models to run, default models skipped because they are not registered yet).
 
+    A model is a registry or baseline name, or a model folder (a preset folder such as a training
+    run's ``final/``, or the run folder; :func:`pf_keras_export.build.model_folder`).
+
     Raises:
-        ValueError: for an explicitly requested unknown model.
+        ValueError: for an explicitly requested unknown model, or a folder that holds no model.
     """
     if models is None:
         available = known_models()
         return [m for m in DEFAULT_MODELS if m in available], [m for m in DEFAULT_MODELS if m not in available]
     models = _parse_list(models)
-    unknown = [m for m in models if m not in known_models()]
+    unknown = [m for m in models if m not in known_models() and model_folder(m) is None]
     if unknown or not models:
-        raise ValueError(f"`models` must be names from {known_models()}. Received: models={models!r}")
+        raise ValueError(f"`models` must be names from {known_models()} or model folders. Received: models={models!r}")
     return models, []
+
+
+def _file_label(name: str) -> str:
+    """A file-name-safe label of a model: its name, or a model folder's path with ``_`` for separators."""
+    return name if name in known_models() else os.path.normpath(name).strip(os.sep).replace(os.sep, "_")
 
 
 def benchmark(
@@ -270,7 +278,7 @@ def benchmark(
                 scratch_dir=scratch, calibration=lambda size: load_images(None, num_calibration, size)
             )
             for fmt in selected:
-                path = fmt.convert(model, fmt.path_in(files_dir, name), context)
+                path = fmt.convert(model, fmt.path_in(files_dir, _file_label(name)), context)
                 files.append((name, fmt.name, PORT_ROUTE, path, profile))
         if verbose:
             print(f"exported {name} ({', '.join(formats)})", flush=True)

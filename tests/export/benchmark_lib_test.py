@@ -94,9 +94,27 @@ class TestBenchmark:
         with pytest.raises(ValueError, match=r"Baselines take no weights file and only float input"):
             build_model("keras_resnet50", input_type="uint8")
 
+    def test_a_training_runs_model_folder(self, tmp_path, small_resnet_kwargs):
+        from pf_keras.weights.preset import write_preset
+
+        write_preset(build_model("resnet50_max", model_kwargs=small_resnet_kwargs, image_size=32),
+                     tmp_path / "run" / "final")  # as pf-keras-train writes it
+        run = str(tmp_path / "run")
+        result = benchmark(f"resnet50,{run}", output_dir=str(tmp_path / "out"), formats="fp32", image_size=32,
+                           warmup=0, runs=1, model_kwargs=small_resnet_kwargs, verbose=False)
+        row = result["rows"][1]
+        params = pf_keras.profile(pf_keras.create_model(str(tmp_path / "run" / "final"))).params
+        assert (row["model"], row["params"]) == (run, params) and row["params"] != result["rows"][0]["params"]
+        label = os.path.normpath(run).strip(os.sep).replace(os.sep, "_")  # a file name, not a path
+        assert row["path"] == os.path.join(str(tmp_path / "out"), "files", f"{label}_fp32.tflite")
+
     def test_errors(self, tmp_path, hybrid_export):
         with pytest.raises(ValueError, match=r"`models` must be names from .*Received: models=\['resnet18'\]"):
             benchmark("resnet18", output_dir=str(tmp_path))
+        (tmp_path / "old_run").mkdir()
+        (tmp_path / "old_run" / "model.json").write_text("{}")
+        with pytest.raises(ValueError, match=r"old_run is a training run of an older pf-keras"):
+            benchmark(str(tmp_path / "old_run"), output_dir=str(tmp_path))
         with pytest.raises(ValueError, match=r"`formats` must be a non-empty subset"):
             benchmark("resnet50", output_dir=str(tmp_path), formats="saved_model")
         with pytest.raises(ValueError, match=r"`export_dir` must hold the export tool's output"):
