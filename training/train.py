@@ -318,13 +318,13 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
     steps_per_epoch = recipes_lib.steps_per_epoch(recipe, source.train_examples)
     total_steps = steps_per_epoch * recipe.schedule.epochs
     spec = pf_keras.SPECS.get(recipe.model.name)
+    interpolation = recipe.data.interpolation or (spec.eval.interpolation if spec else "bilinear")
     plan = _Plan(
         recipe=recipe, model_dir=model_dir, strategy=strategy, source=source, chief=checkpoint_lib.is_chief(strategy),
         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         stop_at=min(total_steps, max_steps) if max_steps else total_steps, mixed_precision=mixed_precision,
-        jit_compile=jit_compile, interpolation=recipe.data.interpolation or (spec.eval.interpolation if spec else
-                                                                             "bilinear"),
-        eval_at_end=eval_at_end, verbose=verbose, callbacks=callbacks, sigterm_stall_s=sigterm_stall_s,
+        jit_compile=jit_compile, interpolation=interpolation, eval_at_end=eval_at_end, verbose=verbose,
+        callbacks=callbacks, sigterm_stall_s=sigterm_stall_s,
         data_limits={"max_image_pixels": max_image_pixels, "max_consecutive_skips": max_consecutive_skips})
     os.makedirs(model_dir, exist_ok=True)
     run_lock = lock_lib.RunLock(model_dir) if plan.chief else None  # the chief holds it for the whole run
@@ -464,9 +464,8 @@ class _Loop:
     def evaluate(self, done: int) -> dict[str, Any]:
         """The eval after epoch ``done`` if it is due (recorded in the checkpoint, so a run
         preempted right at an epoch end evaluates that epoch when it resumes); {} if not due."""
-        plan, trainer = self.plan, self.trainer
-        if not (done % plan.recipe.eval_every_epochs == 0 or (done == plan.recipe.schedule.epochs and
-                                                               plan.eval_at_end)):
+        plan, trainer, recipe = self.plan, self.trainer, self.plan.recipe
+        if not (done % recipe.eval_every_epochs == 0 or (done == recipe.schedule.epochs and plan.eval_at_end)):
             return {}
         with _data_errors(plan.source, "val", plan.data_limits):
             result = {"epoch": done, "step": done * plan.steps_per_epoch,
