@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import doctest
 import functools
 import io
 from typing import ClassVar
@@ -78,10 +77,6 @@ def colours():
 
 
 class TestGrammar:
-    def test_docstring_examples(self):
-        result = doctest.testmod(sources, optionflags=doctest.ELLIPSIS)
-        assert result.attempted >= 2 and result.failed == 0
-
     @pytest.mark.parametrize("dataset, kind, argument", [
         (None, "builtin", ""), ("builtin", "builtin", ""), ("synthetic", "synthetic", ""),
         ("folder:/d/x:y", "folder", "/d/x:y"), ("imagenet2012", "tfds", "imagenet2012"),
