@@ -113,13 +113,6 @@ def _recorded(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k not in _NOT_RECORDED}
 
 
-def _attach(model: keras.Model, record: BuildRecord | None) -> keras.Model:
-    if record is not None:
-        return record.attach(model)
-    setattr(model, _RECORD_ATTRIBUTE, None)
-    return model
-
-
 def build_record(model: keras.Model) -> BuildRecord | None:
     """The :class:`BuildRecord` of a model built by :func:`create_model` (or a preset folder); else None.
 
@@ -258,11 +251,13 @@ def build_from_spec(spec: ModelSpec, **kwargs) -> keras.Model:
         if weights is not None and is_preset(weights):
             return _build_from_preset(weights, expected=spec.name, kwargs=kwargs)
         model = spec.builder()(**{**spec.builder_args, "name": spec.name, **kwargs})
-    return _attach(model, BuildRecord(spec.name, spec.family, _recorded({**spec.builder_args, **kwargs})))
+    return BuildRecord(spec.name, spec.family, _recorded({**spec.builder_args, **kwargs})).attach(model)
 
 
 def create_model(name: str, **kwargs) -> keras.Model:
     """Builds the model ``name`` (a spec or registered name, or a preset folder) with keyword overrides.
+
+    The model carries its build record (:func:`build_record`): name, family and builder arguments.
 
     Raises:
         ValueError: for an unknown name (listing the valid ones), or any builder error.
@@ -278,7 +273,7 @@ def create_model(name: str, **kwargs) -> keras.Model:
     if name in SPECS:
         model = build_from_spec(SPECS[name], **kwargs)
     elif name in _REGISTRY:
-        model = _attach(_REGISTRY[name](**kwargs), BuildRecord(name, None, _recorded(kwargs)))
+        model = BuildRecord(name, None, _recorded(kwargs)).attach(_REGISTRY[name](**kwargs))
     elif is_preset(name):
         if kwargs.get("weights") is not None:
             raise ValueError(
@@ -288,7 +283,9 @@ def create_model(name: str, **kwargs) -> keras.Model:
         model = _build_from_preset(name, expected=None, kwargs=kwargs)
     else:
         raise ValueError(f"Unknown model name. Valid names: {list_models()}. Received: name={name!r}")
-    return _attach(model, None) if kwargs.get("input_tensor") is not None else model
+    if kwargs.get("input_tensor") is not None:  # no record can hold the tensor the graph starts from
+        setattr(model, _RECORD_ATTRIBUTE, None)
+    return model
 
 
 def get_builder(name: str) -> Callable[..., keras.Model]:
