@@ -43,6 +43,7 @@ import tensorflow as tf
 import pf_keras
 from pf_keras import fileio
 from pf_keras.cli import one_line
+from pf_keras.weights.preset import RUN_PRESET, write_preset
 from pf_keras_export import args
 from pf_keras_training import callbacks as callbacks_lib
 from pf_keras_training import checkpoint as checkpoint_lib
@@ -54,7 +55,7 @@ from pf_keras_training.callbacks import TrainCallback
 from pf_keras_training.recipes import Recipe
 
 PROG = "pf-keras-train"
-FINAL_PRESET = "final"  # model_dir/final/: a preset folder (config.json, model.weights.h5, metadata.json)
+FINAL_PRESET = RUN_PRESET  # model_dir/final/: a preset folder (config.json, model.weights.h5, metadata.json)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers restart the job, which then resumes
 SIGTERM_STALL_S = 30.0  # after SIGTERM, exit without a checkpoint if no step completes for this long
@@ -614,8 +615,6 @@ def _save_final(recipe: Recipe, model_dir: str, trainer: loop_lib.Trainer, sourc
         fileio.WriteError: one line (full disk, ...); no partial file under a final name, the previous
             version intact.
     """
-    from pf_keras.weights.preset import write_preset
-
     if trainer.ema:
         with trainer.ema_weights() as model:
             fileio.save_weights(model, os.path.join(model_dir, "final_ema.weights.h5"))
