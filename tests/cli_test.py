@@ -141,6 +141,7 @@ class TestConvert:
 
 
 class TestProfile:
+    @pytest.mark.large  # full-size resnet50_max
     def test_profile_cli_table(self, capsys):
         profiling.main(["--model", "resnet50_max", "--image_size", "224"])
         out = capsys.readouterr().out

@@ -52,6 +52,7 @@ class TestPortResNets:
         assert model.get_layer("stage2_block1_spatial_conv").strides == (2, 2)  # the input model is untouched
         assert [u.action for u in report.units] == ["max_pool", "efficient", "efficient", "efficient"]
 
+    @pytest.mark.large  # full-size ResNet-50
     def test_full_size_param_counts(self):
         model = pf_keras.ResNet50(weights=None)
         assert make_parameter_free(model, "max")[1].params_after == 14_232_232  # resnet50_max
@@ -69,6 +70,7 @@ class TestPortResNets:
 
 
 class TestKerasApplications:
+    @pytest.mark.large  # full-size ResNet-50
     def test_resnet50_v1_max_and_hybrid(self):
         model = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)
         new, report = make_parameter_free(model, "max")
@@ -87,6 +89,7 @@ class TestKerasApplications:
         removed = sum(n * (9 * f * f + f + 2 * f) for n, f in ((3, 64), (3, 128), (5, 256), (2, 512)))
         assert report.params_before - report.params_after == removed
 
+    @pytest.mark.large  # full-size ResNet-50
     def test_resnet50_v2_pre_activation(self):
         model = randomised(keras.applications.ResNet50V2(weights=None, input_shape=(64, 64, 3), classes=10))
         new, report = make_parameter_free(model, "max")
@@ -103,6 +106,7 @@ class TestKerasApplications:
         np.testing.assert_array_equal(new.get_layer("conv2_block3_2_conv").get_weights()[0],
                                       model.get_layer("conv2_block3_2_conv").get_weights()[0])
 
+    @pytest.mark.large  # full-size ResNet-50
     def test_unknown_input_size_counts_macs_at_image_size(self):
         model = keras.applications.ResNet50(weights=None, include_top=False)
         assert make_parameter_free(model, "max")[1].macs_before is None

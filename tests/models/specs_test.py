@@ -124,6 +124,7 @@ class TestNoReverseMatching:
 
 
 class TestProfileReadsTheSpec:
+    @pytest.mark.large  # full-size resnet50_max
     def test_profile_table_prints_the_paper_numbers(self):
         table = pf_keras.profiling.profile_table(["resnet50_max"], image_size=64)
         assert re.search(r"\| resnet50_max \| 14.23 \| 0\.\d\d \| 14.23 \| 2.26 \|", table)
