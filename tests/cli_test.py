@@ -56,7 +56,8 @@ class TestConvert:
         assert os.listdir(tmp_path) == ["r50max.weights.h5"]  # no temporary file left
 
     def test_cli_reports_mismatch(self, tmp_path, capsys):
-        argv = ["--model", "resnet50", "--checkpoint", PTH_MAX, "--output", str(tmp_path / "x.weights.h5")]
+        argv = ["--model", "resnet50", "--checkpoint", PTH_MAX, "--output", str(tmp_path / "x.weights.h5"),
+                "--model_kwargs", json.dumps(SMALL_MAX)]  # the checkpoint's size: only the block kind differs
         status, _, err = self._run(capsys, *argv)
         self._one_line_error(status, err, f"{PTH_MAX} does not fit model 'resnet50'", "layer1.0.conv_block.0.weight")
         assert not os.path.exists(tmp_path / "x.weights.h5")
