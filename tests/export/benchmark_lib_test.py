@@ -82,6 +82,7 @@ class TestBenchmark:
         with pytest.raises(ValueError, match=r"is not an export report"):
             benchmark_export_dir(str(tmp_path), output_dir=str(tmp_path / "out"))
 
+    @pytest.mark.large  # full-size keras.applications baselines
     def test_baselines(self):
         import keras
 
