@@ -18,10 +18,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	bash scripts/demo.sh
 
-# Lint, then the whole test suite (full-size "large" checks included).
+# Lint, then the whole test suite (full-size "large" checks included) on PYTEST_WORKERS pytest-xdist workers
+# (an idle worker takes tests queued for the other; tests/conftest.py: threads per worker, slowest first).
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
 	$(VENV)/bin/ruff check pf_keras training export tests setup.py
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q --durations=15
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pf_keras training export tests setup.py

@@ -32,7 +32,9 @@ setup(
         # What the training/ and export/ front ends need beyond the library.
         "tools": ["ai-edge-litert>=2.0", "matplotlib>=3.7", "pillow>=10"],
         # jax: the backend-neutrality test runs the parity fixtures on Keras/JAX (CPU wheel).
-        "dev": ["pytest>=8", "ruff>=0.6", "ai-edge-litert>=2.0", "matplotlib>=3.7", "pillow>=10", "jax>=0.4.30"],
+        # pytest-xdist: `make test` runs the suite on one worker per core.
+        "dev": ["pytest>=8", "pytest-xdist>=3.2", "ruff>=0.6", "ai-edge-litert>=2.0", "matplotlib>=3.7", "pillow>=10",
+                "jax>=0.4.30"],
     },
     entry_points={
         "console_scripts": [

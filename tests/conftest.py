@@ -9,6 +9,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs pytest-xdist workers, one per core
+    # The cores shared out between the workers (and their subprocesses) before TensorFlow starts: N workers x N
+    # intra-op threads on N cores only thrash. The inter-op pool keeps its default, so collectives never starve.
+    _cores = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(_cores, 1)))
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -44,6 +49,16 @@ def randomised(model, seed: int = 0, std: float = 0.1):
 
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.transpose(x, (0, 2, 3, 1))
+
+
+# Under xdist the slowest tests (multi-process training, the JAX subprocess) start first: one of them started last
+# would leave the other worker idle until it ends.
+SLOW_FIRST = ("tests/training/", "tests/backend_test.py")
+
+
+def pytest_collection_modifyitems(items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: not item.nodeid.startswith(SLOW_FIRST))
 
 
 @pytest.fixture(autouse=True)
