@@ -41,14 +41,14 @@ def _tiny_cnn() -> keras.Model:
 
 class TestLocalisation:
     def test_heatmaps_land_on_the_drawn_shape(self):
-        # ~30 s on 2 busy cores: 3000 builtin images, 8 epochs of a 5-conv CNN (~97 % val top-1).
+        # ~13 CPU-s: 3000 builtin images, 6 epochs of a 5-conv CNN (98.4 % val top-1, mean IoU 0.59 here).
         keras.utils.set_random_seed(0)
         x_train, y_train, _ = _builtin("train", 300)
         x_val, y_val, boxes = _builtin("val", 50)
         model = _tiny_cnn()
         model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
-        model.fit(x_train, y_train, batch_size=64, epochs=8, verbose=0)
+        model.fit(x_train, y_train, batch_size=64, epochs=6, verbose=0)
         assert model.evaluate(x_val, y_val, verbose=0)[1] >= 0.9
         shapes = [i for i, box in enumerate(boxes) if box is not None]  # the 6 localisable classes
         assert len(shapes) == 6 * 50

@@ -78,7 +78,11 @@ class TestPreemption:
                                                                               port_picker):
         """SIGTERM to the non-chief worker of a 2-process job: both workers save at that step and exit 143;
         both restarted with the same command resume there and end bit-identical to an uninterrupted
-        2-worker job. Only the chief writes model_dir; worker 1's checkpoint copies are gone."""
+        2-worker job. Only the chief writes model_dir; worker 1's checkpoint copies are gone.
+
+        The uninterrupted job is also the check of plain multi-worker training (it was a separate 2-process
+        run in loop_test): both workers complete, the loss falls, the workers end identical, the chief
+        writes the final weights."""
         recipe = make_recipe(f"folder:{shapes_dir}", **{"data.eval_examples": 16})
 
         def job(name: str, model_dir: str, ports: list[int], **extra) -> list[subprocess.Popen]:
@@ -131,7 +135,7 @@ class TestPreemption:
             assert "resumed from" in chief_out and "at step 3 (epoch 0, batch 3)" in chief_out
             assert [(s["status"], s["step"], s["first_loop_step"]) for s in (chief, worker)] == [
                 ("completed", 12, 4)] * 2
-            finish(reference, 0)
+            (reference_out, reference_chief), (_, reference_worker) = finish(reference, 0)
         finally:
             for p in started:
                 if p.poll() is None:
@@ -147,6 +151,14 @@ class TestPreemption:
             for a, b in zip(weights[0], other, strict=True):
                 np.testing.assert_array_equal(a, b)
         assert [r["step"] for r in loop.read_metrics(model_dir, "train")] == [3, 4, 6, 8, 11, 12]
+
+        # Plain multi-worker training (the uninterrupted job): both workers ran every step, the chief names the
+        # cluster (loop.num_workers, public API), the loss fell, the chief wrote the final weights.
+        assert [(s["status"], s["step"]) for s in (reference_chief, reference_worker)] == [("completed", 12)] * 2
+        assert "Strategy: 2 replicas on 2 host(s)" in reference_out
+        losses = [r["loss"] for r in loop.read_metrics(str(tmp_path / "reference"), "train")]
+        assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+        assert os.path.exists(tmp_path / "reference" / "final" / "model.weights.h5")
 
         # Only the chief wrote model_dir: one TensorBoard file per chief process, one set of
         # checkpoint files; worker 1's private checkpoint copies (in its TMPDIR) were deleted.
