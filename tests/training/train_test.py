@@ -61,7 +61,8 @@ class TestRun:
 
     def test_builtin_dataset_learns(self, tmp_path, monkeypatch):
         monkeypatch.setenv("PF_KERAS_CACHE", str(tmp_path / "cache"))
-        recipe = recipes.apply_overrides(recipes.get_recipe("demo"), {"schedule.epochs": "3"})
+        # 2 epochs: 0.56 val top-1 here (3 epochs: 0.63), far above chance at a third less CPU time.
+        recipe = recipes.apply_overrides(recipes.get_recipe("demo"), {"schedule.epochs": "2"})
         summary = train.run(recipe, str(tmp_path / "run"), strategy=loop.create_strategy("one_device"), verbose=False)
         assert summary["val_top1"] > 0.4, summary  # 10 classes: chance is 0.1
         assert os.path.exists(tmp_path / "run" / "final" / "model.weights.h5")
