@@ -133,6 +133,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists and dict keys as strings: what ``json`` writes and reads back."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
 def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
     """Writes ``obj`` as JSON to ``path`` atomically (the file ends with a newline)."""
     write_text(path, json.dumps(obj, indent=indent) + "\n")

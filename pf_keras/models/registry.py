@@ -38,6 +38,7 @@ from typing import Any
 
 import keras
 
+from pf_keras import fileio
 from pf_keras.imagenet import NUM_CLASSES
 from pf_keras.models.specs import SIZE_DEPENDENT_FAMILIES, SPECS, ModelSpec, family_builder, list_specs
 
@@ -50,14 +51,6 @@ _NOT_RECORDED = ("weights", "name", "input_tensor")
 
 def _canonical(value):
     return tuple(_canonical(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +75,7 @@ class BuildRecord:
 
     def to_json(self) -> dict[str, Any]:
         """``{"model", "family", "config"}`` with tuples as lists: a preset's ``config.json``."""
-        return {"model": self.model, "family": self.family, "config": _jsonable(self.config)}
+        return {"model": self.model, "family": self.family, "config": fileio.jsonable(self.config)}
 
     def build(self, **overrides) -> keras.Model:
         """The model again (it carries this record, updated by ``overrides``).

@@ -87,14 +87,6 @@ def model_folder(path: str | os.PathLike) -> str:
     )
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def write_preset(
     model,
     folder: str | os.PathLike,
@@ -152,10 +144,10 @@ def write_preset(
     }
     with fileio.atomic_path(folder, directory=True) as temp:
         os.makedirs(temp)
-        config_json = {"model": name, "family": family, "config": _jsonable(config)}
+        config_json = {"model": name, "family": family, "config": fileio.jsonable(config)}
         fileio.write_json(os.path.join(temp, CONFIG_FILE), config_json)
         fileio.save_weights(model, os.path.join(temp, WEIGHTS_FILE))
-        fileio.write_json(os.path.join(temp, METADATA_FILE), _jsonable(meta))
+        fileio.write_json(os.path.join(temp, METADATA_FILE), fileio.jsonable(meta))
     return folder
 
 
