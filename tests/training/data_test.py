@@ -10,8 +10,7 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
-from etils import epath
+import tiny_tfds
 
 from pf_keras_training import data, recipes
 
@@ -165,24 +164,9 @@ class TestAugmentations:
         assert out.shape == (224, 224, 3)
 
 
-class PfTinyImages(tfds.core.GeneratorBasedBuilder):
-    """A real (tiny) TFDS dataset built locally: JPEG-encoded images, 3 classes."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    code_path = epath.Path(__file__)  # TFDS's default lookup fails for modules pytest imports by path
-
-    def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(num_classes=3)}))
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(0, 24), "validation": self._generate_examples(1, 9)}
-
-    def _generate_examples(self, split, n):
-        for i in range(n):
-            rng = np.random.default_rng([split, i])
-            yield i, {"image": rng.integers(0, 255, (36, 40, 3), dtype=np.uint8), "label": i % 3}
+PfTinyImages = tiny_tfds.builder(
+    "PfTinyImages", num_classes=3, encoding="jpeg", sizes={"train": 24, "validation": 9},
+    image=lambda split, i: np.random.default_rng([split, i]).integers(0, 255, (36, 40, 3), dtype=np.uint8))
 
 
 class TestSources:

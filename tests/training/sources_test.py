@@ -10,8 +10,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
-from etils import epath
+import tiny_tfds
 
 import pf_keras
 from pf_keras_export.images import load_images, model_inputs
@@ -145,23 +144,9 @@ class TestExtraSource:
             data.resolve_source(recipes.DataConfig(dataset="colours:x"))
 
 
-class PfTinyColours(tfds.core.GeneratorBasedBuilder):
-    """A real (tiny) TFDS dataset built locally: 3 flat-colour validation images, 2 classes."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    code_path = epath.Path(__file__)  # TFDS's default lookup fails for modules pytest imports by path
-
-    def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-            "label": tfds.features.ClassLabel(num_classes=2)}))
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(0, 4), "validation": self._generate_examples(1, 3)}
-
-    def _generate_examples(self, split, n):
-        for i in range(n):
-            yield i, {"image": np.full((SIDE, SIDE + 6, 3), _colour(split, i), np.uint8), "label": i % 2}
+PfTinyColours = tiny_tfds.builder(  # 3 flat-colour validation images, 2 classes
+    "PfTinyColours", num_classes=2, encoding="png", sizes={"train": 4, "validation": 3},
+    image=lambda split, i: np.full((SIDE, SIDE + 6, 3), _colour(split, i), np.uint8))
 
 
 class TestBuiltinKinds:
