@@ -310,7 +310,7 @@ def _compiled_finish(hflip: bool, jitter: bool):
             x = jitter_batch(x, factors, orders)
         return normalize_levels(x)
 
-    return tf.function(finish, jit_compile=True)
+    return tf.function(finish, jit_compile=True, autograph=False)
 
 
 def finish_batch(images: tf.Tensor, flips: tf.Tensor, factors: tf.Tensor, orders: tf.Tensor, *, hflip: bool,

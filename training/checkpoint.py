@@ -71,7 +71,7 @@ def broadcast_from_chief(strategy: tf.distribute.Strategy, value: int) -> int:
         return value
     mine = tf.constant(value if is_chief(strategy) else 0, tf.int64)
 
-    @tf.function
+    @tf.function(autograph=False)
     def reduce(x):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(x)), axis=None)
 

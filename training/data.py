@@ -55,6 +55,10 @@ MAX_IMAGE_PIXELS = 40_000_000  # 40 MP: above any ImageNet image (the largest is
 MAX_CONSECUTIVE_SKIPS = 1000  # consecutive undecodable training files that stop a run (0 = no limit)
 _STALL_MARK = "pf-keras: no decodable image in a row of files"
 
+# The pipeline's functions are plain TensorFlow (tf.cond / tf.case, no Python branch on a tensor), so tf.data
+# gets them without AutoGraph: converting them cost ~1 CPU-s for every epoch's pipeline.
+_plain = tf.autograph.experimental.do_not_convert
+
 
 Source = sources.DataSource  # a resolved source (the name training code has always used)
 
@@ -194,10 +198,10 @@ def _decode_each(ds: tf.data.Dataset, fn: Callable, failed: Callable) -> tf.data
     """
 
     def one(*element):
-        good = tf.data.Dataset.from_tensors(element).map(lambda *e: (fn(*e), True)).ignore_errors()
+        good = tf.data.Dataset.from_tensors(element).map(_plain(lambda *e: (fn(*e), True))).ignore_errors()
         return good.concatenate(tf.data.Dataset.from_tensors((failed(*element), False))).take(1)
 
-    return ds.interleave(one, cycle_length=AUTOTUNE, block_length=1, num_parallel_calls=AUTOTUNE,
+    return ds.interleave(_plain(one), cycle_length=AUTOTUNE, block_length=1, num_parallel_calls=AUTOTUNE,
                          deterministic=True)
 
 
@@ -212,11 +216,11 @@ def _decode_chunks(ds: tf.data.Dataset, fn: Callable, failed: Callable, chunk: i
 
     def one(indices, pairs):
         good = tf.data.Dataset.from_tensor_slices((indices, pairs))
-        good = good.map(lambda i, p: (fn(i, p), True), num_parallel_calls=AUTOTUNE, deterministic=True)
+        good = good.map(_plain(lambda i, p: (fn(i, p), True)), num_parallel_calls=AUTOTUNE, deterministic=True)
         last = tf.nest.map_structure(lambda x: x[-1], pairs)
         return good.ignore_errors().concatenate(tf.data.Dataset.from_tensors((failed(indices[-1], last), False)))
 
-    return ds.batch(chunk).interleave(one, cycle_length=4, block_length=chunk + 1, num_parallel_calls=AUTOTUNE,
+    return ds.batch(chunk).interleave(_plain(one), cycle_length=4, block_length=chunk + 1, num_parallel_calls=AUTOTUNE,
                                       deterministic=True)
 
 
@@ -237,13 +241,15 @@ def _count_skips(ds: tf.data.Dataset, limit: int, start: int = 0) -> tf.data.Dat
         del element["index"]
         return tf.where(ok, index, last), (element, ok)
 
-    return ds.scan(tf.constant(start - 1, tf.int64), step).filter(_second).map(_first)
+    return ds.scan(tf.constant(start - 1, tf.int64), _plain(step)).filter(_second).map(_first)
 
 
+@_plain
 def _first(element, ok):
     return element
 
 
+@_plain
 def _second(element, ok):
     return ok
 
@@ -431,7 +437,7 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
             b["targets"] = targets
             return b
 
-        ds = ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.map(_plain(finish), num_parallel_calls=AUTOTUNE, deterministic=True)
         return ds.prefetch(AUTOTUNE).with_options(_options(cfg))
 
     return dataset_fn
@@ -462,7 +468,7 @@ def make_eval_dataset_fn(source: Source, cfg: DataConfig, *, interpolation: str,
         held = source.in_memory("val", ctx, cfg, seed=1, count=min(n, 256))
         if held is not None:  # ready model inputs, repeated (synthetic: no decoding)
             ds = tf.data.Dataset.from_tensor_slices({"images": held[0], "labels": held[1]}).repeat().take(n)
-            ds = ds.map(lambda e: dict(e, weights=tf.constant(1.0), skipped=tf.constant(0, tf.int32)))
+            ds = ds.map(_plain(lambda e: dict(e, weights=tf.constant(1.0), skipped=tf.constant(0, tf.int32))))
         else:
             ds = source.encoded("val", ctx, seed=0, epoch=0, cfg=cfg, training=False).enumerate()
 

@@ -205,9 +205,10 @@ class Trainer:
         self._replica_stats = [
             v for v in model.non_trainable_variables if v.dtype in ("float32", "float16", "bfloat16", "float64")
         ] if strategy.num_replicas_in_sync > 1 and not recipe.model.sync_bn else []
-        self._grads = tf.function(self._compute_grads, jit_compile=True) if jit_compile else self._compute_grads
+        self._grads = (tf.function(self._compute_grads, jit_compile=True, autograph=False) if jit_compile
+                       else self._compute_grads)
         self._start = 0.0
-        self.train_loop = tf.function(self._train_loop)
+        self.train_loop = tf.function(self._train_loop, autograph=False)
         self.evaluator = Evaluator(strategy, model)
 
     # -- train
@@ -239,13 +240,12 @@ class Trainer:
         return loss, correct, tf.reduce_sum(tf.cast(batch["skipped"], tf.int64))
 
     def _train_loop(self, iterator, num_steps: tf.Tensor):
-        """Runs ``num_steps`` steps; returns (summed mean loss, correct, skipped). Traced once."""
+        """Runs ``num_steps`` steps; returns (summed mean loss, correct, skipped). Traced once, without AutoGraph
+        (an explicit ``tf.while_loop``: converting the step's code costs ~1 CPU-s per process)."""
         strategy = self.strategy
         sum_ = tf.distribute.ReduceOp.SUM
-        loss_sum = tf.constant(0.0)
-        correct = tf.constant(0.0)
-        skipped = tf.constant(0, tf.int64)
-        for _ in tf.range(num_steps):
+
+        def step(i, loss_sum, correct, skipped):
             self.optimizer.learning_rate = lr_at(self.recipe, self.global_step, self.steps_per_epoch)
             loss, c, s = strategy.run(self._replica_step, args=(next(iterator),))
             loss_sum += strategy.reduce(sum_, loss, axis=None)
@@ -256,6 +256,10 @@ class Trainer:
                 for e, w in zip(self.ema, self.model.weights, strict=True):
                     e.assign(d * e + (1 - d) * tf.cast(w.value, e.dtype))
             self.global_step.assign_add(1)
+            return i + 1, loss_sum, correct, skipped
+
+        start = (tf.constant(0, num_steps.dtype), tf.constant(0.0), tf.constant(0.0), tf.constant(0, tf.int64))
+        _, loss_sum, correct, skipped = tf.while_loop(lambda i, *_: i < num_steps, step, start)
         self.skipped_files.assign_add(skipped)
         self.epoch_skipped_files.assign_add(skipped)
         return loss_sum, correct, skipped
@@ -310,7 +314,7 @@ class Evaluator:
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model) -> None:
         self.strategy = strategy
         self.model = model
-        self.eval_loop = tf.function(self._eval_loop)
+        self.eval_loop = tf.function(self._eval_loop, autograph=False)  # a tf.while_loop
         # Eval steps done (a heartbeat the preemption watchdog of train.py reads from another thread).
         self.steps_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="eval_steps_done",
                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -327,13 +331,15 @@ class Evaluator:
                 tf.reduce_sum(tf.cast(batch["skipped"], tf.float32)))
 
     def _eval_loop(self, iterator, num_steps: tf.Tensor):
-        totals = [tf.constant(0.0)] * 5
-        for _ in tf.range(num_steps):
+        def step(i, *totals):
             values = self.strategy.run(self._eval_replica, args=(next(iterator),))
             totals = [t + self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                       for t, v in zip(totals, values, strict=True)]
             self.steps_done.assign_add(1)
-        return totals
+            return (i + 1, *totals)
+
+        start = (tf.constant(0, num_steps.dtype), *[tf.constant(0.0)] * 5)
+        return list(tf.while_loop(lambda i, *_: i < num_steps, step, start)[1:])
 
     def evaluate(self, dataset_fn, num_steps: int) -> dict:
         """Runs ``num_steps`` global eval steps of ``dataset_fn``'s stream; returns the metrics."""

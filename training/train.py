@@ -595,7 +595,7 @@ def _flag_reducer(strategy):
     if loop_lib.num_workers(strategy) <= 1:
         return bool
 
-    @tf.function
+    @tf.function(autograph=False)
     def any_flag(flag):
         value = strategy.run(lambda: tf.identity(flag))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)  # > 0 if any worker was signalled
