@@ -38,6 +38,7 @@ number of batches so that multi-worker collectives stay in step.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -348,6 +349,37 @@ def finish_train_batch(batch: dict[str, tf.Tensor], cfg: DataConfig) -> dict[str
     return batch
 
 
+def _train_transform(source: Source, cfg: DataConfig, interpolation: str, max_image_pixels: int) -> Callable:
+    """``(file key, seed) -> {"images", (the batched finish's draws)}``: the train transform of one file
+    (:func:`train_example`, or :func:`train_resized` + :func:`train_params` when :func:`batched_finish`).
+
+    One ``tf.function`` per process and configuration, so every epoch's pipeline calls the graph traced
+    for the first instead of building its own (a second of tracing per epoch with RandAugment).
+    """
+    key = (source, cfg, interpolation, max_image_pixels, batched_finish(cfg))
+    try:
+        hash(key)
+    except TypeError:  # a source that cannot be hashed (user-defined): traced for each pipeline
+        return _build_train_transform(*key)
+    return _cached_train_transform(*key)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_train_transform(*key) -> Callable:
+    return _build_train_transform(*key)
+
+
+def _build_train_transform(source: Source, cfg: DataConfig, interpolation: str, max_image_pixels: int,
+                           batched: bool) -> Callable:
+    def transform(image_bytes, seed):
+        encoded = checked(source.read(image_bytes), max_image_pixels)
+        if batched:
+            return dict(images=train_resized(encoded, seed, cfg, interpolation), **train_params(seed, cfg))
+        return {"images": train_example(encoded, seed, cfg, interpolation)}
+
+    return tf.function(transform, autograph=False)
+
+
 # ---------------------------------------------------------------- datasets
 
 
@@ -403,20 +435,18 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
         if fast_skip:  # indices (and so the augmentation seeds) are kept: enumerate came first
             ds = ds.skip(skip_batches * batch)
 
+        batched = batched_finish(cfg)  # the steps after the resize run on the batch (finish_train_batch)
+        transform = _train_transform(source, cfg, interpolation, max_image_pixels)
+
         def example(index, pair):
             image_bytes, label = pair
-            s = _seed(seed, epoch, ctx.input_pipeline_id, index)
-            encoded = checked(source.read(image_bytes), max_image_pixels)
-            if batched:  # the steps after the resize run on the batch (finish_train_batch)
-                return dict(images=train_resized(encoded, s, cfg, interpolation), labels=label, index=index,
-                            **train_params(s, cfg))
-            return {"images": train_example(encoded, s, cfg, interpolation), "labels": label, "index": index}
+            return dict(transform(image_bytes, _seed(seed, epoch, ctx.input_pipeline_id, index)), labels=label,
+                        index=index)
 
         def failed(index, pair):
             element = {"images": tf.zeros([cfg.image_size, cfg.image_size, 3]), "labels": pair[1], "index": index}
             return dict(element, flip=False, factors=tf.ones([3]), order=tf.range(3)) if batched else element
 
-        batched = batched_finish(cfg)
         limit, chunk = max_consecutive_skips, 64
         per_host = source.train_files_per_host(ctx)
         if per_host:  # a whole pass of this host's files

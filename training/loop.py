@@ -315,6 +315,7 @@ class Evaluator:
         self.strategy = strategy
         self.model = model
         self.eval_loop = tf.function(self._eval_loop, autograph=False)  # a tf.while_loop
+        self._dataset = None  # (dataset_fn, its distributed dataset) of the last evaluate call
         # Eval steps done (a heartbeat the preemption watchdog of train.py reads from another thread).
         self.steps_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="eval_steps_done",
                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -343,8 +344,10 @@ class Evaluator:
 
     def evaluate(self, dataset_fn, num_steps: int) -> dict:
         """Runs ``num_steps`` global eval steps of ``dataset_fn``'s stream; returns the metrics."""
-        dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
-        top1, top5, loss, count, skipped = (float(x) for x in self.eval_loop(iter(dataset), tf.constant(num_steps)))
+        if self._dataset is None or self._dataset[0] is not dataset_fn:  # built once per stream: each epoch re-reads it
+            self._dataset = (dataset_fn, self.strategy.distribute_datasets_from_function(dataset_fn))
+        iterator = iter(self._dataset[1])
+        top1, top5, loss, count, skipped = (float(x) for x in self.eval_loop(iterator, tf.constant(num_steps)))
         if count == 0:
             raise ValueError(
                 f"The validation data yielded no decodable image ({int(skipped)} files skipped); an accuracy over "
