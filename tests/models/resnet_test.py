@@ -141,10 +141,10 @@ class TestPublishedResNets:
 
         model = randomised(pf_keras.create_model(name, input_shape=(64, 64, 3)), std=0.05)  # non-trivial BN stats
         x = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype("float32")
-        expected = model.predict(x, verbose=0)
+        expected = model(x, training=False).numpy()  # eager calls: no predict function traced per model
         model.save(tmp_path / "m.keras")
         restored = keras.saving.load_model(tmp_path / "m.keras")
-        np.testing.assert_allclose(restored.predict(x, verbose=0), expected, atol=1e-6)
+        np.testing.assert_allclose(restored(x, training=False).numpy(), expected, atol=1e-6)
         model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
         loaded = tf.saved_model.load(str(tmp_path / "sm"))  # keep a reference: it owns the variables
         served = loaded.serve(tf.constant(x))

@@ -15,7 +15,6 @@ import tensorflow as tf
 
 from pf_keras_training import lock, recipes, train
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_worker.py")
 
 
@@ -33,7 +32,7 @@ class TestRunLock:
         lock.RunLock(str(tmp_path)).release()  # released: free again
 
     def test_a_second_run_exits_2_naming_the_holder_and_a_killed_holder_leaves_no_block(self, shapes_dir,
-                                                                                       make_recipe, tmp_path):
+                                                                                       make_recipe, tmp_path, capsys):
         recipe = make_recipe(f"folder:{shapes_dir}", **{"data.eval_examples": 8, "schedule.epochs": 1})
         model_dir = str(tmp_path / "run")
         marker = tmp_path / "paused"
@@ -48,16 +47,18 @@ class TestRunLock:
                 assert holder.poll() is None, holder.communicate()[0][-3000:]
                 assert time.time() < deadline
                 time.sleep(0.05)
-            cmd = [sys.executable, "training/train.py", "--recipe", "demo", "--model_kwargs",
-                   "depths=[1,1,1,1],width_mult=0.125", "--dataset", f"folder:{shapes_dir}", "--model_dir", model_dir]
-            second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
-            assert second.returncode == 2, second.stderr[-3000:]
-            assert second.stderr.splitlines()[-1] == (
+            # The second run is the command's main() in this process: the lock is held by another process either way.
+            capsys.readouterr()
+            code = train.main(["--recipe", "demo", "--model_kwargs", "depths=[1,1,1,1],width_mult=0.125", "--dataset",
+                               f"folder:{shapes_dir}", "--model_dir", model_dir])
+            stderr = capsys.readouterr().err
+            assert code == 2, stderr[-3000:]
+            assert stderr.splitlines()[-1] == (
                 f"pf-keras-train: error: {model_dir} is in use by another run (PID {holder.pid} on "
                 f"{socket.gethostname()}); "
                 f"one run per model_dir. Wait for it to end, stop it, or use another --model_dir. "
                 f"Received: model_dir={model_dir!r}")
-            assert "Traceback" not in second.stderr
+            assert "Traceback" not in stderr
             holder.send_signal(signal.SIGKILL)
             holder.wait(timeout=30)
         finally:
