@@ -275,9 +275,11 @@ class TestResumeChoice:
         if pointer is not None:
             with open(os.path.join(ckpts, "checkpoint"), "wb") as f:
                 f.write(pointer)
-        summary, out, err = _resume(recipe, model_dir, capsys, max_steps=9)
+        # max_steps=8: restored at step 8, nothing left to train (training on after a fallback resume is checked
+        # by the damaged-checkpoint tests above)
+        summary, out, err = _resume(recipe, model_dir, capsys, max_steps=8)
         assert f"[train] {problem}; resuming from ckpt-8, the newest intact one" in err
-        assert "at step 8 (epoch 1, batch 2)" in out and summary["step"] == 9
+        assert "at step 8 (epoch 1, batch 2)" in out and (summary["status"], summary["step"]) == ("stopped", 8)
         assert not os.path.exists(os.path.join(ckpts, "damaged"))  # nothing was damaged: no folder
 
     def test_no_intact_checkpoint_is_an_error_unless_restart_is_asked(self, trained, tmp_path, capsys):
