@@ -39,8 +39,6 @@ class TestPreemption:
             "data.cutmix_alpha": 1.0, "data.random_erasing": 0.25, "data.eval_examples": 16,
             "optim.label_smoothing": 0.1, "model.ema_decay": 0.9})
         base = {"recipe": recipes.to_dict(recipe), "deterministic": True}
-        reference = _start(tmp_path, "reference", {**base, "model_dir": str(tmp_path / "reference"),
-                                                   "weights_out": str(tmp_path / "reference.npz")})
         marker = tmp_path / "paused"
         preempted_dir = str(tmp_path / "preempted")
         first = _start(tmp_path, "first", {**base, "model_dir": preempted_dir, "pause_at_step": 3,
@@ -59,13 +57,15 @@ class TestPreemption:
         assert tf.train.latest_checkpoint(os.path.join(preempted_dir, "checkpoints")).endswith("ckpt-3")
         assert not os.path.exists(os.path.join(preempted_dir, "final"))
 
-        resumed = _start(tmp_path, "resumed", {**base, "model_dir": preempted_dir,
-                                               "weights_out": str(tmp_path / "resumed.npz")})
-        out, _ = resumed.communicate(timeout=240)
-        assert resumed.returncode == 0, out[-3000:]
+        # One process runs the uninterrupted reference, then the same command as the preempted one (the resume):
+        # a fresh process for the reference's initial weights; the resume reads everything from the checkpoint.
+        both = _start(tmp_path, "reference_then_resumed", {
+            **base, "model_dir": str(tmp_path / "reference"), "weights_out": str(tmp_path / "reference.npz"),
+            "then": {"model_dir": preempted_dir, "weights_out": str(tmp_path / "resumed.npz")}})
+        out, _ = both.communicate(timeout=240)
+        assert both.returncode == 0, out[-3000:]
+        out = out.split("RUN 1\n", 1)[1]
         assert "resumed from" in out and "at step 3 (epoch 0, batch 3)" in out
-        out, _ = reference.communicate(timeout=240)
-        assert reference.returncode == 0, out[-3000:]
 
         with np.load(tmp_path / "reference.npz") as a, np.load(tmp_path / "resumed.npz") as b:
             assert a.files == b.files
@@ -85,13 +85,15 @@ class TestPreemption:
         writes the final weights."""
         recipe = make_recipe(f"folder:{shapes_dir}", **{"data.eval_examples": 16})
 
-        def job(name: str, model_dir: str, ports: list[int], **extra) -> list[subprocess.Popen]:
+        def job(name: str, model_dir: str, ports: list[int], then: str = "", **extra) -> list[subprocess.Popen]:
             cluster = {"worker": [f"localhost:{p}" for p in ports]}
             procs = []
             for index in range(2):
                 spec = {"recipe": recipes.to_dict(recipe), "deterministic": True, "model_dir": model_dir,
                         "strategy": "multi_worker", "weights_out": str(tmp_path / f"{name}{index}.npz"),
                         **(extra if index == 1 else {})}
+                if then:  # then the same command as the preempted job, in the same process (weights "resumed<i>")
+                    spec["then"] = {"model_dir": then, "weights_out": str(tmp_path / f"resumed{index}.npz")}
                 worker_tmp = tmp_path / f"tmp{index}"  # worker 1's private checkpoint copies go here
                 worker_tmp.mkdir(exist_ok=True)
                 tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
@@ -99,18 +101,18 @@ class TestPreemption:
                                     TMPDIR=str(worker_tmp)))
             return procs
 
-        def finish(procs: list[subprocess.Popen], code: int) -> list[tuple[str, dict]]:
-            results = []
+        def finish(procs: list[subprocess.Popen], code: int, runs: int = 1) -> list[list[tuple[str, dict]]]:
+            """For each run of the job's processes: (its output, its summary) per process."""
+            results: list[list[tuple[str, dict]]] = [[] for _ in range(runs)]
             for p in procs:
                 out, _ = p.communicate(timeout=240)
                 assert p.returncode == code, out[-3000:]
-                results.append((out, json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])))
+                for run, part in enumerate(out.split("RUN ")[1:]):
+                    results[run].append((part, json.loads(part.split("SUMMARY ", 1)[1].splitlines()[0])))
             return results
 
         started: list[subprocess.Popen] = []
         try:
-            reference = job("reference", str(tmp_path / "reference"), [port_picker(), port_picker()])
-            started += reference
             marker = tmp_path / "paused"
             model_dir = str(tmp_path / "shared")
             ports = [port_picker(), port_picker()]
@@ -124,18 +126,21 @@ class TestPreemption:
             os.kill(first[1].pid, signal.SIGTERM)
             time.sleep(0.2)
             marker.unlink()
-            (chief_out, chief), (_, worker) = finish(first, train.PREEMPTED_EXIT_CODE)
+            [(chief_out, chief), (_, worker)] = finish(first, train.PREEMPTED_EXIT_CODE)[0]
             assert [(s["status"], s["step"]) for s in (chief, worker)] == [("preempted", 3)] * 2
             assert "SIGTERM: saved a checkpoint at step 3" in chief_out
             assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-3")
 
-            resumed = job("resumed", model_dir, ports)  # the same command again
-            started += resumed
-            (chief_out, chief), (_, worker) = finish(resumed, 0)
+            # Restarted on the same cluster: the same two processes first train the uninterrupted reference job
+            # (fresh processes: the reference's initial weights), then run the preempted job's command again.
+            restarted = job("reference", str(tmp_path / "reference"), ports, then=model_dir)
+            started += restarted
+            reference, resumed = finish(restarted, 0, runs=2)
+            (reference_out, reference_chief), (_, reference_worker) = reference
+            (chief_out, chief), (_, worker) = resumed
             assert "resumed from" in chief_out and "at step 3 (epoch 0, batch 3)" in chief_out
             assert [(s["status"], s["step"], s["first_loop_step"]) for s in (chief, worker)] == [
                 ("completed", 12, 4)] * 2
-            (reference_out, reference_chief), (_, reference_worker) = finish(reference, 0)
         finally:
             for p in started:
                 if p.poll() is None:
@@ -354,7 +359,8 @@ class TestCheckpointWrites:
 
 class TestMultiWorkerChoice:
     def test_workers_agree_on_the_fallback_checkpoint(self, trained, tmp_path, port_picker):
-        """The chief verifies the folder and broadcasts its choice: both workers resume from ckpt-6."""
+        """The chief verifies the folder and broadcasts its choice: both workers resume from ckpt-6 (max_steps=6:
+        restored there, nothing to train; training on after a fallback resume is checked in TestResumeChoice)."""
         recipe, model_dir, ckpts = _copy(trained, tmp_path)
         os.remove(os.path.join(ckpts, "ckpt-8.index"))
         os.remove(os.path.join(ckpts, "checkpoint"))
@@ -365,7 +371,7 @@ class TestMultiWorkerChoice:
                 worker_tmp = tmp_path / f"tmp{index}"
                 worker_tmp.mkdir()
                 spec = {"recipe": recipes.to_dict(recipe), "model_dir": model_dir, "strategy": "multi_worker",
-                        "max_steps": 8}
+                        "max_steps": 6}
                 tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
                 procs.append(_start(tmp_path, f"w{index}", spec, TF_CONFIG=json.dumps(tf_config),
                                     TMPDIR=str(worker_tmp)))
@@ -379,11 +385,11 @@ class TestMultiWorkerChoice:
                 if p.poll() is None:
                     p.kill()
         (chief_out, chief), (worker_out, worker) = outs
-        assert [(s["step"], s["first_loop_step"]) for s in (chief, worker)] == [(8, 8)] * 2
+        assert [(s["status"], s["step"]) for s in (chief, worker)] == [("stopped", 6)] * 2
         assert ("[train] the checkpoint pointer file is missing; ckpt-8 (its .index file is missing) (moved to "
                 in chief_out) and "resuming from ckpt-6, the newest intact one" in chief_out
         assert "[train]" not in worker_out  # one line, from the chief only
-        assert sorted(checkpoint.list_checkpoints(ckpts)) == [4, 6, 8]
+        assert sorted(checkpoint.list_checkpoints(ckpts)) == [4, 6]  # ckpt-8 set aside, nothing trained after
 
 
 class TestStalledInput:

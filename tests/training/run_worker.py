@@ -5,7 +5,9 @@ SPEC: {"recipe": recipes.to_dict(...), "model_dir", "strategy", "deterministic",
 deletes it),
 "weights_out" (optional: this process's final weights as .npz),
 "stall_marker" (optional: the training input never yields a batch; its generator writes this file
-when it starts, then blocks as a hung file system would), "sigterm_stall_s", "max_steps"}.
+when it starts, then blocks as a hung file system would), "sigterm_stall_s", "max_steps",
+"then" (optional: keys that replace the spec's for a second run in this same process after the first, e.g. another
+model_dir and weights_out; both runs share one strategy, and each run's output starts with a "RUN <i>" line)}.
 Exits 143 when preempted; a user error is one line and status 2 (pf_keras.cli.run_cli).
 The printed summary adds "first_loop_step": the global step after this process's first inner
 loop (shows where a resumed run started, also on non-chief workers, which print no log).
@@ -74,22 +76,40 @@ class _Worker(TrainCallback):
         self.summary = summary
 
 
-def main(spec_path: str) -> int:
-    with open(spec_path) as f:
-        spec = json.load(f)
+def _run(spec: dict, strategy) -> dict:
+    """One train.run of ``spec``; prints and returns its summary (+ "first_loop_step")."""
     recipe = recipes.from_dict(spec["recipe"])
     worker = _Worker(spec.get("pause_at_step"), spec.get("marker"))
-    if spec.get("stall_marker"):
-        data.make_train_dataset_fn = _stalled_input(spec["stall_marker"])
     extra = {k: spec[k] for k in ("sigterm_stall_s", "max_steps") if k in spec}
-    summary = train.run(recipe, spec["model_dir"], strategy_name=spec.get("strategy", "one_device"),
-                        deterministic=spec.get("deterministic", False), callbacks=[worker], verbose=True, **extra)
+    summary = train.run(recipe, spec["model_dir"], strategy=strategy, deterministic=spec.get("deterministic", False),
+                        callbacks=[worker], verbose=True, **extra)
     assert worker.summary == summary, (worker.summary, summary)  # on_train_end saw what run returned
     summary["first_loop_step"] = worker.seen[0] if worker.seen else None
     if spec.get("weights_out"):
         np.savez(spec["weights_out"], *[w.numpy() for w in worker.trainer.model.weights])
     print("SUMMARY " + json.dumps(summary), flush=True)
-    return train.PREEMPTED_EXIT_CODE if summary["status"] == "preempted" else 0
+    return summary
+
+
+def main(spec_path: str) -> int:
+    from pf_keras_training import loop
+
+    with open(spec_path) as f:
+        spec = json.load(f)
+    if spec.get("stall_marker"):
+        data.make_train_dataset_fn = _stalled_input(spec["stall_marker"])
+    if spec.get("deterministic"):  # before the strategy starts the runtime (train.run sets it again)
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    strategy = loop.create_strategy(spec.get("strategy", "one_device"))  # one per process (multi_worker)
+    runs = [spec, {**spec, **spec["then"]}] if "then" in spec else [spec]
+    for index, run_spec in enumerate(runs):
+        print(f"RUN {index}", flush=True)
+        summary = _run(run_spec, strategy)
+        if summary["status"] == "preempted":
+            return train.PREEMPTED_EXIT_CODE
+    return 0
 
 
 if __name__ == "__main__":
