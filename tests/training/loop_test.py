@@ -43,16 +43,17 @@ def _replica_values(strategy, variables) -> list[list[np.ndarray]]:
 
 class TestTrainer:
     def test_one_device_learns_and_writes_outputs(self, shapes_dir, make_recipe, tmp_path):
-        recipe = make_recipe(f"folder:{shapes_dir}", **{"schedule.epochs": 3})
+        # 2 epochs: loss means 3.36 -> 2.89 over the first and last two loops (measured 2026-11-27)
+        recipe = make_recipe(f"folder:{shapes_dir}", **{"schedule.epochs": 2})
         model_dir = str(tmp_path / "run")
         summary = train.run(recipe, model_dir, strategy=loop.create_strategy("one_device"), verbose=False)
-        assert summary["status"] == "completed" and summary["step"] == 18
+        assert summary["status"] == "completed" and summary["step"] == 12
         losses = _losses(model_dir)
-        assert len(losses) == 9 and _decreased(losses)  # 3 loops per epoch + 1 more at each checkpoint step
+        assert len(losses) == 6 and _decreased(losses)  # 2 loops per epoch + 1 more at each checkpoint step
         for name in ("final/model.weights.h5", "recipe.json", "metrics.jsonl", "tb", "checkpoints"):
             assert os.path.exists(os.path.join(model_dir, name)), name
         evals = loop.read_metrics(model_dir, "eval")
-        assert [e["epoch"] for e in evals] == [1, 2, 3]
+        assert [e["epoch"] for e in evals] == [1, 2]
         assert {"val_top1", "val_top5", "step"} <= set(evals[-1])
         assert {"epoch", "step", "loss", "images_per_sec"} <= set(loop.read_metrics(model_dir, "train")[0])
         with open(os.path.join(model_dir, "final", "config.json")) as f:
@@ -60,12 +61,12 @@ class TestTrainer:
         assert info["model"] == "resnet50_hybrid" and info["config"]["classes"] == 10
         # Rerunning the same command resumes: nothing left to do, same step.
         again = train.run(recipe, model_dir, strategy=loop.create_strategy("one_device"), verbose=False)
-        assert again["step"] == 18 and len(_losses(model_dir)) == 9
+        assert again["step"] == 12 and len(_losses(model_dir)) == 6
 
     def test_mirrored_two_cpu_replicas_stay_identical(self, shapes_dir, make_recipe, tmp_path, mirrored_strategy):
         strategy = mirrored_strategy
         assert strategy.num_replicas_in_sync == 2
-        recipe = make_recipe(f"folder:{shapes_dir}", **{"schedule.epochs": 3, "data.eval_examples": 16})
+        recipe = make_recipe(f"folder:{shapes_dir}", **{"schedule.epochs": 2, "data.eval_examples": 16})  # 3.26 -> 2.73
         keep = _KeepTrainer()
         train.run(recipe, str(tmp_path / "run"), strategy=strategy, verbose=False, callbacks=[keep])
         losses = _losses(str(tmp_path / "run"))
