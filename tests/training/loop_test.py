@@ -84,10 +84,11 @@ class TestTrainer:
         recipe = make_recipe(f"folder:{shapes_dir}", **{"model.sync_bn": "true", "schedule.epochs": 1,
                                                         "data.eval_examples": 16})
         keep = _KeepTrainer()
-        summary = train.run(recipe, str(tmp_path / "run"), strategy=strategy, verbose=False, callbacks=[keep])
+        summary = train.run(recipe, str(tmp_path / "run"), strategy=strategy, verbose=False, callbacks=[keep],
+                            max_steps=3)  # one inner loop of synchronized-BN steps
         bns = [layer for layer in keep.trainer.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
         assert bns and all(layer.synchronized for layer in bns)
-        assert np.isfinite(summary["loss"])
+        assert summary["step"] == 3 and np.isfinite(summary["loss"])
 
     # multi_worker (2 processes) trains in checkpoint_test's TestPreemption: its uninterrupted 2-worker job is
     # checked there for completion, a falling loss, identical workers and the chief's final weights.
