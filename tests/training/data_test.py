@@ -126,6 +126,18 @@ class TestDeterminism:
         other_epoch = stream(1, 0)
         assert not np.array_equal(full[0]["labels"].numpy(), other_epoch[0]["labels"].numpy())
 
+    def test_every_epoch_calls_the_transform_traced_for_the_first(self, shapes_dir):
+        cfg = recipes.DataConfig(dataset=f"folder:{shapes_dir}", global_batch_size=4, image_size=24)
+        source = data.resolve_source(cfg)
+        streams = []
+        for epoch in range(2):
+            fn = data.make_train_dataset_fn(source, cfg, seed=0, epoch=epoch, steps_per_epoch=2, skip_steps=0,
+                                            label_smoothing=0.0, interpolation="bilinear")
+            streams.append([b["images"].numpy() for b in fn(CTX)])
+        transform = data._train_transform(source, cfg, "bilinear", data.MAX_IMAGE_PIXELS)
+        assert transform.experimental_get_tracing_count() == 1  # traced by epoch 0's pipeline only
+        assert not np.array_equal(streams[0][0], streams[1][0])  # and still seeded per epoch
+
     def test_hosts_get_disjoint_shards(self, shapes_dir):
         cfg = recipes.DataConfig(dataset=f"folder:{shapes_dir}", global_batch_size=4, image_size=32)
         source = data.resolve_source(cfg)
