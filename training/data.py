@@ -56,9 +56,10 @@ MAX_IMAGE_PIXELS = 40_000_000  # 40 MP: above any ImageNet image (the largest is
 MAX_CONSECUTIVE_SKIPS = 1000  # consecutive undecodable training files that stop a run (0 = no limit)
 _STALL_MARK = "pf-keras: no decodable image in a row of files"
 
-# The pipeline's functions are plain TensorFlow (tf.cond / tf.case, no Python branch on a tensor), so tf.data
-# gets them without AutoGraph: converting them cost ~1 CPU-s for every epoch's pipeline.
-_plain = tf.autograph.experimental.do_not_convert
+# The pipelines' functions are plain TensorFlow (tf.cond / tf.case, no Python branch on a tensor). The dataset
+# functions below build them with AutoGraph off (``do_not_convert`` disables it for everything traced inside,
+# sources' and repeated augmentation's functions included): converting them cost ~1 CPU-s per epoch's pipeline.
+_without_autograph = tf.autograph.experimental.do_not_convert
 
 
 Source = sources.DataSource  # a resolved source (the name training code has always used)
@@ -199,10 +200,10 @@ def _decode_each(ds: tf.data.Dataset, fn: Callable, failed: Callable) -> tf.data
     """
 
     def one(*element):
-        good = tf.data.Dataset.from_tensors(element).map(_plain(lambda *e: (fn(*e), True))).ignore_errors()
+        good = tf.data.Dataset.from_tensors(element).map(lambda *e: (fn(*e), True)).ignore_errors()
         return good.concatenate(tf.data.Dataset.from_tensors((failed(*element), False))).take(1)
 
-    return ds.interleave(_plain(one), cycle_length=AUTOTUNE, block_length=1, num_parallel_calls=AUTOTUNE,
+    return ds.interleave(one, cycle_length=AUTOTUNE, block_length=1, num_parallel_calls=AUTOTUNE,
                          deterministic=True)
 
 
@@ -217,11 +218,11 @@ def _decode_chunks(ds: tf.data.Dataset, fn: Callable, failed: Callable, chunk: i
 
     def one(indices, pairs):
         good = tf.data.Dataset.from_tensor_slices((indices, pairs))
-        good = good.map(_plain(lambda i, p: (fn(i, p), True)), num_parallel_calls=AUTOTUNE, deterministic=True)
+        good = good.map(lambda i, p: (fn(i, p), True), num_parallel_calls=AUTOTUNE, deterministic=True)
         last = tf.nest.map_structure(lambda x: x[-1], pairs)
         return good.ignore_errors().concatenate(tf.data.Dataset.from_tensors((failed(indices[-1], last), False)))
 
-    return ds.batch(chunk).interleave(_plain(one), cycle_length=4, block_length=chunk + 1, num_parallel_calls=AUTOTUNE,
+    return ds.batch(chunk).interleave(one, cycle_length=4, block_length=chunk + 1, num_parallel_calls=AUTOTUNE,
                                       deterministic=True)
 
 
@@ -242,15 +243,13 @@ def _count_skips(ds: tf.data.Dataset, limit: int, start: int = 0) -> tf.data.Dat
         del element["index"]
         return tf.where(ok, index, last), (element, ok)
 
-    return ds.scan(tf.constant(start - 1, tf.int64), _plain(step)).filter(_second).map(_first)
+    return ds.scan(tf.constant(start - 1, tf.int64), step).filter(_second).map(_first)
 
 
-@_plain
 def _first(element, ok):
     return element
 
 
-@_plain
 def _second(element, ok):
     return ok
 
@@ -349,26 +348,23 @@ def finish_train_batch(batch: dict[str, tf.Tensor], cfg: DataConfig) -> dict[str
     return batch
 
 
-def _train_transform(source: Source, cfg: DataConfig, interpolation: str, max_image_pixels: int) -> Callable:
+def _train_transform(source: Source, cfg: DataConfig, interpolation: str, max_image_pixels: int,
+                     batched: bool) -> Callable:
     """``(file key, seed) -> {"images", (the batched finish's draws)}``: the train transform of one file
-    (:func:`train_example`, or :func:`train_resized` + :func:`train_params` when :func:`batched_finish`).
+    (:func:`train_example`, or with ``batched`` :func:`train_resized` + :func:`train_params`).
 
     One ``tf.function`` per process and configuration, so every epoch's pipeline calls the graph traced
     for the first instead of building its own (a second of tracing per epoch with RandAugment).
     """
-    key = (source, cfg, interpolation, max_image_pixels, batched_finish(cfg))
+    key = (source, cfg, interpolation, max_image_pixels, batched)
     try:
         hash(key)
     except TypeError:  # a source that cannot be hashed (user-defined): traced for each pipeline
-        return _build_train_transform(*key)
-    return _cached_train_transform(*key)
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_train_transform(*key) -> Callable:
+        return _build_train_transform.__wrapped__(*key)
     return _build_train_transform(*key)
 
 
+@functools.lru_cache(maxsize=4)
 def _build_train_transform(source: Source, cfg: DataConfig, interpolation: str, max_image_pixels: int,
                            batched: bool) -> Callable:
     def transform(image_bytes, seed):
@@ -418,6 +414,7 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
         one_hot = tf.one_hot(labels, num_classes)
         return one_hot * (1 - label_smoothing) + label_smoothing / num_classes
 
+    @_without_autograph
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         batch = ctx.get_per_replica_batch_size(cfg.global_batch_size)
         per_step = local_batches_per_step(ctx)
@@ -436,7 +433,7 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
             ds = ds.skip(skip_batches * batch)
 
         batched = batched_finish(cfg)  # the steps after the resize run on the batch (finish_train_batch)
-        transform = _train_transform(source, cfg, interpolation, max_image_pixels)
+        transform = _train_transform(source, cfg, interpolation, max_image_pixels, batched)
 
         def example(index, pair):
             image_bytes, label = pair
@@ -467,7 +464,7 @@ def make_train_dataset_fn(source: Source, cfg: DataConfig, *, seed: int, epoch: 
             b["targets"] = targets
             return b
 
-        ds = ds.map(_plain(finish), num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True)
         return ds.prefetch(AUTOTUNE).with_options(_options(cfg))
 
     return dataset_fn
@@ -489,6 +486,7 @@ def make_eval_dataset_fn(source: Source, cfg: DataConfig, *, interpolation: str,
     interpolation = interpolation or "bilinear"
     steps = eval_steps(source, cfg)
 
+    @_without_autograph
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         batch = ctx.get_per_replica_batch_size(cfg.global_batch_size)
         count = steps * local_batches_per_step(ctx) * batch
@@ -498,7 +496,7 @@ def make_eval_dataset_fn(source: Source, cfg: DataConfig, *, interpolation: str,
         held = source.in_memory("val", ctx, cfg, seed=1, count=min(n, 256))
         if held is not None:  # ready model inputs, repeated (synthetic: no decoding)
             ds = tf.data.Dataset.from_tensor_slices({"images": held[0], "labels": held[1]}).repeat().take(n)
-            ds = ds.map(_plain(lambda e: dict(e, weights=tf.constant(1.0), skipped=tf.constant(0, tf.int32))))
+            ds = ds.map(lambda e: dict(e, weights=tf.constant(1.0), skipped=tf.constant(0, tf.int32)))
         else:
             ds = source.encoded("val", ctx, seed=0, epoch=0, cfg=cfg, training=False).enumerate()
 

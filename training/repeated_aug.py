@@ -22,8 +22,6 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-_plain = tf.autograph.experimental.do_not_convert  # plain TF: no AutoGraph conversion
-
 
 def replica_order(local_replicas: int, per_replica_batch: int) -> np.ndarray:
     """Chunk positions in output order: replica ``j``'s batch holds positions ``j, j + L, j + 2L, ...``."""
@@ -46,12 +44,12 @@ def repeat_for_replicas(ds: tf.data.Dataset, repeats: int, local_replicas: int,
                          f"local_replicas={local_replicas}, per_replica_batch={per_replica_batch}")
     if repeats == 1:
         return ds
-    ds = _untuple(ds.flat_map(_plain(lambda *e: tf.data.Dataset.from_tensors(e).repeat(repeats))))
+    ds = _untuple(ds.flat_map(lambda *e: tf.data.Dataset.from_tensors(e).repeat(repeats)))
     if local_replicas == 1:
         return ds
     order = tf.constant(replica_order(local_replicas, per_replica_batch), tf.int64)
     ds = ds.batch(local_replicas * per_replica_batch, drop_remainder=True)
-    ds = ds.map(_plain(lambda *e: tf.nest.map_structure(lambda x: tf.gather(x, order), e)))
+    ds = ds.map(lambda *e: tf.nest.map_structure(lambda x: tf.gather(x, order), e))
     return _untuple(ds.unbatch())
 
 
@@ -59,5 +57,5 @@ def _untuple(ds: tf.data.Dataset) -> tf.data.Dataset:
     """Undoes the 1-tuple that ``flat_map(lambda *e: from_tensors(e))`` puts around single-component elements."""
     spec = ds.element_spec
     if isinstance(spec, tuple) and len(spec) == 1:
-        return ds.map(_plain(lambda e: e))
+        return ds.map(lambda e: e)
     return ds

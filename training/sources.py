@@ -430,7 +430,7 @@ class TfdsSource(DataSource):
                                       try_autocache=False)
         ds = builder.as_dataset(split=tfds_split, shuffle_files=training, read_config=read_config,
                                 decoders={"image": tfds.decode.SkipDecoding()})
-        ds = ds.map(tf.autograph.experimental.do_not_convert(lambda e: (e["image"], tf.cast(e["label"], tf.int64))))
+        ds = ds.map(lambda e: (e["image"], tf.cast(e["label"], tf.int64)))
         if training:
             ds = ds.shuffle(cfg.shuffle_buffer, seed=int(seed * 7919 + epoch), reshuffle_each_iteration=False).repeat()
         return ds

@@ -134,7 +134,7 @@ class TestDeterminism:
             fn = data.make_train_dataset_fn(source, cfg, seed=0, epoch=epoch, steps_per_epoch=2, skip_steps=0,
                                             label_smoothing=0.0, interpolation="bilinear")
             streams.append([b["images"].numpy() for b in fn(CTX)])
-        transform = data._train_transform(source, cfg, "bilinear", data.MAX_IMAGE_PIXELS)
+        transform = data._train_transform(source, cfg, "bilinear", data.MAX_IMAGE_PIXELS, data.batched_finish(cfg))
         assert transform.experimental_get_tracing_count() == 1  # traced by epoch 0's pipeline only
         assert not np.array_equal(streams[0][0], streams[1][0])  # and still seeded per epoch
 

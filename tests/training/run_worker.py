@@ -21,16 +21,15 @@ import sys
 import time
 
 import numpy as np
+import tensorflow as tf
 
 from pf_keras.cli import run_cli
-from pf_keras_training import data, recipes, train
+from pf_keras_training import data, loop, recipes, train
 from pf_keras_training.callbacks import TrainCallback
 
 
 def _stalled_input(marker: str):
     """A make_train_dataset_fn whose dataset never delivers a batch (a stuck input pipeline)."""
-    import tensorflow as tf
-
     def make(source, cfg, **kwargs):
         def generate():
             with open(marker, "w") as f:
@@ -92,15 +91,11 @@ def _run(spec: dict, strategy) -> dict:
 
 
 def main(spec_path: str) -> int:
-    from pf_keras_training import loop
-
     with open(spec_path) as f:
         spec = json.load(f)
     if spec.get("stall_marker"):
         data.make_train_dataset_fn = _stalled_input(spec["stall_marker"])
     if spec.get("deterministic"):  # before the strategy starts the runtime (train.run sets it again)
-        import tensorflow as tf
-
         tf.config.experimental.enable_op_determinism()
     strategy = loop.create_strategy(spec.get("strategy", "one_device"))  # one per process (multi_worker)
     runs = [spec, {**spec, **spec["then"]}] if "then" in spec else [spec]
