@@ -11,8 +11,10 @@ images/s, under the given dtype policy. Speed is only measured here, never asser
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+import sys
 import time
 
 import keras
@@ -30,8 +32,12 @@ def _timed(fn, runs: int) -> list[float]:
     return times
 
 
-def _jax_train_steps(model, xb: np.ndarray, runs: int) -> list[float]:
-    """Times a jitted SGD step (forward, backward, update) on device-resident data."""
+def _jax_train_steps(model, xb: np.ndarray, runs: int, trace_dir: str = "") -> list[float]:
+    """Times a jitted SGD step (forward, backward, update) on device-resident data.
+
+    With ``trace_dir``, two more steps run under ``jax.profiler.trace`` (a TensorBoard profile
+    with a Chrome ``*.trace.json.gz`` of every device kernel) after the timed ones.
+    """
     import jax
 
     def loss_fn(tv, ntv, x, y):
@@ -57,10 +63,19 @@ def _jax_train_steps(model, xb: np.ndarray, runs: int) -> list[float]:
 
     for _ in range(3):
         one()
-    return _timed(one, max(5, runs // 5))
+    times = _timed(one, max(5, runs // 5))
+    if trace_dir:
+        try:
+            with jax.profiler.trace(trace_dir):
+                for _ in range(2):
+                    one()
+        except Exception as error:  # noqa: BLE001 (a profiler that cannot start must not lose the timings)
+            print(f"profiling {model.name} failed: {error}", file=sys.stderr)
+    return times
 
 
-def measure(name: str, *, batch: int, image_size: int, runs: int, train: bool, max_pool_gradient: str = "auto") -> dict:
+def measure(name: str, *, batch: int, image_size: int, runs: int, train: bool, max_pool_gradient: str = "auto",
+            trace_dir: str = "") -> dict:
     model = pf_keras.create_model(name, input_shape=(image_size, image_size, 3), classifier_activation=None)
     for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 (nested pools of the token mixers too)
         if isinstance(layer, pf_keras.layers.MaxPool2D):
@@ -104,7 +119,7 @@ def measure(name: str, *, batch: int, image_size: int, runs: int, train: bool, m
         "infer_img_s": batch / statistics.median(tput),
     }
     if train and keras.backend.backend() == "jax":
-        row["train_img_s"] = batch / statistics.median(_jax_train_steps(model, xb, runs))
+        row["train_img_s"] = batch / statistics.median(_jax_train_steps(model, xb, runs, trace_dir))
     elif train:
         model.compile(
             optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
@@ -127,6 +142,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--dtype", default="float32", help="float32 | mixed_float16 | mixed_bfloat16")
     parser.add_argument("--no_train", action="store_true")
+    parser.add_argument("--trace_dir", default="",
+                        help="JAX: profile two training steps per row into TRACE_DIR/<model>-<gradient>.")
     parser.add_argument("--max_pool_gradient", default="auto",
                         help="auto | builtin | shifted | both (a row per gradient for models with max-pools)")
     args = parser.parse_args()
@@ -134,14 +151,22 @@ def main() -> None:
     if any(g not in pf_keras.layers.max_pool.GRADIENTS for g in gradients):
         parser.error(f"--max_pool_gradient must be auto, builtin, shifted or both. Received: {args.max_pool_gradient}")
     keras.mixed_precision.set_dtype_policy(args.dtype)
-    print(f"backend={keras.backend.backend()} keras={keras.__version__} dtype={args.dtype} "
+    where = ""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        where = f" jax={jax.__version__} device={jax.devices()[0].device_kind}"
+    print(f"backend={keras.backend.backend()} keras={keras.__version__}{where} dtype={args.dtype} "
           f"batch={args.batch} size={args.image_size} python={platform.python_version()}")
     print("| model | max-pool gradient | params (M) | batch-1 latency (ms) | inference img/s | training img/s |\n"
           "|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        for gradient in gradients if name != "resnet50" else gradients[:1]:
+        for gradient in gradients:
+            trace_dir = os.path.join(args.trace_dir, f"{name}-{gradient}") if args.trace_dir else ""
+            started = time.perf_counter()
             r = measure(name, batch=args.batch, image_size=args.image_size, runs=args.runs, train=not args.no_train,
-                        max_pool_gradient=gradient)
+                        max_pool_gradient=gradient, trace_dir=trace_dir)
+            print(f"{name} {gradient}: {time.perf_counter() - started:.0f} s with compilation", file=sys.stderr)
             print(f"| {name} | {gradient} | {r['params_m']:.2f} | {r['latency_ms']:.2f} | {r['infer_img_s']:.0f} | "
                   f"{r.get('train_img_s', float('nan')):.0f} |", flush=True)
 

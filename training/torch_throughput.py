@@ -1,4 +1,4 @@
-"""Training images/s of the official PyTorch ResNets (a PfLayer checkout), for the side-by-side benchmark.
+"""Training (or inference) images/s of the official PyTorch ResNets (a PfLayer checkout), side by side.
 
 Runs under a Python that has torch (not this project's environment; nothing here imports
 TensorFlow or Keras) and prints one JSON line. The official code is imported from the
@@ -10,6 +10,10 @@ checkout given on the command line, never copied into this repository:
 The step is what a careful PyTorch user runs on CPU: channels_last model and inputs, fp32,
 ``CrossEntropyLoss``, ``SGD(momentum=0.9, nesterov=True, weight_decay=1e-4)`` (the port's
 ``resnet90`` recipe), ``zero_grad(set_to_none=True)``, synthetic data held in memory, all cores.
+On a GPU (``--device cuda``) the same step runs on device-resident data with
+``cudnn.benchmark`` and, with ``--dtype bfloat16``, under ``torch.autocast`` (what a PyTorch
+user runs for mixed precision); ``--mode infer`` times ``model.eval()`` forward passes under
+``torch.inference_mode()`` instead.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup_steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores).")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="bfloat16: torch.autocast mixed precision (weights stay float32).")
+    parser.add_argument("--mode", default="train", choices=("train", "infer"))
     args = parser.parse_args(argv)
     if min(args.image_size, args.batch_size, args.steps) < 1 or args.warmup_steps < 0:
         parser.error("sizes and step counts must be positive")
@@ -46,29 +54,51 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = getattr(resnet_pf, args.model)().to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    criterion = torch.nn.CrossEntropyLoss()
-    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size).contiguous(
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device")
+        torch.backends.cudnn.benchmark = True
+    device = torch.device(args.device)
+    model = getattr(resnet_pf, args.model)().to(device=device, memory_format=torch.channels_last)
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device).contiguous(
         memory_format=torch.channels_last)
-    labels = torch.randint(0, 1000, (args.batch_size,))
+    labels = torch.randint(0, 1000, (args.batch_size,), device=device)
+    autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+    if args.mode == "train":
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        criterion = torch.nn.CrossEntropyLoss()
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss = criterion(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+    else:
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast:
+                return model(images)[:, 0].float().sum()
 
     for _ in range(args.warmup_steps):
         step()
+    if args.device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(args.steps):
-        loss = step()
-    loss.item()  # waits for the step
+        last = step()
+    last.item()  # waits for the last step
+    if args.device == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    print(json.dumps({"model": args.model, "train_images_per_sec": args.steps * args.batch_size / seconds,
-                      "torch": torch.__version__, "threads": torch.get_num_threads()}))
+    key = "train_images_per_sec" if args.mode == "train" else "infer_images_per_sec"
+    print(json.dumps({"model": args.model, key: args.steps * args.batch_size / seconds, "torch": torch.__version__,
+                      "threads": torch.get_num_threads(), "device": args.device, "dtype": args.dtype,
+                      "batch_size": args.batch_size, "image_size": args.image_size}))
     return 0
 
 
