@@ -3,9 +3,9 @@
 The forward pass is the backend's own max-pool (``keras.ops.max_pool``), so outputs are
 bit-identical to ``keras.layers.MaxPooling2D``. Only the backward pass differs: instead of the
 backend's max-pool gradient (TensorFlow's ``MaxPoolGrad``, XLA's ``select-and-scatter``) it
-compares the ``k * k`` shifted views of the input with the pooled output, keeps the first
-window element equal to the maximum (row-major scan order of the window: top row first, left to
-right) and adds the upstream gradient back with shifted pads. These are plain elementwise ops
+compares the ``k * k`` shifted views of the input with the pooled output, records the offset of
+the first window element equal to the maximum (row-major scan order of the window: top row
+first, left to right) and adds the upstream gradient back with shifted pads. These are plain elementwise ops
 and pads that XLA fuses; whether that is faster than the built-in gradient depends on the
 backend and device (see README "Performance"), so the layers pick it with ``gradient=``.
 
@@ -91,27 +91,44 @@ def _scatter_windows(parts, *, pool_size: int, strides: int, height: int, width:
     return full[:, :height, :width, :]
 
 
+def _materialize(tensor):
+    """``tensor`` kept as a buffer of its own where the backend allows it (JAX: an optimization barrier).
+
+    XLA fuses elementwise producers into their consumers and recomputes them per read; the
+    window index below is read at ``k * k`` shifted positions, so fused it would be recomputed
+    ``k * k`` times per input element (measured on an H200: the fused form is the slowest
+    kernel of an R50-max training step; README "Performance").
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.lax.optimization_barrier(tensor)
+    return tensor
+
+
 def _shifted_max_pool_grad(x, y, upstream, *, pool_size: int, strides: int, padding: str):
-    """Gradient of ``max_pool(x)`` (output ``y``) for ``upstream``, routed to each window's first maximum."""
+    """Gradient of ``max_pool(x)`` (output ``y``) for ``upstream``, routed to each window's first maximum.
+
+    Two passes: the row-major offset of each window's first maximum (an int8 map, ``k * k``
+    where no element equals the maximum, i.e. a NaN window), then each input position collects
+    the upstream gradient of every window whose chosen offset points at it.
+    """
     k, s = pool_size, strides
     height, width = x.shape[1], x.shape[2]
     if padding == "same":
         p = k // 2
         x = ops.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=float("-inf"))
     out_h, out_w = y.shape[1], y.shape[2]
+    index_dtype = "int8" if k * k < 127 else "int32"
+    first = ops.full(ops.shape(y), k * k, dtype=index_dtype)
+    for offset in reversed(range(k * k)):  # the last assignment wins: the first maximum in row-major order
+        dy, dx = divmod(offset, k)
+        window = x[:, dy : dy + s * (out_h - 1) + 1 : s, dx : dx + s * (out_w - 1) + 1 : s, :]
+        first = ops.where(ops.equal(window, y), ops.cast(offset, index_dtype), first)
+    first = _materialize(first)
     zero = ops.zeros((), dtype=upstream.dtype)
-    taken = None
-    parts = [[None] * k for _ in range(k)]
-    for dy in range(k):
-        for dx in range(k):
-            window = x[:, dy : dy + s * (out_h - 1) + 1 : s, dx : dx + s * (out_w - 1) + 1 : s, :]
-            hit = ops.equal(window, y)
-            if taken is None:
-                taken = hit
-            else:
-                hit = ops.logical_and(hit, ops.logical_not(taken))
-                taken = ops.logical_or(taken, hit)
-            parts[dy][dx] = ops.where(hit, upstream, zero)
+    parts = [[ops.where(ops.equal(first, ops.cast(dy * k + dx, index_dtype)), upstream, zero) for dx in range(k)]
+             for dy in range(k)]
     if padding == "same":
         p = k // 2
         grad = _scatter_windows(parts, pool_size=k, strides=1, height=height + 2 * p, width=width + 2 * p)
