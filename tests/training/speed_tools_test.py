@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -72,3 +74,41 @@ class TestTorchSide:
         with pytest.raises(ValueError, match="The PyTorch side failed for resnet50"):
             benchmark.torch_throughput("resnet50", torch_python=sys.executable, pflayer_dir=str(tmp_path),
                                        image_size=32, batch_size=2, steps=1, warmup_steps=0)
+
+
+class TestGpuTraceSummary:
+    @staticmethod
+    def _trace(path, kernels, device=True):
+        first = "/device:GPU:0" if device else "/host:CPU"
+        events = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": first}},
+                  {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}},
+                  {"ph": "X", "pid": 2, "ts": 0, "dur": 5000.0, "name": "PjitFunction(step)"}]
+        events += [{"ph": "X", "pid": 1, "ts": i, "dur": dur, "name": name} for i, (name, dur) in enumerate(kernels)]
+        with gzip.open(path, "wt") as f:
+            json.dump({"traceEvents": events}, f)
+
+    def test_device_time_per_step_by_class_and_fusion(self, tmp_path, capsys):
+        script = _load_script("gpu_trace_summary")
+        kernels = [("input_reduce_fusion_3", 300.0), ("input_reduce_fusion_7", 100.0),
+                   ("loop_select_fusion_21", 1000.0), ("sm90_xmma_fprop_implicit_gemm_bf16", 500.0),
+                   ("Memset 3", 100.0)] * 2
+        self._trace(tmp_path / "a.trace.json.gz", kernels)
+        assert script.main([str(tmp_path), "--steps", "2"]) == 0
+        out = capsys.readouterr().out
+        assert "2.00 ms of device kernels per step, 5 kernels per step" in out  # the host event is not counted
+        assert ("elementwise fusions 1.00 ms (50 %), conv/GEMM kernels 0.50 ms (25 %), "
+                "reduction fusions 0.40 ms (20 %), memset/copy 0.10 ms (5 %)") in out
+        assert re.search(r"0\.40 ms\s+2x  input_reduce_fusion$", out, re.M)
+
+    @pytest.mark.parametrize("content", [b"not gzip", gzip.compress(b'{"traceEvents": 3}'),
+                                         gzip.compress(b"[" * 100000), b"", "host"])
+    def test_bad_trace_is_one_line_and_exit_2(self, tmp_path, content):
+        path = tmp_path / "b.trace.json.gz"
+        if content == "host":
+            self._trace(path, [("loop_fusion", 10.0)], device=False)
+        else:
+            path.write_bytes(content)
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "gpu_trace_summary.py"), str(path)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("gpu_trace_summary: "), proc.stderr
