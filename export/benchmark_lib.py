@@ -305,7 +305,8 @@ def benchmark(
     if route_info is not None:
         meta["litert_torch"] = {"python": torch_route.python, "pflayer_dir": torch_route.pflayer_dir,
                                 "torch": route_info.get("torch"), "litert_torch": route_info.get("litert_torch"),
-                                "official_models": route_info["models"], "int8": torch_route_lib.INT8_DESCRIPTION}
+                                "official_models": route_info["models"], "int8": torch_route_lib.INT8_DESCRIPTION,
+                                "dynamic": torch_route_lib.DYNAMIC_DESCRIPTION}
     return _finish(rows, meta, output_dir, verbose)
 
 

@@ -24,6 +24,10 @@ Precisions:
   quant_config=QuantConfig(pt2e_quantizer=...))``. Input and output stay float32 (a QUANTIZE
   op after the input, a DEQUANTIZE before the output); ops the quantizer does not annotate
   stay float between DEQUANTIZE/QUANTIZE pairs.
+- ``dynamic``: PT2E dynamic-range quantization with the same quantizer
+  (``get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)``): int8 weights
+  per output channel, activations quantized per inference by the kernels; no calibration (the
+  counterpart of the port's ``dynamic`` format).
 """
 
 from __future__ import annotations
@@ -39,10 +43,14 @@ OFFICIAL = {
     "resnet50": "resnet_pf",
     "resnet50_max": "resnet_pf",
     "resnet50_hybrid": "resnet_pf",
+    "vit_ti_max": "vit_pf",
     "vit_s_max": "vit_pf",
+    "vit_b_max": "vit_pf",
+    "pit_ti_max": "pit_pf",
     "pit_s_max": "pit_pf",
+    "pit_b_max": "pit_pf",
 }
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "dynamic")
 
 
 def _reason(error: BaseException) -> str:
@@ -97,6 +105,23 @@ def _int8(model, sample, calibration_file: str):
     return quantized, {"quant_config": QuantConfig(pt2e_quantizer=quantizer)}
 
 
+def _dynamic(model, sample):
+    """PT2E dynamic-range int8: per-channel int8 weights, activations quantized per inference (no calibration)."""
+    import torch
+    from litert_torch.quantize import pt2e_quantizer
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+    )
+    prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, (sample,)).module(), quantizer)
+    with torch.no_grad():
+        prepared(sample)
+    quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    return quantized, {"quant_config": QuantConfig(pt2e_quantizer=quantizer)}
+
+
 def convert(pflayer_dir: str, name: str, *, precision: str, image_size: int, output: str,
             calibration: str | None = None) -> dict:
     """Converts the official ``name`` and writes ``output``; returns what it wrote."""
@@ -111,6 +136,8 @@ def convert(pflayer_dir: str, name: str, *, precision: str, image_size: int, out
         if not calibration:
             raise ValueError("int8 needs --calibration")
         model, options = _int8(model, sample, calibration)
+    elif precision == "dynamic":
+        model, options = _dynamic(model, sample)
     edge = litert_torch.convert(model, (sample,), **options)
     edge.export(output)
     return {"model": name, "precision": precision, "image_size": image_size, "output": output, **_versions()}

@@ -7,8 +7,8 @@ port's files. torch and litert-torch live in another Python (``python``); this m
 there as a program, once per (model, precision), and keeps each file in the benchmark's
 ``files/`` folder with a record of what it is, so a later run reuses it.
 
-Official counterparts exist for the port's ``fp32`` and ``int8`` formats (:data:`PRECISIONS`;
-see the converter's docstring for what each is). A cached file is reused only when its record
+Official counterparts exist for the port's ``fp32``, ``int8`` and ``dynamic`` formats
+(:data:`PRECISIONS`; see the converter's docstring for what each is). A cached file is reused only when its record
 matches the request (model, precision, image size, calibration count, converter version) and
 the file still has the recorded SHA-256.
 """
@@ -30,11 +30,15 @@ from pf_keras_export import litert
 
 CONVERTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "litert_torch_convert.py")
 ROUTE = "litert-torch"  # the ``route`` of these rows; the port's rows have route "port"
-PRECISIONS = ("fp32", "int8")  # port formats with an official counterpart
+PRECISIONS = ("fp32", "int8", "dynamic")  # port formats with an official counterpart
 # What the official int8 rows are (recorded in the benchmark's metadata; see litert_torch_convert.py).
 INT8_DESCRIPTION = (
     "litert-torch PT2E static post-training quantization (PT2EQuantizer, symmetric per-channel int8 weights, "
     "per-tensor int8 activations from a histogram observer over the port's int8 calibration images)"
+)
+DYNAMIC_DESCRIPTION = (
+    "litert-torch PT2E dynamic-range quantization (PT2EQuantizer, symmetric per-channel int8 weights, "
+    "activations quantized per inference; no calibration)"
 )
 CHECK_TIMEOUT_S = 600
 CONVERT_TIMEOUT_S = 3600

@@ -108,10 +108,14 @@ class TestTorchRouteRows:
         get(precision="int8", num=3)
         get(precision="int8", num=4)  # another calibration count
         assert _conversions(stand_in)[2:] == ["resnet50_hybrid int8 64 3", "resnet50_hybrid int8 64 4"]
+        dynamic = get(precision="dynamic", num=3)  # dynamic range: no calibration images, none in the cache key
+        assert get(precision="dynamic", num=4).record == dynamic.record
+        assert _conversions(stand_in)[4:] == ["resnet50_hybrid dynamic 64 None"]
+        assert dynamic.record["num_calibration"] is None and dynamic.path.endswith("_litert_torch_dynamic.tflite")
         with open(first.path, "r+b") as f:  # damaged in place (same size): the hash no longer matches
             f.write(b"\0" * 64)
         get(size=32)
-        assert len(_conversions(stand_in)) == 5
+        assert len(_conversions(stand_in)) == 6
         monkeypatch.setenv("STAND_IN_FAIL", "resnet50_hybrid:fp32")
         os.remove(first.path)
         failed = get()
@@ -146,8 +150,8 @@ class TestTorchRouteRows:
             torch_route.check(without_torch)
         with pytest.raises(ValueError, match=r"`pflayer_dir` must be a PfLayer checkout\. Received: pflayer_dir="):
             torch_route.check(TorchRoute(stand_in.python, str(tmp_path / "nowhere")))
-        monkeypatch.setenv("STAND_IN_MISSING", ",".join(
-            ("resnet50", "resnet50_max", "resnet50_hybrid", "vit_s_max", "pit_s_max")))
+        monkeypatch.setenv("STAND_IN_MISSING", "resnet50,resnet50_max,resnet50_hybrid,vit_ti_max,vit_s_max,vit_b_max,"
+                                                "pit_ti_max,pit_s_max,pit_b_max")  # all the stand-in has
         with pytest.raises(ValueError, match=r"`pflayer_dir` must be a PfLayer checkout \(ModuleNotFoundError"):
             torch_route.check(stand_in)
         # Checked before any export: no file was written.
@@ -197,7 +201,7 @@ class TestRealLitertTorch:
         route = TorchRoute(_PYTHON, _PFLAYER)
         info = torch_route.check(route)
         assert {info["models"][m] for m in ("resnet50", "resnet50_max", "resnet50_hybrid")} == {"ok"}
-        for precision in ("fp32", "int8"):
+        for precision in ("fp32", "int8", "dynamic"):
             made = official_file(route, "resnet50_max", precision, files_dir=str(tmp_path), image_size=64,
                                  num_calibration=2, calibration=lambda s: _normalised(2, s))
             assert made.failure is None, made.failure
@@ -210,4 +214,8 @@ class TestRealLitertTorch:
             assert ops["CONV_2D"] == 37 and ops["MAX_POOL_2D"] >= 16  # 1 + 16 x 2 + 4 convs (BN folded); max pools
             if precision == "int8":  # full integer, int8 in and out, like the port's int8 file
                 assert detail["dtype"].__name__ == "int8" and "DEQUANTIZE" not in ops
+            if precision == "dynamic":  # float in and out, int8 weights of every conv and the classifier
+                tensors = litert.interpreter(content).get_tensor_details()
+                assert detail["dtype"].__name__ == "float32" and "DEQUANTIZE" not in ops
+                assert sum(t["dtype"].__name__ == "int8" for t in tensors) == 37 + 1
             shutil.copy(made.path, tmp_path / f"keep_{precision}.tflite")

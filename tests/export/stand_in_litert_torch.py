@@ -22,7 +22,8 @@ import sys
 
 import numpy as np
 
-MODELS = ("resnet50", "resnet50_max", "resnet50_hybrid", "vit_s_max", "pit_s_max")
+MODELS = ("resnet50", "resnet50_max", "resnet50_hybrid", "vit_ti_max", "vit_s_max", "vit_b_max", "pit_ti_max",
+          "pit_s_max", "pit_b_max")
 
 
 def _set(name: str) -> set[str]:
@@ -65,6 +66,8 @@ def main(argv: list[str]) -> int:
             f.write(b"not a flatbuffer")
     else:
         source = os.path.join(os.environ["STAND_IN_SOURCE_DIR"], f"{flags.model}_{flags.precision}.tflite")
+        if not os.path.exists(source):  # e.g. dynamic where the port exported fp32 and int8 only
+            source = os.path.join(os.environ["STAND_IN_SOURCE_DIR"], f"{flags.model}_fp32.tflite")
         shutil.copyfile(source, flags.output)
     print(json.dumps({"model": flags.model, "precision": flags.precision, "torch": "stand-in",
                       "litert_torch": "stand-in"}))
