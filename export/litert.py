@@ -72,7 +72,7 @@ def read_model(content: bytes):
 
 
 def _operators(content: bytes):
-    """(op name, data input type name or None, is custom) for every operator of every subgraph."""
+    """(op name, data input type name or None, is custom, quantization scales XNNPACK takes) for every operator."""
     schema = _schema()
     builtin_names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
     type_names = {value: key for key, value in vars(schema.TensorType).items() if not key.startswith("_")}
@@ -91,10 +91,61 @@ def _operators(content: bytes):
             for o in range(subgraph.OperatorsLength()):
                 op = subgraph.Operators(o)
                 name, custom = codes[op.OpcodeIndex()]
-                ops.append((name, _data_input_type(subgraph, op, model, type_names), custom))
+                input_type = _data_input_type(subgraph, op, model, type_names)
+                scales_ok = name not in _SCALE_BOUND_OPS or input_type not in ("INT8", "UINT8") or _scales_in_range(
+                    subgraph, op)
+                ops.append((name, input_type, custom, scales_ok))
     except (struct.error, IndexError, TypeError, UnicodeDecodeError) as error:  # as above, and bad names
         raise ValueError(f"damaged .tflite flatbuffer ({type(error).__name__}: {error})") from None
     return ops
+
+
+# XNNPACK's quantized ADD/SUB take each input only when input scale / output scale is in
+# [2^-10, 2^8) (its operator-creation check); outside it the node stays on LiteRT's kernels. In
+# pf_keras graphs this is LayerNorm's ``variance + epsilon`` (epsilon's scale is ~1e-6 of the sum's).
+_SCALE_BOUND_OPS = frozenset({"ADD", "SUB"})
+_SCALE_RATIO_RANGE = (2.0**-10, 2.0**8)
+
+
+def _scales_in_range(subgraph, op) -> bool:
+    def scale(index: int) -> float:
+        params = subgraph.Tensors(index).Quantization()
+        values = params.ScaleAsNumpy() if params is not None and params.ScaleLength() else None
+        return float(values[0]) if values is not None and len(values) else 0.0
+
+    outputs = [int(i) for i in op.OutputsAsNumpy()] if op.OutputsLength() else []
+    inputs = [int(i) for i in op.InputsAsNumpy() if i >= 0] if op.InputsLength() else []
+    if not outputs or not inputs or scale(outputs[0]) <= 0.0:
+        return False
+    low, high = _SCALE_RATIO_RANGE
+    return all(low <= scale(i) / scale(outputs[0]) < high for i in inputs)
+
+
+def scale_refused_outputs(content: bytes) -> list[str]:
+    """Output tensor names of the quantized ADD/SUB nodes XNNPACK refuses for their scales (see above).
+
+    Raises:
+        ValueError: when ``content`` is not a readable ``.tflite`` flatbuffer.
+    """
+    schema = _schema()
+    builtin_names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
+    type_names = {value: key for key, value in vars(schema.TensorType).items() if not key.startswith("_")}
+    model = read_model(content)
+    names = []
+    try:
+        codes = [builtin_names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()))
+                 for c in (model.OperatorCodes(i) for i in range(model.OperatorCodesLength()))]
+        for s in range(model.SubgraphsLength()):
+            subgraph = model.Subgraphs(s)
+            for o in range(subgraph.OperatorsLength()):
+                op = subgraph.Operators(o)
+                if (codes[op.OpcodeIndex()] in _SCALE_BOUND_OPS and op.OutputsLength()
+                        and _data_input_type(subgraph, op, model, type_names) in ("INT8", "UINT8")
+                        and not _scales_in_range(subgraph, op)):
+                    names.append(subgraph.Tensors(int(op.Outputs(0))).Name().decode())
+    except (struct.error, IndexError, TypeError, UnicodeDecodeError) as error:
+        raise ValueError(f"damaged .tflite flatbuffer ({type(error).__name__}: {error})") from None
+    return names
 
 
 def _data_input_type(subgraph, op, model, type_names) -> str | None:
@@ -119,8 +170,8 @@ def tflite_ops(content: bytes) -> tuple[dict[str, int], list[str]]:
         ValueError: when ``content`` is not a readable ``.tflite`` flatbuffer.
     """
     ops = _operators(content)
-    counts = Counter(name for name, _, _ in ops)
-    custom_ops = sorted({name for name, _, custom in ops if custom})
+    counts = Counter(name for name, _, _, _ in ops)
+    custom_ops = sorted({name for name, _, custom, _ in ops if custom})
     return dict(sorted(counts.items())), custom_ops
 
 
@@ -136,9 +187,9 @@ def xnnpack_coverage(content: bytes) -> dict:
     """
     cpu_ops = []
     ops = _operators(content)
-    for name, input_type, _ in ops:
+    for name, input_type, _, scales_ok in ops:
         kind = "float" if input_type in _FLOAT_TYPES else {"INT8": "int8", "UINT8": "uint8"}.get(input_type, "float")
-        if name not in XNNPACK_OPS[kind]:
+        if name not in XNNPACK_OPS[kind] or not scales_ok:
             cpu_ops.append(name)
     return {
         "fully_delegated": not cpu_ops,

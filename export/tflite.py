@@ -1,4 +1,4 @@
-"""TFLite conversion from the serving SavedModel: fp32, fp16, dynamic-range and full-integer int8.
+"""TFLite conversion from the serving SavedModel: fp32, fp16, dynamic-range, full-integer and mixed int8.
 
 Keras 3 models do not go through ``TFLiteConverter.from_keras_model`` (it fails on them); the
 path is Keras ``ExportArchive`` -> SavedModel -> ``TFLiteConverter.from_saved_model``. Only
@@ -12,13 +12,21 @@ Formats:
 - ``dynamic``: int8 weights, activations quantized on the fly per inference; float in and out.
 - ``int8``: full-integer (int8 weights and activations, builtin int8 kernels only), calibrated
   on representative images; input and output types selectable (int8, uint8 or float).
+- ``int8_mixed``: calibrated int8 like ``int8`` for every op XNNPACK runs in int8
+  (convolutions, dense layers, adds, pools, ...), float for the ops it runs only in float
+  (:data:`MIXED_FLOAT_OPS`: in pf_keras graphs LayerNorm's SQUARED_DIFFERENCE/RSQRT, the
+  attention BATCH_MATMULs, SOFTMAX, GELU, average pools), so the whole graph stays on the
+  delegate; input and output as the SavedModel's (float, or uint8 pixels). This is what
+  litert-torch's PT2E int8 files of the transformers look like, and on a CPU it is 3.5x faster
+  than full-integer ViT-S-max (README "Phone route"). Built with TensorFlow's selective
+  quantization (``tf.lite.experimental.QuantizationDebugger`` with ``denylisted_ops``).
 
 With ``input_type="uint8"`` (RGB pixels in, normalisation inside) the float formats start with a
 CAST; the int8 file is converted from a float-pixel SavedModel and its uint8 input has scale 1
 and zero point 0, so raw pixels go in unchanged (int8 input: pixel - 128).
 
 int8 graph rewrite: XNNPACK has no int8 AVERAGE_POOL_2D, so R50-hybrid's three 2x2/2 average
-pools would each leave the delegate (4 partitions). Before int8 conversion,
+pools would each leave the delegate (4 partitions). Before int8 and int8_mixed conversion,
 :func:`average_pools_as_depthwise` replaces every non-overlapping "valid" ``AveragePooling2D``
 by a ``DepthwiseConv2D`` with the same window and constant weights ``1 / (kh * kw)`` (bit-exact
 in float; 0.25 is exact in int8 too), which XNNPACK runs in int8: one partition.
@@ -41,7 +49,10 @@ from pf_keras_export import litert, quiet
 from pf_keras_export import saved_model as saved_model_lib
 from pf_keras_export.images import model_inputs
 
-FORMATS = ("fp32", "fp16", "dynamic", "int8")  # the TFLite formats of the registry (formats.py)
+FORMATS = ("fp32", "fp16", "dynamic", "int8", "int8_mixed")  # the TFLite formats of the registry (formats.py)
+CALIBRATED = ("int8", "int8_mixed")  # the formats that need calibration images
+# Ops XNNPACK runs in float but not in int8: int8_mixed keeps them float (litert.py knows both sets).
+MIXED_FLOAT_OPS = tuple(sorted(litert.XNNPACK_OPS["float"] - litert.XNNPACK_OPS["int8"]))
 IO_TYPES = ("int8", "uint8", "float")
 _TF_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}
 # Default size of the int8 calibration set: a few hundred is the usual recommendation; 64
@@ -105,9 +116,44 @@ def convert_saved_model(
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = _TF_TYPES[int8_input_type]
         converter.inference_output_type = _TF_TYPES[int8_output_type]
+    elif fmt == "int8_mixed":
+        if representative_inputs is None or len(representative_inputs) == 0:
+            raise ValueError("int8_mixed conversion needs representative inputs. Received: representative_inputs=None")
+        samples = np.asarray(representative_inputs)
+
+        def representative_dataset():
+            for sample in samples:
+                yield {saved_model_lib.INPUT_NAME: sample[None]}
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        return _selectively_quantized(converter, representative_dataset)
     with warnings.catch_warnings(), quiet.silenced():  # the calibrator prints its settings to stderr
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")  # used by the calibrator
         return converter.convert()
+
+
+def _selectively_quantized(converter, representative_dataset) -> bytes:
+    """int8 except :data:`MIXED_FLOAT_OPS` and the quantized adds XNNPACK would refuse for their scales.
+
+    The adds (LayerNorm's ``variance + epsilon``) are found in a first conversion and kept float by
+    name in a second one, so that the file is one XNNPACK partition.
+    """
+    denied_nodes: list[str] = []
+    for _ in range(2):
+        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(MIXED_FLOAT_OPS),
+                                                                denylisted_nodes=denied_nodes or None)
+        with warnings.catch_warnings(), quiet.silenced():
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=representative_dataset, debug_options=options)
+            content = debugger.get_nondebug_quantized_model()
+        refused = litert.scale_refused_outputs(content)
+        if not refused or denied_nodes:
+            return content
+        denied_nodes = refused
+    return content
 
 
 def _rewritable(layer) -> bool:
@@ -185,7 +231,7 @@ def export_tflite(
         saved_model_dir: str or None. A batch-1 serving SavedModel of ``model`` with the same
             ``input_type`` (``export_saved_model(..., batch_size=1)``); written to a temporary
             folder when None. The ``.tflite`` input is ``(1, H, W, 3)``.
-        calibration_images: uint8 array ``(n, H, W, 3)``. Required for "int8".
+        calibration_images: uint8 array ``(n, H, W, 3)``. Required for "int8" and "int8_mixed".
         int8_input_type: str or None. Input type of the int8 file; None: "uint8" for uint8 input,
             else "int8".
         int8_output_type: str. Output type of the int8 file. Defaults to "int8".
@@ -212,7 +258,7 @@ def export_tflite(
         # int8 is calibrated on a float signature; for uint8 models that is the float-pixel one.
         needs_float_signature = fmt == "int8" and input_type == "uint8"
         rewritten = []
-        if fmt == "int8":
+        if fmt in CALIBRATED:
             model, rewritten = average_pools_as_depthwise(model)
         if saved_model_dir is None or needs_float_signature or rewritten:
             saved_model_dir = saved_model_lib.export_saved_model(
@@ -222,10 +268,12 @@ def export_tflite(
                 batch_size=1,
             )
         representative = None
-        if fmt == "int8":
+        if fmt in CALIBRATED:
             if calibration_images is None:
-                raise ValueError("int8 export needs calibration images. Received: calibration_images=None")
+                raise ValueError(f"{fmt} export needs calibration images. Received: calibration_images=None")
             representative = calibration_inputs(calibration_images, takes_pixels=pixels)
+            if fmt == "int8_mixed" and input_type == "uint8":  # calibrated on the uint8 signature itself
+                representative = np.asarray(calibration_images, dtype=np.uint8)
         content = convert_saved_model(
             saved_model_dir,
             fmt,
@@ -258,7 +306,7 @@ def convert(model: keras.Model, path: str, fmt: str, context) -> str:
         fmt,
         input_type=context.input_type,
         saved_model_dir=context.batch1_saved_model(model),
-        calibration_images=context.calibration_images(int(model.input_shape[1])) if fmt == "int8" else None,
+        calibration_images=context.calibration_images(int(model.input_shape[1])) if fmt in CALIBRATED else None,
         int8_input_type=context.int8_input_type,
         int8_output_type=context.int8_output_type,
     )

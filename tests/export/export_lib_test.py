@@ -29,7 +29,7 @@ def _by_format(report: dict) -> dict:
 def _check_proofs(report: dict, int8_cpu_ops: set[str]) -> None:
     files = _by_format(report)
     assert report["passed"]
-    assert set(files) == {"saved_model", "fp32", "fp16", "dynamic", "int8"}
+    assert set(files) == {"saved_model", "fp32", "fp16", "dynamic", "int8", "int8_mixed"}
     assert files["saved_model"]["max_abs_diff"] <= 1e-5
     assert files["fp32"]["max_abs_diff"] <= 1e-4  # the bound, absolute
     assert files["fp32"]["top1_agreement"] == 1.0
@@ -46,7 +46,10 @@ def _check_proofs(report: dict, int8_cpu_ops: set[str]) -> None:
         if fmt == "int8":
             assert set(entry["xnnpack"]["cpu_ops"]) <= int8_cpu_ops, entry["xnnpack"]
             assert entry["input"]["dtype"] == "int8" and entry["output"]["dtype"] == "int8"
-        else:
+        else:  # int8_mixed too: the ops without int8 kernels stay float, on the delegate
+            if fmt == "int8_mixed":
+                assert entry["input"]["dtype"] == entry["output"]["dtype"] == "float32"
+                assert entry["ops"].get("QUANTIZE", 0) >= 1 and entry["ops"].get("DEQUANTIZE", 0) >= 1
             assert entry["xnnpack"]["fully_delegated"], (fmt, entry["xnnpack"])
             assert entry["xnnpack"]["cpu_ops"] == []
 
@@ -57,7 +60,8 @@ class TestExportModel:
         folder = os.path.dirname(_by_format(hybrid_export)["fp32"]["path"])
         assert sorted(os.listdir(folder)) == [
             "report.json", "resnet50_hybrid_dynamic.tflite", "resnet50_hybrid_fp16.tflite",
-            "resnet50_hybrid_fp32.tflite", "resnet50_hybrid_int8.tflite", "saved_model",
+            "resnet50_hybrid_fp32.tflite", "resnet50_hybrid_int8.tflite", "resnet50_hybrid_int8_mixed.tflite",
+            "saved_model",
         ]
         with open(os.path.join(folder, "report.json")) as f:
             stored = json.load(f)
@@ -72,6 +76,10 @@ class TestExportModel:
 
     def test_transformer_every_format_is_proven(self, vit_export):
         _check_proofs(vit_export, INT8_TRANSFORMER_CPU_OPS)
+        # int8_mixed keeps in float (delegated) exactly the ops that int8 leaves on LiteRT's CPU kernels.
+        files = _by_format(vit_export)
+        assert {"BATCH_MATMUL", "GELU", "RSQRT", "SOFTMAX"} <= set(files["int8_mixed"]["ops"])
+        assert {"BATCH_MATMUL", "GELU", "RSQRT", "SOFTMAX"} <= set(files["int8"]["xnnpack"]["cpu_ops"])
 
     def test_pit_float_files_are_fully_delegated(self, tmp_path):
         kwargs = {"patch_size": 8, "stride": 4, "head_dims": [8, 8], "depths": [2, 2], "num_heads": [2, 4],
@@ -93,7 +101,7 @@ class TestExportModel:
         write_preset(float_model, tmp_path / "run" / "final")
 
         report = export_model(str(tmp_path / "run" / "final"), output_dir=str(tmp_path / "out"), input_type="uint8",
-                              formats="saved_model,fp32,int8", num_calibration=8, verbose=False)
+                              formats="saved_model,fp32,int8,int8_mixed", num_calibration=8, verbose=False)
         files = _by_format(report)
         assert report["passed"] and report["input_type"] == "uint8"
         assert files["fp32"]["input"]["dtype"] == "uint8"
@@ -110,6 +118,8 @@ class TestExportModel:
         runner = litert.interpreter(files["fp32"]["path"])
         np.testing.assert_allclose(litert.run_tflite(runner, pixels.astype(np.float32)), expected, atol=1e-4)
         assert files["fp32"]["xnnpack"]["cpu_ops"] == ["CAST"]  # uint8 -> float before the one partition
+        assert files["int8_mixed"]["input"]["dtype"] == "uint8"  # calibrated on the uint8 signature itself
+        assert files["int8_mixed"]["xnnpack"]["cpu_ops"] == ["CAST"]
 
 
 class TestExportErrors:

@@ -16,8 +16,8 @@ from pf_keras_export.validate_lib import format_table
 
 class TestRegistry:
     def test_every_format_is_complete(self):
-        assert formats.names() == ["saved_model", "fp32", "fp16", "dynamic", "int8"]
-        assert formats.names(timeable=True) == ["fp32", "fp16", "dynamic", "int8"]
+        assert formats.names() == ["saved_model", "fp32", "fp16", "dynamic", "int8", "int8_mixed"]
+        assert formats.names(timeable=True) == ["fp32", "fp16", "dynamic", "int8", "int8_mixed"]
         for name, fmt in formats.FORMATS.items():
             assert fmt.name == name and fmt.description
             assert 0 < fmt.tolerance.mean_abs <= fmt.tolerance.max_abs < 1
@@ -32,7 +32,9 @@ class TestRegistry:
         assert [f.name for f in formats.parse(["saved_model"])] == ["saved_model"]
         with pytest.raises(ValueError, match=r"`formats` must be a non-empty subset of .*Received: formats=\[\]"):
             formats.parse(" , ")
-        with pytest.raises(ValueError, match=r"subset of \('fp32', 'fp16', 'dynamic', 'int8'\)\. .*\['saved_model'\]"):
+        with pytest.raises(ValueError,
+                           match=r"subset of \('fp32', 'fp16', 'dynamic', 'int8', 'int8_mixed'\)\. "
+                                 r".*\['saved_model'\]"):
             formats.parse("saved_model", timeable=True)
         with pytest.raises(ValueError, match=r"already registered"):
             formats.register(formats.FORMATS["fp32"])
