@@ -9,11 +9,10 @@ default but its public API has no view of the execution plan (the node list is t
 prints ~20 lines of accelerator registration per model. So coverage is read from the file:
 every operator's builtin name and the type of its data input, checked against
 :data:`XNNPACK_OPS`, the builtin ops the XNNPACK delegate of ai-edge-litert 2.3 takes for
-float (fp32 / fp16 weights / dynamic range) and for int8/uint8 tensors. The table knows op and
-tensor types, not XNNPACK's parameter limits (e.g. int8 ADD of a tensor and a tiny constant,
-whose scale ratio XNNPACK refuses: the LayerNorm epsilon in int8 transformers), so
-``cpu_ops`` lists the ops that certainly run on LiteRT's own kernels. The tests compare the
-table with the runtime's actual delegation on every format of the test models.
+float (fp32 / fp16 weights / dynamic range) and for int8/uint8 tensors, plus the one parameter
+limit pf_keras graphs meet: quantized ADD/SUB with an input/output scale ratio outside
+[2^-10, 2^8) (the LayerNorm epsilon in int8 transformers). The tests compare the result with
+the runtime's actual delegation on every format of the test models, node for node.
 """
 
 from __future__ import annotations
