@@ -17,7 +17,7 @@ Formats:
   (:data:`MIXED_FLOAT_OPS`: in pf_keras graphs LayerNorm's SQUARED_DIFFERENCE/RSQRT, the
   attention BATCH_MATMULs, SOFTMAX, GELU, average pools), so the whole graph stays on the
   delegate; input and output as the SavedModel's (float, or uint8 pixels). This is what
-  litert-torch's PT2E int8 files of the transformers look like, and on a CPU it is 3.5x faster
+  litert-torch's PT2E int8 files of the transformers look like, and on a CPU it is about 4x faster
   than full-integer ViT-S-max (README "Phone route"). Built with TensorFlow's selective
   quantization (``tf.lite.experimental.QuantizationDebugger`` with ``denylisted_ops``).
 
