@@ -444,7 +444,9 @@ def add_speedups(rows: list[dict], reference: str = REFERENCE_MODEL) -> None:
 def add_route_ratios(rows: list[dict]) -> None:
     """Adds ``port_over_litert_torch`` to both rows of each (port, litert-torch) pair: port median / litert-torch's.
 
-    Below 1 the port's file is faster. None where a row has no partner or no time.
+    Below 1 the port's file is faster. None where a row has no partner or no time. A port format
+    in :data:`~pf_keras_export.torch_route.COUNTERPARTS` (``int8_mixed``) gets its ratio against
+    that official precision (``int8``), whose row keeps the ratio of its same-name partner.
     """
     def pair(row: dict) -> tuple:
         return row["model"], row["format"], row.get("delegate"), row["threads"], row["image_size"]
@@ -459,6 +461,12 @@ def add_route_ratios(rows: list[dict]) -> None:
         if partner and partner.get("median_ms") and row.get("median_ms"):
             ratio = partner["median_ms"] / row["median_ms"]
             row["port_over_litert_torch"] = partner["port_over_litert_torch"] = ratio
+    official = {pair(r): r for r in rows if r.get("route") == torch_route_lib.ROUTE}
+    for row in port.values():  # e.g. the port's int8_mixed against the official int8 (the official row keeps its own)
+        counterpart = torch_route_lib.COUNTERPARTS.get(row["format"])
+        other = official.get((row["model"], counterpart, *pair(row)[2:])) if counterpart else None
+        if other and other.get("median_ms") and row.get("median_ms"):
+            row["port_over_litert_torch"] = row["median_ms"] / other["median_ms"]
 
 
 def _format_label(row: dict) -> str:

@@ -31,6 +31,9 @@ from pf_keras_export import litert
 CONVERTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "litert_torch_convert.py")
 ROUTE = "litert-torch"  # the ``route`` of these rows; the port's rows have route "port"
 PRECISIONS = ("fp32", "int8", "dynamic")  # port formats with an official counterpart
+# Port formats compared with an official precision of another name: the official int8 files of the
+# transformers keep LayerNorm/attention in float, which is what the port's int8_mixed does.
+COUNTERPARTS = {"int8_mixed": "int8"}
 # What the official int8 rows are (recorded in the benchmark's metadata; see litert_torch_convert.py).
 INT8_DESCRIPTION = (
     "litert-torch PT2E static post-training quantization (PT2EQuantizer, symmetric per-channel int8 weights, "

@@ -21,7 +21,7 @@ from conftest import fill_disk
 from pf_keras import fileio
 from pf_keras_export import benchmark as benchmark_cli
 from pf_keras_export import litert, torch_route
-from pf_keras_export.benchmark_lib import benchmark
+from pf_keras_export.benchmark_lib import add_route_ratios, benchmark
 from pf_keras_export.torch_route import TorchRoute, official_file
 
 STAND_IN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stand_in_litert_torch.py")
@@ -183,6 +183,16 @@ class TestTorchRouteRows:
                      and node.module}
         assert not imported & {"pf_keras", "pf_keras_export", "tensorflow", "keras"}
         assert {"torch", "litert_torch"} <= imported
+
+
+def test_int8_mixed_is_compared_with_the_official_int8():
+    def row(fmt, route, ms):
+        return {"model": "vit_s_max", "format": fmt, "route": route, "threads": 1, "image_size": 224, "median_ms": ms}
+
+    rows = [row("int8", "port", 40.0), row("int8", "litert-torch", 10.0), row("int8_mixed", "port", 9.0),
+            row("fp32", "port", 70.0), row("dynamic", "port", 15.0), row("dynamic", "litert-torch", None)]
+    add_route_ratios(rows)
+    assert [r["port_over_litert_torch"] for r in rows] == [4.0, 4.0, 0.9, None, None, None]
 
 
 def _normalised(num: int, size: int):
