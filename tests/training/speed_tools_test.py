@@ -112,3 +112,34 @@ class TestGpuTraceSummary:
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and proc.stdout == ""
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("gpu_trace_summary: "), proc.stderr
+
+
+_TORCH_PYTHON = os.environ.get("PF_KERAS_TORCH_PYTHON")
+
+
+@pytest.mark.skipif(not _TORCH_PYTHON, reason="needs PF_KERAS_TORCH_PYTHON (a Python with torch)")
+class TestTorchThroughputModes:
+    """torch_throughput.py's modes on a stand-in checkout (a tiny torch model named like the official ones)."""
+
+    @pytest.mark.parametrize("mode,dtype", [("train", "float32"), ("train", "bfloat16"), ("infer", "bfloat16")])
+    def test_cpu_modes(self, tmp_path, mode, dtype):
+        (tmp_path / "resnet_pf.py").write_text(
+            "import torch\n"
+            "def resnet50_max():\n"
+            "    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),\n"
+            "                               torch.nn.MaxPool2d(3, 1, 1), torch.nn.AdaptiveAvgPool2d(1),\n"
+            "                               torch.nn.Flatten(), torch.nn.Linear(8, 1000))\n")
+        proc = subprocess.run([_TORCH_PYTHON, benchmark.TORCH_SCRIPT, "--pflayer_dir", str(tmp_path), "--model",
+                               "resnet50_max", "--image_size", "16", "--batch_size", "4", "--steps", "2",
+                               "--mode", mode, "--dtype", dtype], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-1000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        key = "train_images_per_sec" if mode == "train" else "infer_images_per_sec"
+        assert result[key] > 0 and (result["device"], result["dtype"], result["batch_size"]) == ("cpu", dtype, 4)
+
+    def test_cuda_without_a_gpu_is_one_line(self, tmp_path):
+        (tmp_path / "resnet_pf.py").write_text("def resnet50():\n    raise SystemExit('not reached')\n")
+        proc = subprocess.run([_TORCH_PYTHON, benchmark.TORCH_SCRIPT, "--pflayer_dir", str(tmp_path), "--model",
+                               "resnet50", "--device", "cuda"], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        assert proc.returncode == 2 and "torch sees no CUDA device" in proc.stderr.strip().splitlines()[-1]
