@@ -15,11 +15,12 @@ Formats:
 - ``int8_mixed``: calibrated int8 like ``int8`` for every op XNNPACK runs in int8
   (convolutions, dense layers, adds, pools, ...), float for the ops it runs only in float
   (:data:`MIXED_FLOAT_OPS`: in pf_keras graphs LayerNorm's SQUARED_DIFFERENCE/RSQRT, the
-  attention BATCH_MATMULs, SOFTMAX, GELU, average pools), so the whole graph stays on the
-  delegate; input and output as the SavedModel's (float, or uint8 pixels). This is what
-  litert-torch's PT2E int8 files of the transformers look like, and on a CPU it is about 4x faster
-  than full-integer ViT-S-max (README "Phone route"). Built with TensorFlow's selective
-  quantization (``tf.lite.experimental.QuantizationDebugger`` with ``denylisted_ops``).
+  attention BATCH_MATMULs, SOFTMAX, GELU; average pools are rewritten as for int8), so the
+  whole graph stays on the delegate; input and output as the SavedModel's (float, or uint8
+  pixels). This is what litert-torch's PT2E int8 files of the transformers look like, and on a
+  CPU it is about 4x faster than full-integer ViT-S-max (README "Phone route"). Built with
+  TensorFlow's selective quantization (``tf.lite.experimental.QuantizationDebugger`` with
+  ``denylisted_ops`` and ``denylisted_nodes``).
 
 With ``input_type="uint8"`` (RGB pixels in, normalisation inside) the float formats start with a
 CAST; the int8 file is converted from a float-pixel SavedModel and its uint8 input has scale 1
@@ -100,11 +101,12 @@ def convert_saved_model(
         converter.target_spec.supported_types = [tf.float16]
     elif fmt == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif fmt == "int8":
-        check_io_type(int8_input_type, "int8_input_type")
-        check_io_type(int8_output_type, "int8_output_type")
+    elif fmt in CALIBRATED:
+        if fmt == "int8":
+            check_io_type(int8_input_type, "int8_input_type")
+            check_io_type(int8_output_type, "int8_output_type")
         if representative_inputs is None or len(representative_inputs) == 0:
-            raise ValueError("int8 conversion needs representative inputs. Received: representative_inputs=None")
+            raise ValueError(f"{fmt} conversion needs representative inputs. Received: representative_inputs=None")
         samples = np.asarray(representative_inputs)
 
         def representative_dataset():
@@ -113,22 +115,13 @@ def convert_saved_model(
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset
+        if fmt == "int8_mixed":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                                   tf.lite.OpsSet.TFLITE_BUILTINS]
+            return _selectively_quantized(converter, representative_dataset)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = _TF_TYPES[int8_input_type]
         converter.inference_output_type = _TF_TYPES[int8_output_type]
-    elif fmt == "int8_mixed":
-        if representative_inputs is None or len(representative_inputs) == 0:
-            raise ValueError("int8_mixed conversion needs representative inputs. Received: representative_inputs=None")
-        samples = np.asarray(representative_inputs)
-
-        def representative_dataset():
-            for sample in samples:
-                yield {saved_model_lib.INPUT_NAME: sample[None]}
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative_dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-        return _selectively_quantized(converter, representative_dataset)
     with warnings.catch_warnings(), quiet.silenced():  # the calibrator prints its settings to stderr
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")  # used by the calibrator
         return converter.convert()
