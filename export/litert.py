@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import Counter
+from typing import NamedTuple
 
 import numpy as np
 
@@ -70,8 +71,16 @@ def read_model(content: bytes):
     return model
 
 
-def _operators(content: bytes):
-    """(op name, data input type name or None, is custom, quantization scales XNNPACK takes) for every operator."""
+class _Operator(NamedTuple):
+    name: str
+    input_type: str | None  # type name of the data input (see _data_input_type)
+    custom: bool
+    scales_ok: bool  # False: a quantized ADD/SUB whose scales XNNPACK refuses
+    output: str | None  # name of the first output tensor
+
+
+def _operators(content: bytes) -> list[_Operator]:
+    """Every operator of every subgraph, with what the coverage needs to know of it."""
     schema = _schema()
     builtin_names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
     type_names = {value: key for key, value in vars(schema.TensorType).items() if not key.startswith("_")}
@@ -93,7 +102,8 @@ def _operators(content: bytes):
                 input_type = _data_input_type(subgraph, op, model, type_names)
                 scales_ok = name not in _SCALE_BOUND_OPS or input_type not in ("INT8", "UINT8") or _scales_in_range(
                     subgraph, op)
-                ops.append((name, input_type, custom, scales_ok))
+                output = subgraph.Tensors(int(op.Outputs(0))).Name().decode() if op.OutputsLength() else None
+                ops.append(_Operator(name, input_type, custom, scales_ok, output))
     except (struct.error, IndexError, TypeError, UnicodeDecodeError) as error:  # as above, and bad names
         raise ValueError(f"damaged .tflite flatbuffer ({type(error).__name__}: {error})") from None
     return ops
@@ -126,25 +136,7 @@ def scale_refused_outputs(content: bytes) -> list[str]:
     Raises:
         ValueError: when ``content`` is not a readable ``.tflite`` flatbuffer.
     """
-    schema = _schema()
-    builtin_names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
-    type_names = {value: key for key, value in vars(schema.TensorType).items() if not key.startswith("_")}
-    model = read_model(content)
-    names = []
-    try:
-        codes = [builtin_names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()))
-                 for c in (model.OperatorCodes(i) for i in range(model.OperatorCodesLength()))]
-        for s in range(model.SubgraphsLength()):
-            subgraph = model.Subgraphs(s)
-            for o in range(subgraph.OperatorsLength()):
-                op = subgraph.Operators(o)
-                if (codes[op.OpcodeIndex()] in _SCALE_BOUND_OPS and op.OutputsLength()
-                        and _data_input_type(subgraph, op, model, type_names) in ("INT8", "UINT8")
-                        and not _scales_in_range(subgraph, op)):
-                    names.append(subgraph.Tensors(int(op.Outputs(0))).Name().decode())
-    except (struct.error, IndexError, TypeError, UnicodeDecodeError) as error:
-        raise ValueError(f"damaged .tflite flatbuffer ({type(error).__name__}: {error})") from None
-    return names
+    return [op.output for op in _operators(content) if not op.scales_ok and op.output is not None]
 
 
 def _data_input_type(subgraph, op, model, type_names) -> str | None:
@@ -169,8 +161,8 @@ def tflite_ops(content: bytes) -> tuple[dict[str, int], list[str]]:
         ValueError: when ``content`` is not a readable ``.tflite`` flatbuffer.
     """
     ops = _operators(content)
-    counts = Counter(name for name, _, _, _ in ops)
-    custom_ops = sorted({name for name, _, custom, _ in ops if custom})
+    counts = Counter(op.name for op in ops)
+    custom_ops = sorted({op.name for op in ops if op.custom})
     return dict(sorted(counts.items())), custom_ops
 
 
@@ -186,10 +178,11 @@ def xnnpack_coverage(content: bytes) -> dict:
     """
     cpu_ops = []
     ops = _operators(content)
-    for name, input_type, _, scales_ok in ops:
-        kind = "float" if input_type in _FLOAT_TYPES else {"INT8": "int8", "UINT8": "uint8"}.get(input_type, "float")
-        if name not in XNNPACK_OPS[kind] or not scales_ok:
-            cpu_ops.append(name)
+    for op in ops:
+        kind = "float" if op.input_type in _FLOAT_TYPES else {"INT8": "int8", "UINT8": "uint8"}.get(op.input_type,
+                                                                                                  "float")
+        if op.name not in XNNPACK_OPS[kind] or not op.scales_ok:
+            cpu_ops.append(op.name)
     return {
         "fully_delegated": not cpu_ops,
         "delegated_nodes": len(ops) - len(cpu_ops),

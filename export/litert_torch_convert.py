@@ -82,42 +82,38 @@ def check(pflayer_dir: str) -> dict:
     return {**_versions(), "models": models}
 
 
-def _int8(model, sample, calibration_file: str):
-    """PT2E static int8 (per-channel weights) calibrated on the images in ``calibration_file``."""
+def _calibration_inputs(sample, calibration_file: str) -> list:
+    """The images in ``calibration_file`` as NCHW float tensors shaped like ``sample``."""
     import numpy as np
     import torch
-    from litert_torch.quantize import pt2e_quantizer
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import quantize_pt2e
 
     images = np.load(calibration_file, allow_pickle=False)  # (n, H, W, 3) float32, normalised
     if images.ndim != 4 or images.shape[1:] != (sample.shape[2], sample.shape[3], 3):
         raise ValueError(f"calibration images must be (n, {sample.shape[2]}, {sample.shape[3]}, 3); "
                          f"got {images.shape}")
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
-    )
-    prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, (sample,)).module(), quantizer)
-    with torch.no_grad():
-        for image in images:
-            prepared(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)))
-    quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-    return quantized, {"quant_config": QuantConfig(pt2e_quantizer=quantizer)}
+    return [torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32))
+            for image in images]
 
 
-def _dynamic(model, sample):
-    """PT2E dynamic-range int8: per-channel int8 weights, activations quantized per inference (no calibration)."""
+def _pt2e(model, sample, inputs: list, *, dynamic: bool):
+    """PT2E quantization with per-channel symmetric int8 weights, run over ``inputs`` before conversion.
+
+    ``dynamic=False``: static int8 activations whose ranges the observers take from ``inputs``
+    (the calibration images). ``dynamic=True``: activations quantized per inference (one pass
+    over ``inputs`` only initialises the graph).
+    """
     import torch
     from litert_torch.quantize import pt2e_quantizer
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import quantize_pt2e
 
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
     )
     prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, (sample,)).module(), quantizer)
     with torch.no_grad():
-        prepared(sample)
+        for x in inputs:
+            prepared(x)
     quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     return quantized, {"quant_config": QuantConfig(pt2e_quantizer=quantizer)}
 
@@ -135,9 +131,9 @@ def convert(pflayer_dir: str, name: str, *, precision: str, image_size: int, out
     if precision == "int8":
         if not calibration:
             raise ValueError("int8 needs --calibration")
-        model, options = _int8(model, sample, calibration)
+        model, options = _pt2e(model, sample, _calibration_inputs(sample, calibration), dynamic=False)
     elif precision == "dynamic":
-        model, options = _dynamic(model, sample)
+        model, options = _pt2e(model, sample, [sample], dynamic=True)
     edge = litert_torch.convert(model, (sample,), **options)
     edge.export(output)
     return {"model": name, "precision": precision, "image_size": image_size, "output": output, **_versions()}

@@ -133,20 +133,18 @@ def _selectively_quantized(converter, representative_dataset) -> bytes:
     The adds (LayerNorm's ``variance + epsilon``) are found in a first conversion and kept float by
     name in a second one, so that the file is one XNNPACK partition.
     """
-    denied_nodes: list[str] = []
-    for _ in range(2):
+    def quantize(denied_nodes: list[str] | None) -> bytes:
         options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(MIXED_FLOAT_OPS),
-                                                                denylisted_nodes=denied_nodes or None)
+                                                                denylisted_nodes=denied_nodes)
         with warnings.catch_warnings(), quiet.silenced():
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
             debugger = tf.lite.experimental.QuantizationDebugger(
                 converter=converter, debug_dataset=representative_dataset, debug_options=options)
-            content = debugger.get_nondebug_quantized_model()
-        refused = litert.scale_refused_outputs(content)
-        if not refused or denied_nodes:
-            return content
-        denied_nodes = refused
-    return content
+            return debugger.get_nondebug_quantized_model()
+
+    content = quantize(None)
+    refused = litert.scale_refused_outputs(content)
+    return quantize(refused) if refused else content
 
 
 def _rewritable(layer) -> bool:
