@@ -98,3 +98,10 @@ def fill_disk(folder, leave: int = 0) -> None:
             f.write(b"\0" * max(free - leave, 0))
         except OSError:
             pass
+
+
+def live_input_iterators() -> set[int]:
+    """ids of the live tf.data iterators (a distributed iterator holds one per device), collected or not."""
+    import gc
+
+    return {id(o) for o in gc.get_objects() if type(o).__name__ in ("OwnedIterator", "OwnedMultiDeviceIterator")}

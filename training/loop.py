@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import math
 import os
 import sys
 import time
+import types
 
 import keras
 import tensorflow as tf
@@ -347,7 +349,14 @@ class Evaluator:
         if self._dataset is None or self._dataset[0] is not dataset_fn:  # built once per stream: each epoch re-reads it
             self._dataset = (dataset_fn, self.strategy.distribute_datasets_from_function(dataset_fn))
         iterator = iter(self._dataset[1])
-        top1, top5, loss, count, skipped = (float(x) for x in self.eval_loop(iterator, tf.constant(num_steps)))
+        try:
+            totals = self.eval_loop(iterator, tf.constant(num_steps))
+        except BaseException as error:  # the pipeline ends now, not when the caller's traceback is collected
+            drop_from_frames(error, iterator)
+            del iterator
+            raise
+        del iterator
+        top1, top5, loss, count, skipped = (float(x) for x in totals)
         if count == 0:
             raise ValueError(
                 f"The validation data yielded no decodable image ({int(skipped)} files skipped); an accuracy over "
@@ -355,6 +364,63 @@ class Evaluator:
             )
         return {"val_top1": top1 / count, "val_top5": top5 / count, "val_loss": loss / count,
                 "val_examples": int(count), "val_skipped": int(skipped)}
+
+
+def _reaches(roots, obj, depth: int) -> bool:
+    """Whether ``obj`` is among ``roots`` or the objects they refer to, up to ``depth`` references away
+    (frames, modules, classes and code are not followed)."""
+    level, seen = list(roots), set()
+    for _ in range(depth + 1):
+        following = []
+        for value in level:
+            if value is obj:
+                return True
+            if id(value) in seen or isinstance(value, _NOT_FOLLOWED):
+                continue
+            seen.add(id(value))
+            following.extend(gc.get_referents(value))
+        level = following
+    return False
+
+
+_NOT_FOLLOWED = (types.FrameType, types.ModuleType, type, types.CodeType, types.FunctionType, str, bytes)
+
+
+def drop_from_frames(error: BaseException, obj) -> None:
+    """Clears the locals of the finished frames that ``error`` keeps alive and that hold ``obj``.
+
+    An exception keeps its frames (those of its traceback, of its chained exceptions, and their callers up
+    to the frame that handles it) with their locals for as long as the caller keeps the exception. An input
+    iterator among them keeps its tf.data pipeline (threads, buffers) running until the exception is
+    garbage-collected, and the iterator's destructor (which waits for those threads) then runs in whatever
+    code triggered the collection. Call this from the ``except`` clause that re-raises, then ``del`` the
+    name there: the handling frame is still executing and cannot be cleared. Frames that do not hold ``obj``
+    (within three references: arguments tuples, bound arguments) keep their locals for post-mortem
+    debugging; the traceback's lines stay.
+    """
+    caller = sys._getframe(1)  # noqa: SLF001 (its locals must not be read: see below)
+    frames, seen_errors, pending = {}, set(), [error]
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen_errors:
+            continue
+        seen_errors.add(id(exc))
+        pending += [exc.__cause__, exc.__context__]
+        tb = exc.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            while frame is not None and frame is not caller and id(frame) not in frames:
+                frames[id(frame)] = frame
+                frame = frame.f_back
+            tb = tb.tb_next
+    for frame in frames.values():
+        # Python < 3.13: reading f_locals stores a snapshot dict in the frame, which clear() leaves alone;
+        # reading it again afterwards drops the cleared names from it. (The caller's frame is never read,
+        # so that no snapshot of it outlives its own ``del``.)
+        if _reaches(frame.f_locals.values(), obj, depth=3):
+            with contextlib.suppress(RuntimeError):  # still executing
+                frame.clear()
+            frame.f_locals  # noqa: B018
 
 
 # ---------------------------------------------------------------- host-side logging

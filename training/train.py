@@ -506,16 +506,23 @@ class _Loop:
             skip_steps=skip_steps, label_smoothing=recipe.optim.label_smoothing, interpolation=plan.interpolation,
             clean_prefix=int(trainer.epoch_skipped_files.numpy()) == 0, **plan.data_limits)
         iterator = iter(plan.strategy.distribute_datasets_from_function(dataset_fn))
-        while self.step < min(epoch_end, plan.stop_at):
-            self.inner_loop(iterator, epoch_end)
-            if self.agree(preemption.requested):
-                preemption.acknowledged = True
-                self.checkpointer.save(self.step)
-                self.progress.newline()
-                plan.say(f"[train] SIGTERM: saved a checkpoint at step {self.step}; rerun the same command to resume.")
-                return True
-            if self.step % recipe.checkpoint_every_steps == 0:
-                self.save()
+        try:
+            while self.step < min(epoch_end, plan.stop_at):
+                self.inner_loop(iterator, epoch_end)
+                if self.agree(preemption.requested):
+                    preemption.acknowledged = True
+                    self.checkpointer.save(self.step)
+                    self.progress.newline()
+                    plan.say(f"[train] SIGTERM: saved a checkpoint at step {self.step}; rerun the same command to "
+                             f"resume.")
+                    return True
+                if self.step % recipe.checkpoint_every_steps == 0:
+                    self.save()
+        except BaseException as error:  # a caller that keeps the exception must not keep the pipeline running
+            loop_lib.drop_from_frames(error, iterator)
+            del iterator
+            raise
+        del iterator  # the epoch's pipeline ends before its eval
         if self.step == epoch_end:
             self.evaluation = self.evaluate(epoch + 1) or self.evaluation
         self.save()

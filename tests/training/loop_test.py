@@ -113,3 +113,61 @@ class TestStrategyErrors:
         message = r"divisible by the number of replicas \(2\). Received: data.global_batch_size=15"
         with pytest.raises(ValueError, match=message):
             train.run(recipe, str(tmp_path), strategy=mirrored_strategy, verbose=False)
+
+
+class TestFailedStreamsEnd:
+    """An exception that leaves a loop does not keep its input iterator (and the tf.data threads) alive."""
+
+    def test_drop_from_frames_frees_what_only_the_traceback_held(self):
+        import gc
+        import weakref
+
+        class Pipeline:
+            pass
+
+        def consume(stream, extra):
+            raise OSError("disk gone")
+
+        def run():
+            stream = Pipeline()
+            ref = weakref.ref(stream)
+            try:
+                consume(stream, (1, stream))
+            except OSError as error:
+                loop.drop_from_frames(error, stream)
+                del stream
+                return ref, error
+
+        ref, error = run()
+        gc.disable()  # freed by reference counting, not by a later collection
+        try:
+            assert error.__traceback__.tb_next is not None  # the traceback and its line numbers stay
+            assert ref() is None
+        finally:
+            gc.enable()
+
+    def test_an_eval_stream_that_fails_midway_is_released(self):
+        import gc
+
+        import keras
+        import tensorflow as tf
+        from conftest import live_input_iterators
+
+        def dataset_fn(ctx):
+            def element(i):
+                tf.debugging.assert_less(i, tf.constant(4, tf.int64), message="bad record")
+                return {"images": tf.ones([4, 4, 3]), "labels": tf.constant(0, tf.int64), "weights": tf.constant(1.0),
+                        "skipped": tf.constant(0, tf.int32)}
+
+            return tf.data.Dataset.range(100).map(element).batch(2)
+
+        strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
+        evaluator = loop.Evaluator(strategy, model)
+        before = live_input_iterators()
+        with pytest.raises(tf.errors.InvalidArgumentError, match="bad record") as caught:
+            evaluator.evaluate(dataset_fn, 10)
+        gc.collect()
+        assert caught.value.__traceback__ is not None
+        assert not live_input_iterators() - before
