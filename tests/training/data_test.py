@@ -324,8 +324,8 @@ print(sum(float(tf.reduce_sum(b["weights"])) for b in batches), sum(int(tf.reduc
         def consume():  # in a thread: a regression (the old endless loop) fails the test instead of hanging it
             try:
                 outcome["batches"] = list(fn(CTX))
-            except tf.errors.InvalidArgumentError as e:
-                outcome["error"] = e
+            except tf.errors.InvalidArgumentError as e:  # kept without its frames (they hold the iterator)
+                outcome["error"] = tf.errors.InvalidArgumentError(e.node_def, e.op, e.message)
 
         worker = threading.Thread(target=consume, daemon=True)
         worker.start()
