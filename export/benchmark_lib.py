@@ -368,10 +368,11 @@ def benchmark_export_dir(
         )
     files = []  # (report, format name, path)
     for folder, report in reports:
-        exported = {entry["format"] for entry in report["files"]}
+        exported = {entry["format"]: entry for entry in report["files"]}
         for name in formats:
             path = formats_lib.FORMATS[name].path_in(folder, report["model"])
             if name in exported and os.path.isfile(path):
+                _check_unchanged(path, exported[name], os.path.join(folder, "report.json"))
                 files.append((report, name, path))
     if not files:
         raise ValueError(f"`export_dir` holds no file of the formats {formats}. Received: export_dir={export_dir!r}")
@@ -406,6 +407,25 @@ def _read_report(path: str) -> dict:
     if not valid:
         raise ValueError(f"{path} is not an export report (model, input_shape and files are needed)")
     return report
+
+
+def _check_unchanged(path: str, entry: dict, report_path: str) -> None:
+    """ValueError unless ``path`` holds the bytes its report entry was validated on (its SHA-256; reports
+    written before the digest was recorded: its size)."""
+    try:
+        if isinstance(entry.get("sha256"), str):
+            same, what = litert.content_sha256(path) == entry["sha256"], "SHA-256"
+        elif isinstance(entry.get("size_bytes"), int):
+            same, what = litert.file_size(path) == entry["size_bytes"], "size"
+        else:
+            return
+    except OSError as error:
+        raise ValueError(f"cannot read {path} ({type(error).__name__}: {error})") from None
+    if not same:
+        raise ValueError(
+            f"{path} is not the file {report_path} validated (its {what} differs): it changed after the export. "
+            f"Export it again (pf-keras-export) or check it again (pf-keras-validate) before timing it."
+        )
 
 
 def _row(name, fmt, threads, size, params, macs, path, timing, runs, warmup, *, route=PORT_ROUTE) -> dict:

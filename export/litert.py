@@ -17,6 +17,7 @@ the runtime's actual delegation on every format of the test models, node for nod
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections import Counter
@@ -250,6 +251,24 @@ def tensor_summary(detail: dict) -> dict:
         "scale": float(scale),
         "zero_point": int(zero_point),
     }
+
+
+def content_sha256(path: str) -> str:
+    """Hex SHA-256 of a file, or of a folder's files (a SavedModel): of each file's relative path and digest,
+    in sorted order. OSError if it cannot be read."""
+    from pf_keras.weights.download import sha256_of
+
+    if os.path.isfile(path):
+        return sha256_of(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    digest = hashlib.sha256()
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            digest.update(f"{os.path.relpath(full, path)}\0{sha256_of(full)}\n".encode())
+    return digest.hexdigest()
 
 
 def file_size(path: str) -> int:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pf_keras import fileio
+from pf_keras.weights.download import sha256_of
 from pf_keras_export import litert
 
 CONVERTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "litert_torch_convert.py")
@@ -117,14 +118,10 @@ def _json_line(text: str) -> dict | None:
 
 
 def _sha256(path: str) -> str | None:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        return sha256_of(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def file_path(files_dir: str, model: str, precision: str) -> str:

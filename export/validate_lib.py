@@ -70,10 +70,12 @@ def check_file(fmt: formats.Format, path: str, inputs: np.ndarray, reference: np
     """Inspects, loads and runs one exported file and compares its outputs with ``reference``.
 
     Returns:
-        The report entry: ``format``, ``path``, ``size_bytes``, ``passed``, ``failures``, the
+        The report entry: ``format``, ``path``, ``size_bytes``, ``sha256`` (of the bytes checked:
+        :func:`litert.content_sha256`), ``passed``, ``failures``, the
         format's own fields and, when the file ran, the comparison (``max_abs_diff``, ...).
     """
-    entry = {"format": fmt.name, "path": path, "size_bytes": litert.file_size(path), "passed": False, "failures": []}
+    entry = {"format": fmt.name, "path": path, "size_bytes": litert.file_size(path),
+             "sha256": litert.content_sha256(path), "passed": False, "failures": []}
     try:
         info, failures = fmt.inspect(path)
     except ValueError as error:  # not a readable file of this format

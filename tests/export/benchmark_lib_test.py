@@ -10,6 +10,7 @@ import pytest
 
 import pf_keras
 from pf_keras_export import benchmark as benchmark_cli
+from pf_keras_export import litert
 from pf_keras_export.benchmark_lib import benchmark, benchmark_export_dir, cpu_model, resolve_models, time_tflite
 from pf_keras_export.build import build_model
 
@@ -72,6 +73,41 @@ class TestBenchmark:
         result = benchmark_export_dir(str(tmp_path / "moved"), output_dir=str(tmp_path / "out"), formats="fp16",
                                       warmup=0, runs=1, verbose=False)
         assert result["rows"][0]["path"].startswith(str(tmp_path / "moved"))
+
+    def test_a_file_changed_after_its_validation_is_refused(self, hybrid_export, tmp_path, capsys):
+        import shutil
+
+        folder = os.path.dirname(hybrid_export["files"][1]["path"])
+        copy = tmp_path / "copy" / "resnet50_hybrid"
+        shutil.copytree(folder, copy)
+        report = json.loads((copy / "report.json").read_text())
+        entry = next(e for e in report["files"] if e["format"] == "fp32")
+        assert entry["sha256"] == litert.content_sha256(entry["path"])  # recorded when the file was validated
+        path = copy / os.path.basename(entry["path"])
+        blob = bytearray(path.read_bytes())
+        blob[len(blob) // 2] ^= 0x01  # one bit in the weights: still a loadable model, not the validated one
+        path.write_bytes(bytes(blob))
+        with pytest.raises(ValueError, match=r"resnet50_hybrid_fp32.tflite is not the file .*report.json validated "
+                                             r"\(its SHA-256 differs\)"):
+            benchmark_export_dir(str(tmp_path / "copy"), output_dir=str(tmp_path / "out"), formats="fp32",
+                                 warmup=0, runs=1, verbose=False)
+        status = benchmark_cli.main(["--export_dir", str(tmp_path / "copy"), "--formats", "fp32", "--runs", "1",
+                                     "--output_dir", str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(err) == 1 and "its SHA-256 differs" in err[0]
+        # A report written before digests were recorded: its size still catches a truncated file.
+        for e in report["files"]:
+            del e["sha256"]
+        (copy / "report.json").write_text(json.dumps(report))
+        path.write_bytes(bytes(blob[: len(blob) // 2]))
+        with pytest.raises(ValueError, match=r"\(its size differs\)"):
+            benchmark_export_dir(str(tmp_path / "copy"), output_dir=str(tmp_path / "out"), formats="fp32",
+                                 warmup=0, runs=1, verbose=False)
+        # The same bytes again pass.
+        shutil.copy(entry["path"], path)
+        rows = benchmark_export_dir(str(tmp_path / "copy"), output_dir=str(tmp_path / "out"), formats="fp32",
+                                    warmup=0, runs=1, verbose=False)["rows"]
+        assert [r["format"] for r in rows] == ["fp32"]
 
     def test_damaged_report(self, tmp_path):
         (tmp_path / "m").mkdir()

@@ -109,3 +109,26 @@ class TestDamagedFiles:
         q = litert._quantize(x, detail)
         np.testing.assert_array_equal(q, [[-23, -3, -0, 127]])
         np.testing.assert_allclose(litert._dequantize(q, detail), [[-10.0, 0.0, 1.5, 65.0]])
+
+
+class TestContentDigest:
+    def test_a_file_is_its_sha256_and_a_folder_its_files_paths_and_contents(self, tmp_path):
+        import hashlib
+        import shutil
+
+        (tmp_path / "m.tflite").write_bytes(b"model bytes")
+        assert litert.content_sha256(str(tmp_path / "m.tflite")) == hashlib.sha256(b"model bytes").hexdigest()
+        saved = tmp_path / "saved_model"
+        (saved / "variables").mkdir(parents=True)
+        (saved / "saved_model.pb").write_bytes(b"graph")
+        (saved / "variables" / "variables.data-00000-of-00001").write_bytes(b"weights")
+        digest = litert.content_sha256(str(saved))
+        shutil.copytree(saved, tmp_path / "moved")
+        assert litert.content_sha256(str(tmp_path / "moved")) == digest  # where the folder lives does not count
+        (saved / "variables" / "variables.data-00000-of-00001").write_bytes(b"weightz")
+        assert litert.content_sha256(str(saved)) != digest
+        (saved / "variables" / "variables.data-00000-of-00001").write_bytes(b"weights")
+        (saved / "variables" / "variables.data-00000-of-00001").rename(saved / "variables" / "other")
+        assert litert.content_sha256(str(saved)) != digest  # a renamed file is another folder
+        with pytest.raises(OSError):
+            litert.content_sha256(str(tmp_path / "missing"))
