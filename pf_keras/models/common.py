@@ -7,6 +7,8 @@ layer exists), :func:`make_inputs`, its own body, :func:`apply_classifier_head`,
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import keras
@@ -16,6 +18,59 @@ from pf_keras.weights.loading import check_weights_arg, load_weights_file
 from pf_keras.weights.torch_convert import NameMap
 
 POOLINGS = (None, "avg", "max")
+# Bounds on what a builder creates, checked before any layer exists (a preset's config.json may be hostile):
+# far above every published configuration (ViT-B: 86M parameters, 12 blocks; R50: 16 blocks, 224 px).
+MAX_PARAMS = 1_000_000_000  # an upper bound of the weights, 4 GB in float32
+MAX_BLOCKS = 1_000
+MAX_SIDE = 16_384  # pixels per input side
+MAX_CHANNELS = 4_096  # input channels
+
+
+def transformer_params_bound(dim: int, mlp_ratio: float) -> int:
+    """An upper bound of one transformer block's parameters: the larger mixer (attention: qkv + proj, 4 C^2;
+    max: expand C -> 3C + proj, 6 C^2), the MLP, two LayerNorms, biases."""
+    hidden = int(dim * mlp_ratio)
+    return 6 * dim * dim + 2 * dim * hidden + hidden + 12 * dim
+
+
+def check_number(name: str, value, *, below: float = math.inf) -> None:
+    """ValueError unless ``value`` is a real number (not a bool) that is NaN or below ``below`` (and so not
+    infinite): the builders' own range checks, which follow with their own messages, refuse NaN."""
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and (math.isnan(value) or value < min(below, math.inf))):
+        limit = f" below {below:g}" if math.isfinite(below) else ""
+        raise ValueError(f"`{name}` must be a finite number{limit}. Received: {name}={value!r}")
+
+
+def as_shape(input_shape) -> tuple:
+    """``input_shape`` as a tuple; ValueError unless it is a sequence (not a string)."""
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
+        raise ValueError(f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape!r}")
+    return tuple(input_shape)
+
+
+def check_blocks(blocks: int, model: str) -> None:
+    """Refuses more than :data:`MAX_BLOCKS` blocks (call it before anything per block is made).
+
+    Raises:
+        ValueError: naming the limit and the received count.
+    """
+    if blocks > MAX_BLOCKS:
+        raise ValueError(f"{model} with {blocks} blocks exceeds the limit of {MAX_BLOCKS}. Received: blocks={blocks}")
+
+
+def check_params(params: int, model: str) -> None:
+    """Refuses a configuration whose parameter upper bound (computed by the family from its arguments)
+    exceeds :data:`MAX_PARAMS`, before any layer exists.
+
+    Raises:
+        ValueError: naming the bound and the received size.
+    """
+    if params > MAX_PARAMS:
+        raise ValueError(
+            f"{model} with these arguments would hold up to {params:.3g} parameters, above the limit of "
+            f"{MAX_PARAMS:.0e} (check the widths, depths, classes and input size). Received: params={params:.3g}"
+        )
 
 
 def check_applications_args(
@@ -72,11 +127,18 @@ def check_applications_args(
 
     if input_shape is None:
         input_shape = (default_size, default_size, 3) if include_top else (None, None, 3)
-    input_shape = tuple(input_shape)
+    input_shape = as_shape(input_shape)
     if len(input_shape) != 3:
         raise ValueError(f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape}")
     if weights is not None and input_shape[-1] != 3:
         raise ValueError(f"Pretrained weights take 3-channel RGB input. Received: input_shape={input_shape}")
+    for size, limit in zip(input_shape, (MAX_SIDE, MAX_SIDE, MAX_CHANNELS), strict=True):
+        if size is not None and (not isinstance(size, numbers.Integral) or isinstance(size, bool)
+                                 or not 1 <= size <= limit):
+            raise ValueError(
+                f"`input_shape` must hold sides of 1..{MAX_SIDE} pixels (or None) and 1..{MAX_CHANNELS} channels. "
+                f"Received: input_shape={input_shape}"
+            )
     for side in input_shape[:2]:
         if side is None:
             continue

@@ -57,8 +57,12 @@ from pf_keras.layers.transformer_stack import MIXER_PATTERNS, apply_transformer_
 from pf_keras.models.common import (
     apply_classifier_head,
     check_applications_args,
+    check_blocks,
+    check_number,
+    check_params,
     finish_model,
     make_inputs,
+    transformer_params_bound,
 )
 from pf_keras.models.features import FeatureInfo, feature_model, resolve_out_indices
 from pf_keras.models.registry import create_model, resolve_variant
@@ -98,8 +102,8 @@ def _torch_name(path: str) -> str | None:
 def _resolve_stage_mixers(mixers, depths: Sequence[int]) -> list[list[str]]:
     if isinstance(mixers, str):
         return [resolve_mixers(mixers, depth) for depth in depths]
-    mixers = list(mixers)
-    if len(mixers) != len(depths):
+    mixers = list(mixers) if isinstance(mixers, Sequence) else None
+    if mixers is None or len(mixers) != len(depths):
         raise ValueError(
             f"`mixers` must be a pattern in {MIXER_PATTERNS} or have one entry per stage ({len(depths)}). "
             f"Received: mixers={mixers!r}"
@@ -203,6 +207,7 @@ def PiT(
             "`head_dims`, `depths` and `num_heads` need one entry per stage each. "
             f"Received: head_dims={head_dims}, depths={depths}, num_heads={num_heads}"
         )
+    check_blocks(sum(depths), "PiT")
     dims = [d * h for d, h in zip(head_dims, num_heads, strict=True)]
     for stage in range(1, len(dims)):
         if dims[stage] % dims[stage - 1]:
@@ -214,6 +219,8 @@ def PiT(
         raise ValueError(
             f"`image_size` must be at least patch_size={patch_size}. Received: image_size={image_size}"
         )
+    check_number("mlp_ratio", mlp_ratio, below=1e4)
+    check_number("drop_path_rate", drop_path_rate)
     if not mlp_ratio > 0 or int(min(dims) * mlp_ratio) < 1:
         raise ValueError(f"`mlp_ratio` must leave at least 1 MLP unit. Received: mlp_ratio={mlp_ratio}")
     if not 0.0 <= drop_path_rate < 1.0:
@@ -232,6 +239,10 @@ def PiT(
         min_size=patch_size,
     )
     grid = (image_size - patch_size) // stride + 1
+    params = (patch_size * patch_size * (input_shape[2] or 3) + grid * grid + 1) * dims[0] + (dims[-1] + 1) * classes
+    params += sum(d * transformer_params_bound(dim, mlp_ratio) for d, dim in zip(depths, dims, strict=True))
+    params += sum(10 * dims[s + 1] + dims[s] * dims[s + 1] for s in range(len(dims) - 1))  # the pooling layers
+    check_params(params, "PiT")
 
     inputs, x = make_inputs(input_tensor, input_shape, include_preprocessing)
     x = keras.layers.Conv2D(dims[0], patch_size, strides=stride, padding="valid", name="patch_embed")(x)

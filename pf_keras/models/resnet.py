@@ -39,6 +39,9 @@ from pf_keras.blocks.conv import apply_conv_bn, apply_max_pool_3x3
 from pf_keras.models.common import (
     apply_classifier_head,
     check_applications_args,
+    check_blocks,
+    check_number,
+    check_params,
     finish_model,
     make_inputs,
 )
@@ -64,16 +67,16 @@ _BLOCK_LAYER = re.compile(r"stage(\d+)_block(\d+)_(reduce|spatial|expand|shortcu
 def _resolve_block_kinds(block_kinds, depths: Sequence[int]) -> list[list[str]]:
     if isinstance(block_kinds, str):
         block_kinds = [block_kinds] * len(depths)
-    if len(block_kinds) != len(depths):
+    if not isinstance(block_kinds, Sequence) or len(block_kinds) != len(depths):
         raise ValueError(
             f"`block_kinds` needs one entry per stage ({len(depths)}). Received: block_kinds={block_kinds!r}"
         )
     resolved = []
     for stage, (kinds, depth) in enumerate(zip(block_kinds, depths, strict=True), start=1):
-        kinds = [kinds] * depth if isinstance(kinds, str) else list(kinds)
-        if len(kinds) != depth:
+        kinds = [kinds] * depth if isinstance(kinds, str) else list(kinds) if isinstance(kinds, Sequence) else None
+        if kinds is None or len(kinds) != depth:
             raise ValueError(
-                f"Stage {stage} has {depth} blocks but {len(kinds)} block kinds. Received: block_kinds={block_kinds!r}"
+                f"Stage {stage} has {depth} blocks, not that many block kinds. Received: block_kinds={block_kinds!r}"
             )
         for kind in kinds:
             if kind not in BLOCK_KINDS:
@@ -106,6 +109,17 @@ def stage_output_names(model: keras.Model) -> list[str]:
         stage = name.split("_")[0]
         last[stage] = name
     return list(last.values())
+
+
+def _params_bound(depths, width_mult: float, channels: int, classes: int) -> int:
+    """An upper bound of a ResNet's parameters: each bottleneck at most 1x1 + 3x3 + 1x1 convolutions and a
+    projection from an input of at most max(stem, 4 x filters) channels, BatchNorms included, plus stem and head."""
+    total = 49 * channels * STEM_FILTERS + 4 * STEM_FILTERS
+    for base, depth in zip(STAGE_FILTERS, depths, strict=True):
+        f = int(base * width_mult)
+        wide = max(STEM_FILTERS, EXPANSION * f)
+        total += depth * (wide * f + 9 * f * f + f * EXPANSION * f + wide * EXPANSION * f + 16 * EXPANSION * f)
+    return total + (EXPANSION * int(STAGE_FILTERS[-1] * width_mult) + 1) * classes
 
 
 def ResNet(
@@ -169,9 +183,13 @@ def ResNet(
         >>> model.output_shape
         (None, 10)
     """
-    depths = tuple(depths)
-    if len(depths) != len(STAGE_FILTERS) or not all(isinstance(d, int) and d >= 1 for d in depths):
+    if not isinstance(depths, Sequence) or len(depths) != len(STAGE_FILTERS) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in depths):
         raise ValueError(f"`depths` must be 4 positive ints, one per stage. Received: depths={depths!r}")
+    depths = tuple(depths)
+    check_blocks(sum(depths), "ResNet")
+    check_number("width_mult", width_mult, below=1e4)
+    check_number("drop_path_rate", drop_path_rate)
     if not width_mult > 0 or int(STAGE_FILTERS[0] * width_mult) < 1:
         raise ValueError(f"`width_mult` must leave at least 1 filter per stage. Received: width_mult={width_mult}")
     if not 0.0 <= drop_path_rate < 1.0:
@@ -191,6 +209,7 @@ def ResNet(
         min_size=MIN_SIZE,
         multiple_of=32 if strided_efficient else None,
     )
+    check_params(_params_bound(depths, width_mult, input_shape[-1] or 3, classes), "ResNet")
 
     inputs, x = make_inputs(input_tensor, input_shape, include_preprocessing)
     x = apply_conv_bn(x, STEM_FILTERS, 7, strides=2, name="stem")

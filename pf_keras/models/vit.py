@@ -46,9 +46,14 @@ from pf_keras.layers.transformer_block import LAYER_NORM_EPSILON
 from pf_keras.layers.transformer_stack import apply_transformer_stack, resolve_mixers
 from pf_keras.models.common import (
     apply_classifier_head,
+    as_shape,
     check_applications_args,
+    check_blocks,
+    check_number,
+    check_params,
     finish_model,
     make_inputs,
+    transformer_params_bound,
 )
 from pf_keras.models.features import FeatureInfo, feature_model, resolve_out_indices
 from pf_keras.models.registry import create_model, resolve_variant
@@ -174,6 +179,9 @@ def ViT(
         (None, 10)
     """
     _check_positive_int(patch_size=patch_size, hidden_dim=hidden_dim, depth=depth, num_heads=num_heads)
+    check_blocks(depth, "ViT")
+    check_number("mlp_ratio", mlp_ratio, below=1e4)
+    check_number("drop_path_rate", drop_path_rate)
     if not mlp_ratio > 0 or int(hidden_dim * mlp_ratio) < 1:
         raise ValueError(f"`mlp_ratio` must leave at least 1 MLP unit. Received: mlp_ratio={mlp_ratio}")
     if not 0.0 <= drop_path_rate < 1.0:
@@ -188,7 +196,7 @@ def ViT(
         out_indices = resolve_out_indices(out_indices, depth, default=range(max(depth - 3, 0), depth))
     if input_shape is None:
         input_shape = (DEFAULT_SIZE, DEFAULT_SIZE, 3)
-    input_shape = tuple(input_shape)
+    input_shape = as_shape(input_shape)
     if len(input_shape) == 3 and None in input_shape[:2]:
         raise ValueError(
             "ViT needs a known input size (its position embedding has one entry per patch); resize or "
@@ -211,6 +219,8 @@ def ViT(
                 f"crop to e.g. {side // patch_size * patch_size}. Received: input_shape={input_shape}"
             )
     grid = (input_shape[0] // patch_size, input_shape[1] // patch_size)
+    embed = (patch_size * patch_size * (input_shape[2] or 3) + grid[0] * grid[1] + 3) * hidden_dim
+    check_params(embed + depth * transformer_params_bound(hidden_dim, mlp_ratio) + (hidden_dim + 1) * classes, "ViT")
 
     inputs, x = make_inputs(input_tensor, input_shape, include_preprocessing)
     x = keras.layers.Conv2D(hidden_dim, patch_size, strides=patch_size, padding="valid", name="patch_embed")(x)

@@ -243,6 +243,18 @@ def read_preset(folder: str | os.PathLike) -> Preset:
         )
     if {"weights", "name"} & set(config):
         raise ValueError(f"{os.path.join(folder, CONFIG_FILE)}: `config` must not set `weights` or `name`.")
+    if family is not None:
+        import inspect  # noqa: PLC0415
+
+        from pf_keras.models.specs import family_builder  # noqa: PLC0415
+
+        accepted = inspect.signature(family_builder(family)).parameters
+        unknown = sorted(set(config) - set(accepted) - {"input_tensor"})
+        if unknown or "input_tensor" in config:
+            raise ValueError(
+                f"{os.path.join(folder, CONFIG_FILE)}: `config` holds arguments the {family} builder does not "
+                f"take. Received: {unknown or ['input_tensor']}"
+            )
     return Preset(folder, model, family, config, _read_json(os.path.join(folder, METADATA_FILE)))
 
 
