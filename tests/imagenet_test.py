@@ -131,6 +131,8 @@ class TestEvalTransform:
         [
             (dict(size=0), "positive int. Received: size=0"),
             (dict(crop_fraction=1.5), r"\(0, 1\]. Received: crop_fraction=1.5"),
+            (dict(crop_fraction="0.9"), r"\(0, 1\]. Received: crop_fraction='0.9'"),
+            (dict(crop_fraction=1e-300), r"size / crop_fraction at most 65536 pixels. Received: crop_fraction=1e-300"),
             (dict(interpolation="lanczos9"), "Received: interpolation='lanczos9'"),
         ],
     )

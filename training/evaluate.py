@@ -78,7 +78,7 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
     if image_size < 0 or eval_examples < 0 or max_image_pixels < 0:
         raise ValueError(f"`image_size`, `eval_examples` and `max_image_pixels` must be >= 0. Received: "
                          f"image_size={image_size}, eval_examples={eval_examples}, max_image_pixels={max_image_pixels}")
-    if not (math.isfinite(crop_fraction) and 0 <= crop_fraction <= 1):
+    if not (isinstance(crop_fraction, int | float) and math.isfinite(crop_fraction) and 0 <= crop_fraction <= 1):
         raise ValueError(
             f"`crop_fraction` must be in (0, 1] (0 = the preset's). Received: crop_fraction={crop_fraction}"
         )
@@ -136,7 +136,11 @@ def _from_model_dir(model_dir: str) -> tuple[str, str, dict[str, Any], dict[str,
     except (KeyError, TypeError, IndexError, ValueError) as error:
         raise ValueError(f"{preset_dir}/config.json has no usable input_shape ({type(error).__name__}). "
                          f"Received: model_dir={model_dir!r}") from None
-    extra = {"image_size": image_size, "crop_fraction": transform.get("crop_fraction") or 0.0,
+    crop_fraction = transform.get("crop_fraction") or 0.0
+    if not isinstance(crop_fraction, int | float) or isinstance(crop_fraction, bool):
+        raise ValueError(f"{preset_dir}/metadata.json: `eval_transform.crop_fraction` must be a number. "
+                         f"Received: crop_fraction={crop_fraction!r}")
+    extra = {"image_size": image_size, "crop_fraction": crop_fraction,
              "interpolation": transform.get("interpolation") or ""}
     kwargs = {k: v for k, v in preset.config.items() if k not in EVALUATE_SETS}
     return preset.model, preset_dir, kwargs, extra

@@ -310,7 +310,14 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return _parse_value(value, annotation, key)
     if isinstance(annotation, str) and annotation == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    expected = _SCALARS.get(name)
+    if expected is not None and (not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))):
+        raise ValueError(f"`{key}` must be of type {name}. Received: {key}={value!r}")
     return value
+
+
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}  # field annotations checked for non-text values
 
 
 def validate(recipe: Recipe) -> None:
@@ -349,6 +356,9 @@ def validate(recipe: Recipe) -> None:
         )
     if not 0 < d.crop_scale_min <= 1:
         raise ValueError(f"`data.crop_scale_min` must be in (0, 1]. Received: data.crop_scale_min={d.crop_scale_min}")
+    if not 0.01 <= d.crop_ratio_min <= d.crop_ratio_max <= 100:  # aspect ratios of the random crop (timm: 3/4, 4/3)
+        raise ValueError(f"`data.crop_ratio_min` <= `data.crop_ratio_max` must lie in [0.01, 100]. Received: "
+                         f"data.crop_ratio_min={d.crop_ratio_min}, data.crop_ratio_max={d.crop_ratio_max}")
     if not 0 <= d.randaugment_magnitude <= 10:
         raise ValueError(
             f"`data.randaugment_magnitude` must be in [0, 10]. "

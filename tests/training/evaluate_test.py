@@ -49,6 +49,23 @@ class TestEvaluateErrors:
         assert _error_line(capsys).startswith(f"{model_dir} is neither a preset folder nor a finished training run: "
                                               f"pf-keras-train writes the model folder final/ when it ends")
 
+    @pytest.mark.parametrize(("crop_fraction", "message"), [
+        ("x", r"metadata.json: `eval_transform.crop_fraction` must be a number. Received: crop_fraction='x'"),
+        (1e-300, r"`crop_fraction` must leave size / crop_fraction at most 65536 pixels"),
+    ])
+    def test_a_tampered_preset_eval_transform_is_one_line(self, shapes_dir, tmp_path, capsys, crop_fraction,
+                                                           message):
+        import re
+
+        import pf_keras
+        from pf_keras.weights.preset import write_preset
+
+        folder = write_preset(pf_keras.create_model("resnet50_max", depths=(1, 1, 1, 1), width_mult=0.125,
+                                                    input_shape=(32, 32, 3), classes=10), tmp_path / "preset",
+                              metadata={"eval_transform": {"crop_fraction": crop_fraction}})
+        code = evaluate.main(["--model", folder, "--dataset", f"folder:{shapes_dir}", "--batch_size", "8"])
+        assert code == 2 and re.search(message, _error_line(capsys))
+
     def test_a_run_from_before_final_is_one_line(self, shapes_dir, tmp_path, capsys):
         model_dir = tmp_path / "run"
         model_dir.mkdir()

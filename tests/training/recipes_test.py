@@ -61,6 +61,13 @@ class TestRecipes:
         ("data.train_interpolation", "lanczos", r"Received: data.train_interpolation='lanczos'"),
         ("data.repeated_augment", "0", r"Received: data.repeated_augment=0"),
         ("schedule.lag_epochs", "-1", r"Received: schedule.lag_epochs=-1"),
+        ("data.crop_ratio_max", "1e301", r"must lie in \[0.01, 100\]. Received: .*data.crop_ratio_max=1e\+301"),
+        # Values that are not text (a recipe dict, JSON) must have the field's type: one ValueError, no TypeError.
+        ("optim.base_lr", None, r"`optim.base_lr` must be of type float. Received: optim.base_lr=None"),
+        ("schedule.epochs", [3], r"`schedule.epochs` must be of type int. Received: schedule.epochs=\[3\]"),
+        ("schedule.epochs", True, r"`schedule.epochs` must be of type int. Received: schedule.epochs=True"),
+        ("data.hflip", 1, r"`data.hflip` must be of type bool"),
+        ("optim.name", {"a": 1}, r"`optim.name` must be of type str"),
     ])
     def test_override_errors(self, key, value, message):
         with pytest.raises(ValueError, match=message):
