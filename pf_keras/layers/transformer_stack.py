@@ -38,12 +38,13 @@ def resolve_mixers(mixers: str | Sequence[str], depth: int) -> list[str]:
         if mixers == "alternating":
             return ["attention" if index % 2 == 0 else "max" for index in range(depth)]
         return [mixers] * depth
-    mixers = list(mixers) if isinstance(mixers, Sequence) else None
-    if mixers is None or len(mixers) != depth or any(kind not in MIXER_KINDS for kind in mixers):
+    kinds = list(mixers) if isinstance(mixers, Sequence) else None
+    if kinds is None or len(kinds) != depth or any(kind not in MIXER_KINDS for kind in kinds):
+        mixers = kinds if kinds is not None else mixers
         raise ValueError(
             f"`mixers` as a list needs {depth} entries, each in {MIXER_KINDS}. Received: mixers={mixers!r}"
         )
-    return mixers
+    return kinds
 
 
 def apply_transformer_stack(

@@ -133,11 +133,12 @@ def check_applications_args(
     if weights is not None and input_shape[-1] != 3:
         raise ValueError(f"Pretrained weights take 3-channel RGB input. Received: input_shape={input_shape}")
     for size, limit in zip(input_shape, (MAX_SIDE, MAX_SIDE, MAX_CHANNELS), strict=True):
-        if size is not None and (not isinstance(size, numbers.Integral) or isinstance(size, bool)
-                                 or not 1 <= size <= limit):
+        # (sides below the model's minimum are refused below, with that minimum)
+        if size is not None and (not isinstance(size, numbers.Integral) or isinstance(size, bool) or size > limit
+                                 or (limit == MAX_CHANNELS and size < 1)):
             raise ValueError(
-                f"`input_shape` must hold sides of 1..{MAX_SIDE} pixels (or None) and 1..{MAX_CHANNELS} channels. "
-                f"Received: input_shape={input_shape}"
+                f"`input_shape` must hold sides of at most {MAX_SIDE} pixels (or None) and 1..{MAX_CHANNELS} "
+                f"channels. Received: input_shape={input_shape}"
             )
     for side in input_shape[:2]:
         if side is None:

@@ -102,8 +102,8 @@ def _torch_name(path: str) -> str | None:
 def _resolve_stage_mixers(mixers, depths: Sequence[int]) -> list[list[str]]:
     if isinstance(mixers, str):
         return [resolve_mixers(mixers, depth) for depth in depths]
-    mixers = list(mixers) if isinstance(mixers, Sequence) else None
-    if mixers is None or len(mixers) != len(depths):
+    mixers = list(mixers) if isinstance(mixers, Sequence) else mixers
+    if not isinstance(mixers, list) or len(mixers) != len(depths):
         raise ValueError(
             f"`mixers` must be a pattern in {MIXER_PATTERNS} or have one entry per stage ({len(depths)}). "
             f"Received: mixers={mixers!r}"

@@ -73,10 +73,13 @@ def _resolve_block_kinds(block_kinds, depths: Sequence[int]) -> list[list[str]]:
         )
     resolved = []
     for stage, (kinds, depth) in enumerate(zip(block_kinds, depths, strict=True), start=1):
-        kinds = [kinds] * depth if isinstance(kinds, str) else list(kinds) if isinstance(kinds, Sequence) else None
-        if kinds is None or len(kinds) != depth:
+        if not isinstance(kinds, Sequence):
+            raise ValueError(f"Stage {stage}'s block kinds must be a kind or a list of kinds. "
+                             f"Received: block_kinds={block_kinds!r}")
+        kinds = [kinds] * depth if isinstance(kinds, str) else list(kinds)
+        if len(kinds) != depth:
             raise ValueError(
-                f"Stage {stage} has {depth} blocks, not that many block kinds. Received: block_kinds={block_kinds!r}"
+                f"Stage {stage} has {depth} blocks but {len(kinds)} block kinds. Received: block_kinds={block_kinds!r}"
             )
         for kind in kinds:
             if kind not in BLOCK_KINDS:
@@ -185,7 +188,8 @@ def ResNet(
     """
     if not isinstance(depths, Sequence) or len(depths) != len(STAGE_FILTERS) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in depths):
-        raise ValueError(f"`depths` must be 4 positive ints, one per stage. Received: depths={depths!r}")
+        shown = tuple(depths) if isinstance(depths, Sequence) else depths
+        raise ValueError(f"`depths` must be 4 positive ints, one per stage. Received: depths={shown!r}")
     depths = tuple(depths)
     check_blocks(sum(depths), "ResNet")
     check_number("width_mult", width_mult, below=1e4)

@@ -77,7 +77,7 @@ HOSTILE = [
     ("resnet50_hybrid", {"depths": [10**9] * 4}, r"4000000000 blocks exceeds the limit of 1000"),
     ("resnet50_hybrid", {"depths": 7}, r"`depths` must be 4 positive ints"),
     ("resnet50_hybrid", {"block_kinds": 3}, r"`block_kinds` needs one entry per stage"),
-    ("resnet50_hybrid", {"input_shape": [10**6, 10**6, 3]}, r"sides of 1\.\.16384 pixels"),
+    ("resnet50_hybrid", {"input_shape": [10**6, 10**6, 3]}, r"sides of at most 16384 pixels"),
     ("resnet50_hybrid", {"input_shape": 224}, r"`input_shape` must be \(height, width, channels\)"),
     ("resnet50_hybrid", {"drop_path_rate": "0.1"}, r"`drop_path_rate` must be a finite number"),
     ("resnet50_hybrid", {"evil": 1}, r"arguments the resnet builder does not take. Received: \['evil'\]"),
