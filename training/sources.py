@@ -124,10 +124,11 @@ class DataSource:
         images = []
         for key, _ in keys:
             try:
-                image = tf.io.decode_image(source.read(key), channels=3, expand_animations=False)
-            except tf.errors.OpError:
+                image = _export_pixels(source.read(key), size)
+            except tf.errors.OpError:  # a file that cannot be read
                 continue
-            images.append(eval_pixels(image, size))
+            if image is not None:
+                images.append(image)
             if len(images) == num:
                 break
         return _repeat_to(images, num, self.name)
@@ -204,6 +205,21 @@ def eval_pixels(image, size: int) -> np.ndarray:
     image = image[..., :3]
     image = resize_and_crop(image, size=size, crop_fraction=EXPORT_CROP_FRACTION, interpolation="bilinear")
     return np.clip(np.rint(image.numpy()), 0, 255).astype(np.uint8)
+
+
+def _export_pixels(encoded, size: int) -> np.ndarray | None:
+    """:func:`eval_pixels` of one encoded image; None for bytes that are not a decodable image or whose header
+    declares more pixels than the training pipeline takes (``data.MAX_IMAGE_PIXELS``; checked before decoding)."""
+    from pf_keras_training import data  # noqa: PLC0415 (data imports this module)
+
+    try:
+        encoded = tf.convert_to_tensor(encoded, tf.string)
+        if not 0 <= int(data.header_pixels(encoded)) <= data.MAX_IMAGE_PIXELS:
+            return None
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    except tf.errors.OpError:  # truncated, empty, not an image, unreadable
+        return None
+    return eval_pixels(image, size)
 
 
 def _repeat_to(images: list, num: int, name: str) -> np.ndarray:
@@ -315,9 +331,20 @@ class FolderSource(DataSource):
         if not files:
             raise ValueError(f"`dataset` folder holds no image files ({', '.join(EXPORT_IMAGE_SUFFIXES)}). "
                              f"Received: dataset='folder:{path}'")
-        picks = np.random.default_rng(seed).permutation(len(files))[:num]
-        images = [eval_pixels(tf.io.decode_image(tf.io.read_file(files[i]), channels=3, expand_animations=False),
-                              size) for i in picks]
+        images = []  # in a seeded order, skipping what is not a decodable image of at most MAX_IMAGE_PIXELS
+        for i in np.random.default_rng(seed).permutation(len(files)):
+            try:
+                with open(files[i], "rb") as f:
+                    image = _export_pixels(f.read(), size)
+            except OSError:
+                continue
+            if image is not None:
+                images.append(image)
+            if len(images) == num:
+                break
+        if not images:
+            raise ValueError(f"`dataset` folder holds no decodable image ({len(files)} image files, none decodable "
+                             f"within the pixel limit). Received: dataset='folder:{path}'")
         return _repeat_to(images, num, self.name)
 
 

@@ -28,6 +28,31 @@ class TestImages:
         assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
         assert sorted({int(images[k, 0, 0, 0]) for k in range(3)}) == [0, 40]
 
+    def test_a_folder_with_damaged_and_oversized_files_calibrates_on_the_good_ones(self, tmp_path):
+        import struct
+        import zlib
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        folder = tmp_path / "cls"
+        folder.mkdir()
+        good = np.full((40, 50, 3), 200, np.uint8)
+        jpeg = tf.io.encode_jpeg(good).numpy()
+        (folder / "good.jpg").write_bytes(jpeg)
+        (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+        (folder / "empty.jpg").write_bytes(b"")
+        (folder / "text.png").write_text("not an image")
+        # 50000 x 50000 declared in the header (2.5 GP): refused before decoding, as in training
+        header = struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)
+        (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                          + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+        images = load_images(f"folder:{tmp_path}", 4, 16)
+        assert images.shape == (4, 16, 16, 3) and (images == 200).all()  # the good file, repeated
+        (folder / "good.jpg").unlink()
+        with pytest.raises(ValueError, match=r"holds no decodable image \(4 image files, none decodable"):
+            load_images(f"folder:{tmp_path}", 2, 16)
+
     def test_synthetic_builtin_and_inputs(self):
         synthetic = load_images("synthetic", 2, 16, seed=1)
         np.testing.assert_array_equal(synthetic, load_images("synthetic", 2, 16, seed=1))
