@@ -398,7 +398,10 @@ def drop_from_frames(error: BaseException, obj) -> None:
     (within three references: arguments tuples, bound arguments) keep their locals for post-mortem
     debugging; the traceback's lines stay.
     """
-    caller = sys._getframe(1)  # noqa: SLF001 (its locals must not be read: see below)
+    executing, frame = set(), sys._getframe(1)  # noqa: SLF001 (the caller and its callers: never read, see below)
+    while frame is not None:
+        executing.add(id(frame))
+        frame = frame.f_back
     frames, seen_errors, pending = {}, set(), [error]
     while pending:
         exc = pending.pop()
@@ -409,14 +412,14 @@ def drop_from_frames(error: BaseException, obj) -> None:
         tb = exc.__traceback__
         while tb is not None:
             frame = tb.tb_frame
-            while frame is not None and frame is not caller and id(frame) not in frames:
+            while frame is not None and id(frame) not in executing and id(frame) not in frames:
                 frames[id(frame)] = frame
                 frame = frame.f_back
             tb = tb.tb_next
     for frame in frames.values():
         # Python < 3.13: reading f_locals stores a snapshot dict in the frame, which clear() leaves alone;
-        # reading it again afterwards drops the cleared names from it. (The caller's frame is never read,
-        # so that no snapshot of it outlives its own ``del``.)
+        # reading it again afterwards drops the cleared names from it. (Executing frames, the caller's
+        # among them, are never read: no snapshot of theirs may outlive a later ``del``.)
         if _reaches(frame.f_locals.values(), obj, depth=3):
             with contextlib.suppress(RuntimeError):  # still executing
                 frame.clear()
