@@ -526,11 +526,25 @@ def append_line(path: str, line: str) -> None:
 
 
 def read_metrics(model_dir: str, kind: str | None = None) -> list[dict]:
-    """The records of ``model_dir/metrics.jsonl`` (of one ``kind``: train, eval, final)."""
+    """The records of ``model_dir/metrics.jsonl`` (of one ``kind``: train, eval, final).
+
+    Raises:
+        ValueError: naming the file and line of a line that is not a JSON record (an edited or damaged file).
+    """
     path = os.path.join(model_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if kind is None or r["kind"] == kind]
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {number} is not a JSON record ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path} line {number} is not a JSON object")
+            records.append(record)
+    return [r for r in records if kind is None or r.get("kind") == kind]
 

@@ -171,3 +171,19 @@ class TestFailedStreamsEnd:
         gc.collect()
         assert caught.value.__traceback__ is not None
         assert not live_input_iterators() - before
+
+
+class TestReadMetrics:
+    def test_records_by_kind_and_a_damaged_line_named(self, tmp_path):
+        logger = loop.MetricsLogger(str(tmp_path), enabled=True)
+        logger.write({"step": 3, "loss": 2.5}, kind="train")
+        logger.write({"step": 3, "val_top1": 0.1}, kind="eval")
+        assert [r["step"] for r in loop.read_metrics(str(tmp_path), "train")] == [3]
+        assert [r["kind"] for r in loop.read_metrics(str(tmp_path))] == ["train", "eval"]
+        with open(tmp_path / "metrics.jsonl", "a") as f:
+            f.write('{"kind": "train", "step": 4, "lo')  # a record cut off by hand
+        with pytest.raises(ValueError, match=r"metrics.jsonl line 3 is not a JSON record"):
+            loop.read_metrics(str(tmp_path))
+        (tmp_path / "metrics.jsonl").write_text('{"kind": "train"}\n[1, 2]\n')
+        with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not a JSON object"):
+            loop.read_metrics(str(tmp_path))
