@@ -447,12 +447,16 @@ def to_dict(recipe: Recipe) -> dict[str, Any]:
 
 
 def from_dict(data: Mapping[str, Any]) -> Recipe:
-    """Inverse of :func:`to_dict`; unknown keys raise ValueError."""
+    """Inverse of :func:`to_dict`; unknown keys, missing keys and sections that are not objects raise ValueError."""
     sections = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "schedule": ScheduleConfig}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"A recipe must be a JSON object. Received: {type(data).__name__}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key in sections:
             cls = sections[key]
+            if not isinstance(value, Mapping):
+                raise ValueError(f"Recipe section {key!r} must be a JSON object. Received: {type(value).__name__}")
             valid = {f.name for f in dataclasses.fields(cls)}
             unknown = sorted(set(value) - valid)
             if unknown:
@@ -464,7 +468,10 @@ def from_dict(data: Mapping[str, Any]) -> Recipe:
             kwargs[key] = value
         else:
             raise ValueError(f"Unknown recipe key in JSON. Received: key={key!r}")
-    return Recipe(**kwargs)
+    try:
+        return Recipe(**kwargs)
+    except TypeError as error:  # a required key is missing
+        raise ValueError(f"A recipe needs every top-level key ({error}). Received: keys={sorted(data)}") from None
 
 
 def dumps(recipe: Recipe) -> str:

@@ -214,7 +214,11 @@ def _read_json(path: str, what: str) -> Any:
 def _check_recipe_file(model_dir: str, recipe: Recipe, chief: bool) -> None:
     path = os.path.join(model_dir, "recipe.json")
     if os.path.exists(path):
-        stored = recipes_lib.from_dict(_read_json(path, "the run's recipe"))
+        try:
+            stored = recipes_lib.from_dict(_read_json(path, "the run's recipe"))
+        except ValueError as error:
+            raise ValueError(f"{path} (the run's recipe) is damaged: {error}; restore it or use a new model_dir. "
+                             f"Received: model_dir={model_dir!r}") from None
         old, new = recipes_lib.to_dict(stored), recipes_lib.to_dict(recipe)
         diffs = [f"{s}.{k}" for s in old if isinstance(old[s], dict) for k in old[s] if old[s][k] != new[s].get(k)]
         diffs += [s for s in old if not isinstance(old[s], dict) and old[s] != new[s]]

@@ -75,6 +75,20 @@ class TestRun:
         with pytest.raises(ValueError, match=r"another recipe.*\['optim.base_lr'\]. Received: model_dir="):
             train.run(changed, model_dir, strategy=loop.create_strategy("one_device"), verbose=False)
 
+    @pytest.mark.parametrize(("content", "message"), [
+        ("[]", r"A recipe must be a JSON object. Received: list"),
+        ('{"data": 5}', r"Recipe section 'data' must be a JSON object. Received: int"),
+        ('{"data": {}}', r"A recipe needs every top-level key"),
+        ("null", r"A recipe must be a JSON object. Received: NoneType"),
+    ])
+    def test_a_damaged_recipe_json_is_one_error_naming_it(self, shapes_dir, make_recipe, tmp_path, content, message):
+        model_dir = tmp_path / "run"
+        model_dir.mkdir()
+        (model_dir / "recipe.json").write_text(content)
+        recipe = make_recipe(f"folder:{shapes_dir}")
+        with pytest.raises(ValueError, match=r"recipe.json \(the run's recipe\) is damaged: " + message):
+            train.run(recipe, str(model_dir), strategy=loop.create_strategy("one_device"), verbose=False)
+
     def test_impossible_settings(self, shapes_dir, make_recipe, tmp_path):
         one = loop.create_strategy("one_device")
         big = make_recipe(f"folder:{shapes_dir}", **{"data.global_batch_size": 512, "schedule.steps_per_epoch": 0})
