@@ -37,6 +37,7 @@ import dataclasses
 import fcntl
 import io
 import json
+import math
 import os
 import re
 import statistics
@@ -167,7 +168,10 @@ class _SpeedRecorder(TrainCallback):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.speeds: list[float] = (_read_json(path) or {}).get("images_per_sec", [])
+        speeds = (_read_json(path) or {}).get("images_per_sec")
+        valid = isinstance(speeds, list) and all(
+            isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in speeds)
+        self.speeds: list[float] = [float(s) for s in speeds] if valid else []  # a damaged file: start afresh
         self.trainer = None
 
     def on_train_begin(self, trainer) -> None:

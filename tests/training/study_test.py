@@ -117,6 +117,23 @@ class TestCells:
             study.run_study([study.Cell("a", "max")] * 2, str(tmp_path), study.study_recipe(), verbose=False)
 
 
+class TestSpeedRecord:
+    @pytest.mark.parametrize("content", ['{"images_per_sec": "fast"}', '{"images_per_sec": [1.5, "x"]}', "[3]",
+                                         '{"images_per_sec": [NaN]}', '{"images_per_sec": [-2.0]}', "{tru"])
+    def test_a_damaged_speed_file_is_started_afresh(self, tmp_path, content):
+        path = tmp_path / "speed.json"
+        path.write_text(content)
+        recorder = study._SpeedRecorder(str(path))
+        assert recorder.speeds == []
+        recorder.on_loop_end(3, {"images_per_sec": 120.0})
+        assert json.loads(path.read_text()) == {"images_per_sec": [120.0]}
+
+    def test_a_resumed_cell_keeps_its_earlier_speeds(self, tmp_path):
+        path = tmp_path / "speed.json"
+        path.write_text('{"images_per_sec": [100, 110.5]}')
+        assert study._SpeedRecorder(str(path)).speeds == [100.0, 110.5]
+
+
 class TestCommand:
     @pytest.mark.parametrize(
         "argv,message",
