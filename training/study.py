@@ -193,8 +193,9 @@ def run_cell(cell: Cell, base: recipes_lib.Recipe, out_dir: str, *, tflite: bool
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from the file
     stored = _read_json(result_path)
     if stored is not None and stored.get("settings") == settings:
-        return stored, False
-    if stored is not None and "settings" in stored:
+        if _complete(stored, cell):
+            return stored, False  # else a damaged result: measured again below (training resumes at its end)
+    elif stored is not None and "settings" in stored:
         raise ValueError(
             f"The stored cell {cell.name!r} was run with other settings; use a new --out_dir or the same flags. "
             f"Received: out_dir={out_dir!r}"
@@ -225,6 +226,20 @@ def run_cell(cell: Cell, base: recipes_lib.Recipe, out_dir: str, *, tflite: bool
     }
     fileio.write_json(result_path, result)
     return result, True
+
+
+def _complete(result: dict, cell: Cell) -> bool:
+    """Whether a stored result has every field the table and plot read, of the right type (else it is recomputed:
+    the training run resumes from its checkpoints, so a damaged result costs only the measurements)."""
+    def number(value, optional: bool = False) -> bool:
+        if value is None:
+            return optional
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    return (result.get("name") == cell.name and result.get("block_kinds") == json.loads(json.dumps(cell.block_kinds))
+            and number(result.get("val_top1"), optional=True) and isinstance(result.get("params"), int)
+            and number(result.get("macs")) and number(result.get("tflite_ms"), optional=True)
+            and number(result.get("train_images_per_sec"), optional=True) and isinstance(result.get("steps"), int))
 
 
 def _fmt(value, spec: str) -> str:

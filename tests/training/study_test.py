@@ -61,6 +61,17 @@ class TestStudy:
         assert {r["name"]: r["steps"] for r in second["results"]} == {"max": 2, "mixed": 2}
         assert study.run_study(cells, out, base, tflite=False, verbose=False)["trained"] == []
 
+        # A damaged result (its settings intact) is measured again, not handed to the table.
+        mixed_result = os.path.join(out, "cells", "mixed", "result.json")
+        with open(mixed_result) as f:
+            damaged = json.load(f)
+        damaged["params"] = "many"
+        with open(mixed_result, "w") as f:
+            json.dump(damaged, f)
+        third = study.run_study(cells, out, base, tflite=False, verbose=False)
+        assert third["trained"] == ["mixed"]
+        assert {r["name"]: r["params"] for r in third["results"]} == {n: r["params"] for n, r in by_name.items()}
+
         # Other settings in the same out_dir are refused in one line.
         other = study.study_recipe(dataset=f"folder:{shapes_dir}", image_size=32, epochs=2, batch_size=16,
                                    depths=(1, 2, 1, 1), width_mult=0.125, overrides={"schedule.steps_per_epoch": 2})
