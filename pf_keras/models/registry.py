@@ -179,9 +179,21 @@ def _is_checkpoint_tag(spec: ModelSpec, weights) -> bool:
     return isinstance(weights, str) and (weights == "imagenet" or any(c.tag == weights for c in spec.checkpoints))
 
 
+def _cache_damage(folder: str) -> str | None:
+    """Why the cached preset ``folder`` cannot be read (its JSON files), or None."""
+    from pf_keras.weights.preset import read_preset  # noqa: PLC0415
+
+    try:
+        read_preset(folder)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def _build_pretrained(spec: ModelSpec, tag: str, kwargs: dict) -> keras.Model:
     """The published model with its official weights: from the cached preset, else converted and cached."""
     from pf_keras.weights import download  # noqa: PLC0415 (keeps the registry light to import)
+    from pf_keras.weights.errors import CheckpointError  # noqa: PLC0415
     from pf_keras.weights.preset import is_preset, source_metadata, write_preset  # noqa: PLC0415
 
     changed = changed_architecture(spec, kwargs)
@@ -207,7 +219,14 @@ def _build_pretrained(spec: ModelSpec, tag: str, kwargs: dict) -> keras.Model:
     )
     cache = download.keras_weights_path(spec, checkpoint, include_top=include_top)[: -len(".weights.h5")]
     if cacheable and is_preset(cache):
-        return _build_from_preset(cache, expected=spec.name, kwargs=kwargs)
+        damage = _cache_damage(cache)  # the cache is ours: anything unreadable in it is damage, not a user error
+        if damage is None:
+            try:
+                return _build_from_preset(cache, expected=spec.name, kwargs=kwargs)
+            except CheckpointError as error:  # its weights file (truncated, not HDF5, wrong tensors)
+                damage = str(error)
+        warnings.warn(f"The cached converted weights at {cache} are damaged ({' '.join(damage.split())[:300]}); "
+                      f"converting the checkpoint again.", stacklevel=3)
     path = download.fetch_checkpoint(spec, tag)
     model = spec.builder()(**{**spec.builder_args, "name": spec.name, **kwargs, "weights": path})
     if cacheable:

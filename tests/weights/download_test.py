@@ -235,3 +235,24 @@ class TestPublishedCheckpoints:
         with pytest.raises(ValueError, match="1000-class head.*Received: classes=10"):
             pf_keras.create_model("resnet50_max", weights="imagenet", classes=10)
         assert not os.path.exists(cache)
+
+
+class TestDamagedCache:
+    @pytest.mark.parametrize("damage", ["weights_truncated", "config_garbage"])
+    def test_a_damaged_converted_cache_is_converted_again_offline(self, drive, tiny, cache, monkeypatch, damage):
+        spec, data, path = tiny
+        drive.files[FILE_ID] = data
+        first = pf_keras.create_model("tiny_max", weights="imagenet", **BUILD)
+        _use_proxy(monkeypatch, _closed_port_url())  # the verified .pth in the cache must do
+        preset = next(p for p in cache.iterdir() if p.is_dir())
+        if damage == "weights_truncated":
+            weights = preset / "model.weights.h5"
+            weights.write_bytes(weights.read_bytes()[:1000])
+        else:
+            (preset / "config.json").write_text("{not json")
+        with pytest.warns(UserWarning, match=r"cached converted weights .* are damaged"):
+            second = pf_keras.create_model("tiny_max", weights="imagenet", **BUILD)
+        x = np.random.default_rng(1).normal(size=(1, 64, 64, 3)).astype("float32")
+        np.testing.assert_array_equal(first.predict(x, verbose=0), second.predict(x, verbose=0))
+        third = pf_keras.create_model("tiny_max", weights="imagenet", **BUILD)  # the cache is whole again
+        np.testing.assert_array_equal(first.predict(x, verbose=0), third.predict(x, verbose=0))
