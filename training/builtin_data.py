@@ -16,11 +16,14 @@ textures, which fill the whole image.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 
 import numpy as np
+
+from pf_keras import fileio
 
 CLASSES = (
     "circle", "square", "triangle", "hstripes", "vstripes", "plus", "ring", "checker", "diagonal", "cross",
@@ -136,15 +139,21 @@ def generate(root: str, *, train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".builtin_tmp_", dir=parent)
-    for split, count in (("train", train_per_class), ("val", val_per_class)):
-        for label, name in enumerate(CLASSES):
-            folder = os.path.join(tmp, split, name)
-            os.makedirs(folder)
-            for i in range(count):
-                image, _ = example(label, split=split, index=i, seed=seed)
-                Image.fromarray(image).save(os.path.join(folder, f"{name}_{i:05d}.jpg"), quality=92)
-    with open(os.path.join(tmp, "COMPLETE"), "w") as f:
-        f.write(f"builtin v{VERSION}: {len(CLASSES)} classes, {train_per_class}/{val_per_class} per class\n")
+    try:
+        for split, count in (("train", train_per_class), ("val", val_per_class)):
+            for label, name in enumerate(CLASSES):
+                folder = os.path.join(tmp, split, name)
+                os.makedirs(folder)
+                for i in range(count):
+                    image, _ = example(label, split=split, index=i, seed=seed)
+                    Image.fromarray(image).save(os.path.join(folder, f"{name}_{i:05d}.jpg"), quality=92)
+        with open(os.path.join(tmp, "COMPLETE"), "w") as f:
+            f.write(f"builtin v{VERSION}: {len(CLASSES)} classes, {train_per_class}/{val_per_class} per class\n")
+    except OSError as error:  # a full or read-only disk: nothing half-written stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise fileio.WriteError(f"cannot write the builtin dataset under {parent} "
+                                f"({errno.errorcode.get(error.errno or 0, 'OSError')}: {error.strerror or error}); "
+                                f"free some space or point PF_KERAS_CACHE elsewhere") from None
     try:
         os.rename(tmp, root)
     except OSError:  # another process finished first

@@ -216,6 +216,15 @@ class TestSources:
         root = builtin_data.generate(os.path.join(str(tmp_path), "b"), train_per_class=2, val_per_class=1)
         assert sorted(os.listdir(os.path.join(root, "train"))) == sorted(builtin_data.CLASSES)
 
+    def test_a_full_disk_while_generating_builtin_is_one_error_and_leaves_nothing(self, small_disk):
+        from pf_keras import fileio
+        from pf_keras_training import builtin_data
+
+        with pytest.raises(fileio.WriteError, match=rf"cannot write the builtin dataset under {small_disk} "
+                                                     r"\(ENOSPC: No space left on device\)"):
+            builtin_data.generate(os.path.join(str(small_disk), "b"))
+        assert os.listdir(small_disk) == []  # no half-written temporary folder
+
 
 # ---------------------------------------------------------------- limits: pixels, skips, empty splits
 
