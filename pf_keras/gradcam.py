@@ -231,12 +231,35 @@ def _load_run(folder: str, weights: str | None) -> tuple[keras.Model, list[str]]
     return model, [str(c) for c in names] if isinstance(names, list) else []
 
 
+MAX_KERAS_CONFIG = 64 << 20  # bytes of a .keras file's config.json (a ViT-B's is ~0.2 MB)
+MAX_KERAS_ARCHIVE = 8 << 30  # bytes of all members of a .keras file, uncompressed (a ViT-B's are ~0.4 GB)
+
+
+def _check_keras_archive(path: str) -> None:
+    """ValueError unless ``path`` is a zip whose declared member sizes are within the limits above (checked
+    before Keras inflates anything: ``zipfile`` never reads past a member's declared size)."""
+    import zipfile  # noqa: PLC0415
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (OSError, zipfile.BadZipFile) as error:
+        raise ValueError(f"Cannot load the model file {path!r}: not a .keras (zip) archive ({error})") from None
+    config = sum(m.file_size for m in members if m.filename == "config.json")
+    total = sum(m.file_size for m in members)
+    if config > MAX_KERAS_CONFIG or total > MAX_KERAS_ARCHIVE:
+        raise ValueError(f"Cannot load the model file {path!r}: it declares {total:,} bytes uncompressed "
+                         f"(config.json {config:,}), above the limits of {MAX_KERAS_ARCHIVE:,} "
+                         f"({MAX_KERAS_CONFIG:,})")
+
+
 def _load_model(spec: str, weights: str | None) -> tuple[keras.Model, list[str]]:
     if os.path.isdir(spec):
         return _load_run(spec, weights)
     if spec.endswith(".keras"):
         if not os.path.isfile(spec):
             raise ValueError(f"The model file does not exist. Received: --model={spec!r}")
+        _check_keras_archive(spec)
         try:
             return keras.models.load_model(spec), []
         except Exception as error:  # hostile or truncated file: one line

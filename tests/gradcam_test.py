@@ -142,6 +142,21 @@ class TestOverlayAndCommand:
         assert run_cli(main, ["--model", str(tmp_path / "none.keras"), "--out_dir", out_dir,
                               str(tmp_path / "circle.jpg")]) == 2
         assert "The model file does not exist" in capsys.readouterr().err
+        # A zip bomb: 100 MiB of config.json in 0.1 MB, refused from the zip's directory before anything is inflated.
+        import zipfile
+
+        bomb = tmp_path / "bomb.keras"
+        with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive, archive.open("config.json", "w",
+                                                                                          force_zip64=True) as f:
+            for _ in range(100):
+                f.write(b" " * (1 << 20))
+        assert run_cli(main, ["--model", str(bomb), "--out_dir", out_dir, str(tmp_path / "circle.jpg")]) == 2
+        err = capsys.readouterr().err
+        assert "(config.json 104,857,600), above the limits" in err and err.count("\n") == 1
+        (tmp_path / "text.keras").write_text("not a zip")
+        assert run_cli(main, ["--model", str(tmp_path / "text.keras"), "--out_dir", out_dir,
+                              str(tmp_path / "circle.jpg")]) == 2
+        assert "not a .keras (zip) archive" in capsys.readouterr().err
 
     def test_command_reads_a_training_run_folder(self, tmp_path, capsys):
         from pf_keras.weights.preset import write_preset
