@@ -100,8 +100,10 @@ class TestGpuTraceSummary:
                 "reduction fusions 0.40 ms (20 %), memset/copy 0.10 ms (5 %)") in out
         assert re.search(r"0\.40 ms\s+2x  input_reduce_fusion$", out, re.M)
 
-    @pytest.mark.parametrize("content", [b"not gzip", gzip.compress(b'{"traceEvents": 3}'),
-                                         gzip.compress(b"[" * 100000), b"", "host"])
+    # gzip's header holds a time: mtime=0 and explicit ids keep the test ids equal on every xdist worker
+    @pytest.mark.parametrize("content", [b"not gzip", gzip.compress(b'{"traceEvents": 3}', mtime=0),
+                                         gzip.compress(b"[" * 100000, mtime=0), b"", "host"],
+                             ids=["not_gzip", "events_not_a_list", "deeply_nested", "empty", "host_events_only"])
     def test_bad_trace_is_one_line_and_exit_2(self, tmp_path, content):
         path = tmp_path / "b.trace.json.gz"
         if content == "host":
