@@ -15,11 +15,10 @@ image, eagerly or inside ``tf.data``; :func:`normalize` is the one normalisation
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from pf_keras.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from pf_keras.values import is_positive_int, is_real
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 MAX_RESIZE = 65_536  # pixels of the shorter side before the centre crop (size / crop_fraction)
@@ -61,9 +60,9 @@ def normalize(image_255, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 
 
 def _check(size, crop_fraction, interpolation) -> None:
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+    if not is_positive_int(size):
         raise ValueError(f"`size` must be a positive int. Received: size={size!r}")
-    if not isinstance(crop_fraction, numbers.Real) or isinstance(crop_fraction, bool) or not 0 < crop_fraction <= 1:
+    if not is_real(crop_fraction) or not 0 < crop_fraction <= 1:
         raise ValueError(f"`crop_fraction` must be in (0, 1]. Received: crop_fraction={crop_fraction!r}")
     if size / crop_fraction > MAX_RESIZE:
         raise ValueError(f"`crop_fraction` must leave size / crop_fraction at most {MAX_RESIZE} pixels. "

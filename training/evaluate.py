@@ -33,6 +33,7 @@ import tensorflow as tf
 import pf_keras
 from pf_keras import fileio
 from pf_keras.cli import one_line, parse_model_kwargs
+from pf_keras.values import is_real
 from pf_keras.weights.preset import model_folder, read_preset
 from pf_keras_export import args
 from pf_keras_training import data as data_lib
@@ -137,7 +138,7 @@ def _from_model_dir(model_dir: str) -> tuple[str, str, dict[str, Any], dict[str,
         raise ValueError(f"{preset_dir}/config.json has no usable input_shape ({type(error).__name__}). "
                          f"Received: model_dir={model_dir!r}") from None
     crop_fraction = transform.get("crop_fraction") or 0.0
-    if not isinstance(crop_fraction, int | float) or isinstance(crop_fraction, bool):
+    if not is_real(crop_fraction):
         raise ValueError(f"{preset_dir}/metadata.json: `eval_transform.crop_fraction` must be a number. "
                          f"Received: crop_fraction={crop_fraction!r}")
     extra = {"image_size": image_size, "crop_fraction": crop_fraction,

@@ -35,6 +35,8 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pf_keras.values import is_int
+
 DATASET_DEFAULT = "imagenet2012"
 
 
@@ -308,7 +310,7 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if isinstance(value, str):
         return _parse_value(value, annotation, key)
-    if isinstance(annotation, str) and annotation == "float" and isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(annotation, str) and annotation == "float" and is_int(value):
         return float(value)
     name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
     expected = _SCALARS.get(name)

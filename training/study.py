@@ -37,7 +37,6 @@ import dataclasses
 import fcntl
 import io
 import json
-import math
 import os
 import re
 import statistics
@@ -57,6 +56,7 @@ import pf_keras
 from pf_keras import fileio
 from pf_keras.blocks import BLOCK_KINDS
 from pf_keras.cli import PREEMPTED_EXIT, run_cli
+from pf_keras.values import is_int, is_real
 from pf_keras_export.args import ArgumentParser
 from pf_keras_training import recipes as recipes_lib
 from pf_keras_training import train as train_lib
@@ -170,7 +170,7 @@ class _SpeedRecorder(TrainCallback):
         self.path = path
         speeds = (_read_json(path) or {}).get("images_per_sec")
         valid = isinstance(speeds, list) and all(
-            isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in speeds)
+            is_real(s, finite=True) and s > 0 for s in speeds)
         self.speeds: list[float] = [float(s) for s in speeds] if valid else []  # a damaged file: start afresh
         self.trainer = None
 
@@ -234,12 +234,12 @@ def _complete(result: dict, cell: Cell) -> bool:
     def number(value, optional: bool = False) -> bool:
         if value is None:
             return optional
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return is_real(value, finite=True)
 
     return (result.get("name") == cell.name and result.get("block_kinds") == json.loads(json.dumps(cell.block_kinds))
-            and number(result.get("val_top1"), optional=True) and isinstance(result.get("params"), int)
+            and number(result.get("val_top1"), optional=True) and is_int(result.get("params"))
             and number(result.get("macs")) and number(result.get("tflite_ms"), optional=True)
-            and number(result.get("train_images_per_sec"), optional=True) and isinstance(result.get("steps"), int))
+            and number(result.get("train_images_per_sec"), optional=True) and is_int(result.get("steps")))
 
 
 def _fmt(value, spec: str) -> str:

@@ -8,6 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from pf_keras.values import is_positive_int
+
 # PyTorch's bicubic convolution constant (``F.interpolate(mode="bicubic")``). TensorFlow's
 # ``tf.image.resize(method="bicubic")`` uses -0.5 (Keys) and renormalises the taps at the
 # border instead of clamping, which is why this layer does its own resizing.
@@ -101,7 +103,7 @@ def check_grid(grid, arg: str = "grid_size") -> tuple[int, int] | None:
     if grid is None:
         return None
     values = tuple(grid) if isinstance(grid, (tuple, list)) else (grid,)
-    if len(values) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in values):
+    if len(values) != 2 or not all(is_positive_int(s) for s in values):
         raise ValueError(f"`{arg}` must be None or 2 positive ints. Received: {arg}={grid!r}")
     return values
 

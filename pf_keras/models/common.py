@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import keras
 
 from pf_keras.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from pf_keras.values import is_positive_int, is_real
 from pf_keras.weights.loading import check_weights_arg, load_weights_file
 from pf_keras.weights.torch_convert import NameMap
 
@@ -36,10 +37,16 @@ def transformer_params_bound(dim: int, mlp_ratio: float) -> int:
 def check_number(name: str, value, *, below: float = math.inf) -> None:
     """ValueError unless ``value`` is a real number (not a bool) that is NaN or below ``below`` (and so not
     infinite): the builders' own range checks, which follow with their own messages, refuse NaN."""
-    if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and (math.isnan(value) or value < min(below, math.inf))):
+    if not (is_real(value) and (math.isnan(value) or value < min(below, math.inf))):
         limit = f" below {below:g}" if math.isfinite(below) else ""
         raise ValueError(f"`{name}` must be a finite number{limit}. Received: {name}={value!r}")
+
+
+def check_positive_ints(**kwargs) -> None:
+    """ValueError naming the first argument that is not a positive ``int`` (a ``bool`` is not one)."""
+    for arg, value in kwargs.items():
+        if not is_positive_int(value):
+            raise ValueError(f"`{arg}` must be a positive int. Received: {arg}={value!r}")
 
 
 def as_shape(input_shape) -> tuple:

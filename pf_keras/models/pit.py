@@ -60,6 +60,7 @@ from pf_keras.models.common import (
     check_blocks,
     check_number,
     check_params,
+    check_positive_ints,
     finish_model,
     make_inputs,
     transformer_params_bound,
@@ -67,6 +68,7 @@ from pf_keras.models.common import (
 from pf_keras.models.features import FeatureInfo, feature_model, resolve_out_indices
 from pf_keras.models.registry import create_model, resolve_variant
 from pf_keras.models.vit import block_torch_name
+from pf_keras.values import is_positive_int
 
 DEFAULT_SIZE = 224
 
@@ -113,7 +115,7 @@ def _resolve_stage_mixers(mixers, depths: Sequence[int]) -> list[list[str]]:
 
 def _positive_ints(arg: str, values) -> tuple[int, ...]:
     values = tuple(values) if isinstance(values, Sequence) else (values,)
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+    if not values or not all(is_positive_int(v) for v in values):
         raise ValueError(f"`{arg}` must be a sequence of positive ints, one per stage. Received: {arg}={values!r}")
     return values
 
@@ -196,9 +198,7 @@ def PiT(
         >>> model.output_shape
         (None, 10)
     """
-    for arg, value in (("patch_size", patch_size), ("stride", stride), ("image_size", image_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{arg}` must be a positive int. Received: {arg}={value!r}")
+    check_positive_ints(patch_size=patch_size, stride=stride, image_size=image_size)
     head_dims = _positive_ints("head_dims", head_dims)
     depths = _positive_ints("depths", depths)
     num_heads = _positive_ints("num_heads", num_heads)

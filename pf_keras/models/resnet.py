@@ -47,6 +47,7 @@ from pf_keras.models.common import (
 )
 from pf_keras.models.features import FeatureInfo, feature_model, resolve_out_indices
 from pf_keras.models.registry import create_model, resolve_variant
+from pf_keras.values import is_positive_int
 
 STEM_FILTERS = 64
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -187,7 +188,7 @@ def ResNet(
         (None, 10)
     """
     if not isinstance(depths, Sequence) or len(depths) != len(STAGE_FILTERS) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in depths):
+            is_positive_int(d) for d in depths):
         shown = tuple(depths) if isinstance(depths, Sequence) else depths
         raise ValueError(f"`depths` must be 4 positive ints, one per stage. Received: depths={shown!r}")
     depths = tuple(depths)

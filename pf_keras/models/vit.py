@@ -51,6 +51,7 @@ from pf_keras.models.common import (
     check_blocks,
     check_number,
     check_params,
+    check_positive_ints,
     finish_model,
     make_inputs,
     transformer_params_bound,
@@ -100,12 +101,6 @@ def _torch_name(path: str) -> str | None:
     if match is None:
         return None
     return block_torch_name(f"blocks.{match.group(1)}", match.group(2) or "")
-
-
-def _check_positive_int(**kwargs) -> None:
-    for arg, value in kwargs.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{arg}` must be a positive int. Received: {arg}={value!r}")
 
 
 def ViT(
@@ -178,7 +173,7 @@ def ViT(
         >>> model.output_shape
         (None, 10)
     """
-    _check_positive_int(patch_size=patch_size, hidden_dim=hidden_dim, depth=depth, num_heads=num_heads)
+    check_positive_ints(patch_size=patch_size, hidden_dim=hidden_dim, depth=depth, num_heads=num_heads)
     check_blocks(depth, "ViT")
     check_number("mlp_ratio", mlp_ratio, below=1e4)
     check_number("drop_path_rate", drop_path_rate)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pf_keras.values import is_int
+
 _MAX_SHOWN = 80  # characters of a value taken from a file that an error message may quote
 
 
@@ -24,7 +26,7 @@ def quote(value: Any, limit: int = _MAX_SHOWN) -> str:
         >>> quote("x" * 100, limit=10), quote(2**100), quote(object())
         ("'xxxxxx...", '<int of 101 bits>', 'object')
     """
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+    if is_int(value) and value.bit_length() > 64:
         return f"<int of {value.bit_length()} bits>"
     scalars = (str, bytes, int, float, bool, type(None))
     small = isinstance(value, (tuple, list)) and len(value) <= 8 and all(isinstance(v, scalars) for v in value)
