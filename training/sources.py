@@ -35,6 +35,8 @@ import dataclasses
 import difflib
 import os
 import re
+import stat
+from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 import numpy as np
@@ -47,6 +49,10 @@ from pf_keras_training.recipes import DataConfig
 
 EXPORT_CROP_FRACTION = 0.875  # export's images: the reference eval transform (resize 256, centre crop 224), bilinear
 EXPORT_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# A folder's image files larger than this are skipped (counted like undecodable ones) without being read: 8
+# bytes per pixel of the default 40 MP limit (16-bit RGBA stored uncompressed) is 320 MB. Reading is whole-file,
+# so a 20 GB file (or a sparse one) would otherwise be allocated in memory.
+MAX_IMAGE_FILE_BYTES = 512 << 20
 
 _REGISTRY: dict[str, type[DataSource]] = {}
 FALLBACK = "tfds"  # the kind of a string that names no registered kind
@@ -121,16 +127,7 @@ class DataSource:
         source = self.resolve(DataConfig(dataset=self.name, data_dir=self.data_dir))
         ctx = tf.distribute.InputContext()
         keys = source.encoded("val", ctx, seed=0, epoch=0, cfg=DataConfig(dataset=self.name), training=False)
-        images = []
-        for key, _ in keys:
-            try:
-                image = _export_pixels(source.read(key), size)
-            except tf.errors.OpError:  # a file that cannot be read
-                continue
-            if image is not None:
-                images.append(image)
-            if len(images) == num:
-                break
+        images = _first_decodable((lambda key=key: source.read(key) for key, _ in keys), num, size)
         return _repeat_to(images, num, self.name)
 
 
@@ -222,6 +219,48 @@ def _export_pixels(encoded, size: int) -> np.ndarray | None:
     return eval_pixels(image, size)
 
 
+def _first_decodable(reads: Iterable[Callable[[], object]], num: int, size: int) -> list[np.ndarray]:
+    """:func:`_export_pixels` of the images returned by ``reads`` (each a call giving encoded bytes), in order,
+    until ``num`` were decodable; a read that fails (``OSError``, a TensorFlow error) or returns None is skipped."""
+    images = []
+    for read in reads:
+        try:
+            encoded = read()
+            image = None if encoded is None else _export_pixels(encoded, size)
+        except (OSError, tf.errors.OpError):  # a file that cannot be read
+            continue
+        if image is not None:
+            images.append(image)
+            if len(images) == num:
+                break
+    return images
+
+
+def _read_image_file(path: str) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file (after symlinks) of at most :data:`MAX_IMAGE_FILE_BYTES`;
+    None otherwise (a FIFO would block the read, a device or a huge file would not end or not fit)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would block a plain open
+    with open(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_FILE_BYTES:
+            return None
+        data = f.read(MAX_IMAGE_FILE_BYTES + 1)
+    return data if len(data) <= MAX_IMAGE_FILE_BYTES else None  # grew since fstat
+
+
+def _listed_image(path: str) -> str | None:
+    """How :func:`_list_folder` lists ``path``: None if it is not a regular file (after symlinks: FIFOs, devices,
+    folders and broken links are left out), ``""`` if it exceeds :data:`MAX_IMAGE_FILE_BYTES` (an empty key, whose
+    read fails: skipped and counted in the pipeline, never read), else ``path``."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return path if info.st_size <= MAX_IMAGE_FILE_BYTES else ""
+
+
 def _repeat_to(images: list, num: int, name: str) -> np.ndarray:
     if not images:
         raise ValueError(f"`dataset` has no decodable images. Received: dataset={name!r}")
@@ -251,9 +290,9 @@ def _list_folder(root: str, split: str, class_names: tuple[str, ...] | None) -> 
     for label, name in enumerate(names):
         folder = os.path.join(split_dir, name)
         for file in sorted(os.listdir(folder)):
-            full = os.path.join(folder, file)
-            if os.path.isfile(full) and not file.startswith("."):
-                paths.append(full)
+            listed = None if file.startswith(".") else _listed_image(os.path.join(folder, file))
+            if listed is not None:
+                paths.append(listed)
                 labels.append(label)
     return tuple(paths), tuple(labels), names
 
@@ -331,17 +370,9 @@ class FolderSource(DataSource):
         if not files:
             raise ValueError(f"`dataset` folder holds no image files ({', '.join(EXPORT_IMAGE_SUFFIXES)}). "
                              f"Received: dataset='folder:{path}'")
-        images = []  # in a seeded order, skipping what is not a decodable image of at most MAX_IMAGE_PIXELS
-        for i in np.random.default_rng(seed).permutation(len(files)):
-            try:
-                with open(files[i], "rb") as f:
-                    image = _export_pixels(f.read(), size)
-            except OSError:
-                continue
-            if image is not None:
-                images.append(image)
-            if len(images) == num:
-                break
+        # in a seeded order, skipping what is not a decodable image of at most MAX_IMAGE_PIXELS
+        order = np.random.default_rng(seed).permutation(len(files))
+        images = _first_decodable((lambda i=i: _read_image_file(files[i]) for i in order), num, size)
         if not images:
             raise ValueError(f"`dataset` folder holds no decodable image ({len(files)} image files, none decodable "
                              f"within the pixel limit). Received: dataset='folder:{path}'")

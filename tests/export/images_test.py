@@ -53,6 +53,31 @@ class TestImages:
         with pytest.raises(ValueError, match=r"holds no decodable image \(4 image files, none decodable"):
             load_images(f"folder:{tmp_path}", 2, 16)
 
+    def test_fifos_devices_and_files_over_the_byte_limit_are_never_read(self, tmp_path, monkeypatch):
+        import os
+        import threading
+
+        from pf_keras_training import sources
+
+        folder = tmp_path / "cls"
+        folder.mkdir()
+        small = tf.io.encode_jpeg(np.full((20, 20, 3), 200, np.uint8), quality=50).numpy()
+        big = tf.io.encode_png(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).numpy()
+        assert len(big) > 4 * len(small)
+        (folder / "good.jpg").write_bytes(small)
+        (folder / "big.png").write_bytes(big)  # decodable, but over the limit set below
+        os.mkfifo(folder / "fifo.jpg")  # opening it for reading would block forever
+        os.symlink("/dev/zero", folder / "zero.jpg")  # reading it would never end
+        monkeypatch.setattr(sources, "MAX_IMAGE_FILE_BYTES", 2 * len(small))
+        result = []
+        for s in range(3):  # several seeded orders
+            worker = threading.Thread(target=lambda s=s: result.append(load_images(f"folder:{tmp_path}", 6, 16,
+                                                                                   seed=s)), daemon=True)
+            worker.start()
+            worker.join(120)
+            assert not worker.is_alive(), "reading the export folder blocked"
+        assert len(result) == 3 and all((images == 200).all() for images in result)  # only the small JPEG
+
     def test_synthetic_builtin_and_inputs(self):
         synthetic = load_images("synthetic", 2, 16, seed=1)
         np.testing.assert_array_equal(synthetic, load_images("synthetic", 2, 16, seed=1))

@@ -300,6 +300,34 @@ print(sum(float(tf.reduce_sum(b["weights"])) for b in batches), sum(int(tf.reduc
         # TensorFlow alone peaks at ~0.9-1.5 GB here; decoding the PNG would add 1.2 GB (uint8) + 4.8 GB (float).
         assert int(peak_kib) < 2_500_000
 
+    def test_fifos_devices_and_files_over_the_byte_limit_are_not_read(self, tmp_path, images, monkeypatch):
+        from pf_keras_training import sources
+
+        root = tmp_path / "special"
+        small = images.jpeg(_image(0, 24, 24))
+        big = images.png(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+        assert len(big) > 4 * len(small)
+        for split in ("train", "val"):
+            folder = root / split / "a"
+            folder.mkdir(parents=True)
+            for i in range(3):
+                (folder / f"good_{i}.JPEG").write_bytes(images.jpeg(_image(i, 24, 24)))
+            (folder / "big.png").write_bytes(big)  # decodable, but over the limit set below: skipped, counted
+            os.mkfifo(folder / "fifo.JPEG")  # reading it would block: not listed
+            os.symlink("/dev/zero", folder / "zero.JPEG")  # reading it would never end: not listed
+            os.symlink(folder / "missing", folder / "dangling.JPEG")
+        monkeypatch.setattr(sources, "MAX_IMAGE_FILE_BYTES", 2 * len(small))
+        cfg = recipes.DataConfig(dataset=f"folder:{root}", global_batch_size=2, image_size=32)
+        source = data.resolve_source(cfg)
+        assert (source.train_examples, source.eval_examples) == (4, 4)
+        batches = list(data.make_eval_dataset_fn(source, cfg, interpolation="bilinear")(CTX))
+        weights = sum(float(tf.reduce_sum(b["weights"])) for b in batches)
+        skipped = sum(int(tf.reduce_sum(b["skipped"])) for b in batches)
+        assert (weights, skipped) == (3.0, 1)
+        train = list(data.make_train_dataset_fn(source, cfg, seed=0, epoch=0, steps_per_epoch=4, skip_steps=0,
+                                                label_smoothing=0.0, interpolation="bilinear")(CTX))
+        assert len(train) == 4 and sum(int(tf.reduce_sum(b["skipped"])) for b in train) >= 1
+
     def test_undecodable_files_at_the_end_of_the_val_list_are_counted(self, tmp_path, images):
         root = tmp_path / "tail"
         for split in ("train", "val"):
