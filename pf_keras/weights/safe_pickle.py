@@ -11,9 +11,11 @@ allocates and clears 16 GB). This module interprets the opcodes itself, decoded 
   arguments; ``BUILD`` on it records the state. Everything else the resolver returned is
   called through ``resolver.call``, which validates the arguments itself.
 - Only lists, tuples, dicts, sets and frozensets of plain values are built. Dict keys and
-  set members must be strings, bytes, None, booleans, 32-bit ints or tuples of those:
-  other keys (floats, huge ints, crafted tuples) can be chosen to collide in a hash table
-  and make insertion quadratic.
+  set members must be strings, bytes, None, booleans, 32-bit ints or flat tuples of at most
+  16 of those: other keys (floats, huge ints, crafted tuples) can be chosen to collide in a
+  hash table and make insertion quadratic, and a tuple key is hashed (and checked) whole on
+  every insertion, so a nested one shared through the memo (``t = (t, t)`` 40 times, 431
+  bytes) would cost 2**40 steps.
 - Limits: at most ``max_ops`` opcodes (which bounds time, memo size and object count,
   since every opcode creates at most one object), at most ``max_depth`` nested marks or
   containers (deeper trees overflow the C stack of ``hash`` and exhaust Python's recursion
@@ -34,6 +36,7 @@ from typing import Any, Protocol
 from pf_keras.weights.errors import CheckpointError, describe, quote
 
 _KEY_INT_LIMIT = 2**31  # dict keys and set members: |int| below this (see the module docstring)
+_KEY_TUPLE_LIMIT = 16  # dict keys and set members: flat tuples of at most this many scalars
 
 
 class Placeholder:
@@ -177,7 +180,8 @@ class _Machine:
 
     def hashable(self, value: Any, what: str) -> Any:
         if not _safe_key(value):
-            raise self.fail(f"{what} {quote(value)} is not a string, bytes, None, bool, 32-bit int or tuple of those")
+            raise self.fail(f"{what} {quote(value)} is not a string, bytes, None, bool, 32-bit int or a flat tuple "
+                            f"of at most {_KEY_TUPLE_LIMIT} of those")
         return value
 
     def set_items(self, target: Any, items: list[Any]) -> None:
@@ -209,14 +213,16 @@ def _is_global(item: Any) -> bool:
     return not isinstance(item, (str, bytes, int, float, bool, type(None), tuple, list, dict, set, frozenset))
 
 
-def _safe_key(value: Any) -> bool:
+def _safe_scalar_key(value: Any) -> bool:
     if isinstance(value, (str, bytes, bool, type(None))):
         return True
-    if isinstance(value, int):
-        return -_KEY_INT_LIMIT < value < _KEY_INT_LIMIT
-    if isinstance(value, tuple):
-        return all(_safe_key(item) for item in value)  # depth already bounded when the tuple was built
-    return False
+    return isinstance(value, int) and -_KEY_INT_LIMIT < value < _KEY_INT_LIMIT
+
+
+def _safe_key(value: Any) -> bool:
+    if isinstance(value, tuple):  # flat and short: hashing it costs a bounded number of steps
+        return len(value) <= _KEY_TUPLE_LIMIT and all(_safe_scalar_key(item) for item in value)
+    return _safe_scalar_key(value)
 
 
 def _children(obj: Any) -> Iterator[Any]:

@@ -88,6 +88,28 @@ class TestNothingRuns:
             assert namespace.args[0].qualname == "argparse.Namespace" and namespace.args[0].args is None
 
 
+class TestKeysAreCheapToHash:
+    """A key is hashed whole at every insertion: shared nested tuples (``t = (t, t)``, 2 bytes a level) would cost
+    2**levels steps per insertion (40 levels: days), so keys are scalars or flat tuples of at most 16."""
+
+    DAG = b"K\x01\x85" + b"2\x86" * 40  # (1,), then 40 x DUP TUPLE2: t = (t, t)
+
+    @pytest.mark.parametrize("data", [
+        b"\x80\x02}" + DAG + b"Ns.",  # dict key
+        b"\x80\x04\x8f(" + DAG + b"\x90.",  # set member (ADDITEMS)
+        b"\x80\x04(" + DAG + b"\x91.",  # frozenset member
+        b"\x80\x02}(" + b"K\x01" * 17 + b"tNs.",  # a flat tuple of 17
+    ], ids=["dict_key", "set_member", "frozenset_member", "long_flat_tuple"])
+    def test_nested_or_long_tuple_keys_are_refused(self, data):
+        with pytest.raises(CheckpointError, match=r"is not a string, bytes, None, bool, 32-bit int or a flat tuple "
+                                                  r"of at most 16 of those"):
+            _load(data, max_depth=100)
+
+    def test_flat_tuple_keys_and_nested_tuple_values_are_read(self):
+        value = {(1, "a", None, b"x", True) + (0,) * 11: 1, "v": ((1, 2), ((3,),))}
+        assert _load(pickle.dumps(value, protocol=4)) == value
+
+
 class TestRefusals:
     @pytest.mark.parametrize(
         "data, message",
