@@ -48,7 +48,7 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, MemoryError) as error:
+    except (ValueError, OSError, MemoryError, RecursionError) as error:  # RecursionError: input nested too deep
         if debug:
             traceback.print_exc()
         print(f"{prog}: error: {one_line(error)}", file=sys.stderr)

@@ -110,19 +110,29 @@ def profile_table(names: list[str], image_size: int = 224) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Prints the profile of registry models (all of them by default) next to the paper's numbers."""
+def _main(argv: list[str]) -> int:
     import argparse
 
+    from pf_keras.cli import DEBUG_FLAG
     from pf_keras.models.registry import list_models
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", help="registry name (repeatable); default: all")
+    parser.add_argument("--model", action="append", help="registry name or preset folder (repeatable); default: all")
     parser.add_argument("--pattern", default=None, help="shell-style pattern of names, e.g. '*max*'")
     parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     print(profile_table(args.model or list_models(args.pattern), args.image_size))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prints the profile of registry models (all of them by default) next to the paper's numbers; a bad model
+    or preset is one line on stderr and exit 2."""
+    from pf_keras.cli import run_cli
+
+    return run_cli(_main, argv, prog="pf-keras-profile")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -108,6 +108,8 @@ def check_applications_args(
         ValueError: with the rule, the allowed values and the received value.
     """
     check_weights_arg(weights)
+    if not isinstance(include_top, bool):  # a preset's "include_top": "no" is truthy
+        raise ValueError(f"`include_top` must be True or False. Received: include_top={include_top!r}")
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
     if include_top and pooling is not None:
@@ -172,6 +174,9 @@ def make_inputs(input_tensor, input_shape: tuple, include_preprocessing: bool):
     Returns:
         ``(inputs, x)``: the Keras input tensor and the tensor the body starts from.
     """
+    if not isinstance(include_preprocessing, bool):
+        raise ValueError("`include_preprocessing` must be True or False. "
+                         f"Received: include_preprocessing={include_preprocessing!r}")
     if input_tensor is None:
         inputs = keras.Input(shape=input_shape, name="image")
     elif not keras.backend.is_keras_tensor(input_tensor):

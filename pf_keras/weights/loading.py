@@ -10,6 +10,7 @@ from collections import Counter
 import keras
 
 from pf_keras.layers.position_embedding import PositionEmbedding
+from pf_keras.weights import torch_convert
 from pf_keras.weights.errors import CheckpointError, describe
 from pf_keras.weights.torch_convert import NameMap, load_torch_state_dict
 from pf_keras.weights.torch_reader import read_state_dict
@@ -17,6 +18,7 @@ from pf_keras.weights.torch_reader import read_state_dict
 TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".bin")
 KERAS_SUFFIXES = (".weights.h5", ".h5")
 POSITION_EMBEDDING = "a position embedding (any grid)"  # how the fit check counts them
+MAX_POSITION_EMBEDDING = 1 << 24  # values of a stored position embedding (ViT-B at 384 px: 443k; 64 MiB float32)
 
 
 def weights_dir() -> str:
@@ -88,10 +90,19 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
     # PositionEmbedding.load_own_variables resamples them (and refuses another width).
     position = re.compile(r"(^|/)position_embedding(_\d+)?/vars/")
     stored: Counter = Counter()
+    datasets: list[str] = []
+    problems: list[str] = []
 
     def count(name, item):
         if isinstance(item, h5py.Dataset):
-            stored.update([POSITION_EMBEDDING if position.search(name) else tuple(item.shape)])
+            datasets.append(name)
+            embedding = position.search(name) is not None
+            stored.update([POSITION_EMBEDDING if embedding else tuple(item.shape)])
+            if item.dtype.kind != "f":
+                problems.append(f"{name}: {item.dtype} (non-float) values")
+            elif embedding and (item.ndim != 3 or item.size > MAX_POSITION_EMBEDDING):
+                problems.append(f"{name}: a position embedding of shape {item.shape} (at most "
+                                f"{MAX_POSITION_EMBEDDING} values in (1, tokens, width))")
 
     try:
         with h5py.File(path, "r") as f:
@@ -100,6 +111,8 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
         raise CheckpointError(
             f"{path}: not a readable Keras .weights.h5 file ({describe(error)}). Received: weights={path!r}"
         ) from error
+    if problems:
+        raise CheckpointError(f"{path}: {problems[0]}. Received: weights={path!r}")
     resampled = {id(w) for layer in model.layers if isinstance(layer, PositionEmbedding) for w in layer.weights}
     expected = Counter(POSITION_EMBEDDING if id(w) in resampled else tuple(w.shape) for w in model.weights)
     if stored != expected:
@@ -110,6 +123,7 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
             f"has {sum(expected.values())} weights (shapes only in the model: {only_model}; only in the file: "
             f"{only_file}). {hint} Received: weights={path!r}"
         )
+    _check_values(path, datasets)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message=".*(Skipping|retain their freshly-initialized).*")
@@ -118,4 +132,26 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
         raise CheckpointError(
             f"The weights file does not fit model {model.name!r} ({describe(error)}). {hint} "
             f"Received: weights={path!r}"
+        ) from error
+
+
+def _check_values(path: str, datasets: list[str]) -> None:
+    """Refuses NaN/Inf values and float64 values float32 cannot hold (as the PyTorch path does, with the same
+    :func:`~pf_keras.weights.torch_convert.precision_loss_allowed` switch). The shapes were checked first, so
+    what is read here is the size of the model's weights."""
+    import h5py
+    import numpy as np
+
+    allow = torch_convert.precision_loss_allowed_now()
+    try:
+        with h5py.File(path, "r") as f:
+            for name in datasets:
+                problem = torch_convert.value_problem(np.asarray(f[name][()]), "float32", allow)
+                if problem:
+                    raise CheckpointError(f"{path}: {name}: {problem}. Received: weights={path!r}")
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - h5py's assorted errors on a damaged file
+        raise CheckpointError(
+            f"{path}: not a readable Keras .weights.h5 file ({describe(error)}). Received: weights={path!r}"
         ) from error

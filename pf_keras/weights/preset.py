@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 from typing import Any
 
-from pf_keras import fileio
+from pf_keras import fileio, safe_open
 from pf_keras.models.specs import FAMILY_BUILDERS
 
 CONFIG_FILE = "config.json"
@@ -132,6 +131,9 @@ def write_preset(
         name, family, config = record.model, record.family, record.config
     if family is not None and family not in FAMILY_BUILDERS:
         raise ValueError(f"Unknown model family. Valid families: {sorted(FAMILY_BUILDERS)}. Received: {family=}")
+    if family is None and os.path.exists(model):  # a folder here would be read again, and again (a cycle)
+        raise ValueError(f"{os.path.join(folder, CONFIG_FILE)}: `model` must name a registered model, not a path. "
+                         f"Received: model={model!r}")
     if {"weights", "name"} & set(config):
         raise ValueError(f"A preset config holds builder arguments without `weights` and `name`. Received: {config}")
     folder = os.fspath(folder)
@@ -210,9 +212,8 @@ def convert_to_preset(
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = safe_open.read_json(path)  # a regular file of at most 64 MiB; deep nesting is a ValueError
+    except (OSError, ValueError) as error:
         raise ValueError(f"Cannot read preset file {path}: {error}") from error
     if not isinstance(data, dict):
         raise ValueError(f"Preset file {path} must hold a JSON object. Received: {type(data).__name__}")
@@ -241,6 +242,9 @@ def read_preset(folder: str | os.PathLike) -> Preset:
             f"{sorted(FAMILY_BUILDERS)} or null, 'config': {{...}}}}. Received: model={model!r}, family={family!r}, "
             f"config of type {type(config).__name__}"
         )
+    if family is None and os.path.exists(model):  # a folder here would be read again, and again (a cycle)
+        raise ValueError(f"{os.path.join(folder, CONFIG_FILE)}: `model` must name a registered model, not a path. "
+                         f"Received: model={model!r}")
     if {"weights", "name"} & set(config):
         raise ValueError(f"{os.path.join(folder, CONFIG_FILE)}: `config` must not set `weights` or `name`.")
     if family is not None:

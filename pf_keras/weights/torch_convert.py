@@ -60,8 +60,14 @@ def precision_loss_allowed(allow: bool = True) -> Iterator[None]:
         _ALLOW_PRECISION_LOSS.reset(token)
 
 
-def _value_problem(array: np.ndarray, dtype: str, allow_precision_loss: bool) -> str | None:
-    """Why ``array`` cannot become a ``dtype`` weight, or None (checks before any cast)."""
+def precision_loss_allowed_now() -> bool:
+    """The :func:`precision_loss_allowed` setting in effect (False unless set)."""
+    return _ALLOW_PRECISION_LOSS.get()
+
+
+def value_problem(array: np.ndarray, dtype: str, allow_precision_loss: bool) -> str | None:
+    """Why ``array`` cannot become a ``dtype`` weight, or None (checks before any cast): non-finite values,
+    non-float values for a float weight, a narrowing cast that changes a value unless ``allow_precision_loss``."""
     target = np.dtype(dtype)
     if target.kind != "f":
         return None if array.dtype.kind in "iub" else f"{array.dtype} values for a {dtype} weight"
@@ -126,7 +132,7 @@ def plan_torch_transfer(
             every key with unusable values (non-finite, integer for a float weight, lossy).
     """
     if allow_precision_loss is None:
-        allow_precision_loss = _ALLOW_PRECISION_LOSS.get()
+        allow_precision_loss = precision_loss_allowed_now()
     pairs, missing, misshaped, bad_values, used = [], [], [], [], set()
     for layer in model.layers:
         variables = layer.weights
@@ -157,7 +163,7 @@ def plan_torch_transfer(
                     f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {_torch_shape(leaf, variable.shape)}"
                 )
                 continue
-            problem = _value_problem(array, variable.dtype, allow_precision_loss)
+            problem = value_problem(array, variable.dtype, allow_precision_loss)
             if problem:
                 bad_values.append(f"{key}: {problem}")
                 continue

@@ -72,3 +72,64 @@ class TestKerasWeightsFile:
         reference.load_weights(path)  # Keras's own reader
         for got, want in zip(model.get_weights(), reference.get_weights(), strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+class TestKerasWeightsValues:
+    """What a .pth is checked for, a .weights.h5 is too: values, dtypes, and sizes declared before reading."""
+
+    @staticmethod
+    def _edited(saved, tmp_path, edit) -> str:
+        import h5py
+
+        path = str(tmp_path / "edited.weights.h5")
+        with open(path, "wb") as f:
+            f.write(saved[1])
+        with h5py.File(path, "r+") as f:
+            name = "layers/batch_normalization/vars/0"
+            array = f[name][()]
+            del f[name]
+            f.create_dataset(name, data=edit(array))
+        return path
+
+    @pytest.mark.parametrize("edit, message", [
+        (lambda a: np.where(np.arange(a.size) == 3, np.nan, a).astype(np.float32), r"1 NaN/Inf values"),
+        (lambda a: np.full_like(a, np.inf), r"64 NaN/Inf values"),
+        (lambda a: a.astype(np.int64), r"int64 \(non-float\) values"),
+        (lambda a: a.astype(np.float64) + 1e-12, r"float64 values not exactly representable in float32"),
+    ], ids=["nan", "inf", "int64", "float64_lossy"])
+    def test_unusable_values_are_refused(self, saved, tmp_path, edit, message):
+        path = self._edited(saved, tmp_path, edit)
+        with pytest.raises(CheckpointError, match=r"layers/batch_normalization/vars/0: " + message):
+            pf_keras.create_model("resnet50_max", weights=path, **SMALL)
+
+    def test_float64_rounding_is_allowed_on_request_and_exact_float64_loads(self, saved, tmp_path):
+        from pf_keras.weights import precision_loss_allowed
+
+        exact = self._edited(saved, tmp_path, lambda a: a.astype(np.float64))
+        pf_keras.create_model("resnet50_max", weights=exact, **SMALL)
+        lossy = self._edited(saved, tmp_path, lambda a: a.astype(np.float64) + 1e-12)
+        with precision_loss_allowed():
+            model = pf_keras.create_model("resnet50_max", weights=lossy, **SMALL)
+        assert all(np.isfinite(w.numpy()).all() for w in model.weights)
+
+    def test_a_huge_declared_position_embedding_is_refused_before_reading(self, tmp_path):
+        import h5py
+
+        kwargs = {"depth": 1, "hidden_dim": 16, "num_heads": 1, "input_shape": (32, 32, 3), "classes": 10}
+        path = str(tmp_path / "vit.weights.h5")
+        fileio.save_weights(pf_keras.create_model("vit_ti_max", **kwargs), path)
+        with h5py.File(path, "r+") as f:
+            name = next(n for n in _datasets(f) if "position_embedding" in n)
+            del f[name]  # 1 GiB declared, nothing stored: the file stays ~100 KB
+            f.create_dataset(name, shape=(1, 4096 * 4096, 16), dtype="float32", chunks=(1, 4096, 16),
+                             compression="gzip", fillvalue=0.01)
+        with pytest.raises(CheckpointError, match=r"a position embedding of shape \(1, 16777216, 16\)"):
+            pf_keras.create_model("vit_ti_max", weights=path, **kwargs)
+
+
+def _datasets(f) -> list[str]:
+    import h5py
+
+    names: list[str] = []
+    f.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+    return names

@@ -87,6 +87,14 @@ class TestPresetFolders:
             ({"config.json": '["resnet50"]'}, "must hold a JSON object"),
             ({"config.json": '{"model": "resnet50", "family": "resnet", "config": {"weights": "/etc/x.pth"}}'},
              "must not set `weights`"),
+            ({"config.json": '{"model": "resnet50", "family": "resnet", "config": {"x": '
+              + "[" * 100_000 + "]" * 100_000 + "}}"}, "config.json: JSON nested too deeply"),
+            ({"config.json": '{"model": "resnet50", "family": "resnet", "config": {}}',
+              "metadata.json": "[" * 100_000 + "]" * 100_000}, "metadata.json: JSON nested too deeply"),
+            ({"config.json": '{"model": "resnet50", "family": "resnet", "config": {"include_top": "no"}}'},
+             "`include_top` must be True or False"),
+            ({"config.json": '{"model": "resnet50", "family": "resnet", "config": {"include_preprocessing": "false"}}'},
+             "`include_preprocessing` must be True or False"),
         ],
     )
     def test_malformed_presets_are_one_line_errors(self, tmp_path, files, match):
@@ -96,6 +104,28 @@ class TestPresetFolders:
             (folder / name).write_text(files.get(name, "{}"))
         with pytest.raises(ValueError, match=match):
             pf_keras.create_model(str(folder))
+
+    def test_a_preset_naming_itself_or_another_folder_is_refused(self, tmp_path):
+        for folder, target in (("a", "a"), ("b", "c"), ("c", "b")):  # itself, and two naming each other
+            (tmp_path / folder).mkdir()
+            (tmp_path / folder / "config.json").write_text(json.dumps(
+                {"model": str(tmp_path / target), "family": None, "config": {}}))
+            for name in ("metadata.json", "model.weights.h5"):
+                (tmp_path / folder / name).write_text("{}")
+        for folder in ("a", "b"):
+            with pytest.raises(ValueError, match="`model` must name a registered model, not a path"):
+                pf_keras.create_model(str(tmp_path / folder))
+
+    def test_a_fifo_config_is_refused_without_blocking(self, tmp_path):
+        folder = tmp_path / "p"
+        folder.mkdir()
+        for name in ("metadata.json", "model.weights.h5"):
+            (folder / name).write_text("{}")
+        os.mkfifo(folder / "config.json")  # not a preset folder (its config is no file), and nothing blocks
+        with pytest.raises(ValueError, match="Unknown model name"):
+            pf_keras.create_model(str(folder))
+        with pytest.raises(ValueError, match="config.json is missing"):
+            read_preset(folder)
 
     def test_incomplete_folder(self, tmp_path):
         (tmp_path / "config.json").write_text("{}")
