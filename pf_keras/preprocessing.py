@@ -22,6 +22,12 @@ from pf_keras.values import is_positive_int, is_real
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 MAX_RESIZE = 65_536  # pixels of the shorter side before the centre crop (size / crop_fraction)
+# Above this many pixels the resized image is not made whole: a 1x5000 PNG (96 bytes) resized to a 256 shorter
+# side is 256x1,280,000 (3.9 GB in float32). Bilinear and bicubic then resample only the crop window (the same
+# kernel weights, up to float rounding of the sample positions: < 0.02 of a level); nearest and area fail.
+MAX_RESIZED_PIXELS = 1 << 23
+_WINDOW_KERNELS = {"bilinear": "triangle", "bicubic": "keyscubic"}  # ScaleAndTranslate's names
+_KERNEL_RADIUS = {"bilinear": 1.0, "bicubic": 2.0}  # support, in pixels of the finer grid
 
 
 def _is_tf(x) -> bool:
@@ -89,10 +95,33 @@ def resize_and_crop(image, *, size: int = 224, crop_fraction: float = 0.875, int
     short, long = tf.minimum(height, width), tf.maximum(height, width)
     new_long = (resize * long) // short  # torchvision: int(size * long / short)
     new_hw = tf.where(height <= width, tf.stack([resize, new_long]), tf.stack([new_long, resize]))
-    image = tf.image.resize(tf.cast(image, tf.float32), new_hw, method=interpolation, antialias=True)
-    image = tf.clip_by_value(image, 0.0, 255.0)  # bicubic overshoots; PIL clips to uint8
     offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float32) / 2.0), tf.int32)  # half to even, as Python
-    return tf.slice(image, [offsets[0], offsets[1], 0], [size, size, 3])
+    image = tf.cast(image, tf.float32)
+
+    def whole():
+        resized = tf.image.resize(image, new_hw, method=interpolation, antialias=True)
+        return tf.slice(resized, [offsets[0], offsets[1], 0], [size, size, 3])
+
+    def window():
+        if interpolation not in _WINDOW_KERNELS:
+            with tf.control_dependencies([tf.debugging.Assert(False, [
+                    f"resized image over {MAX_RESIZED_PIXELS} pixels; {interpolation} cannot resample a window"])]):
+                return tf.zeros([size, size, 3])
+        scale = tf.cast(new_hw, tf.float32) / tf.cast(hw, tf.float32)  # as tf.image.resize computes it
+        # Only the input rows and columns under the window's kernels (the kernel widens when downscaling), with
+        # a margin: ScaleAndTranslate keeps an (output rows x input columns) intermediate.
+        reach = _KERNEL_RADIUS[interpolation] * tf.maximum(1.0, 1.0 / scale) + 2.0
+        first = tf.cast(offsets, tf.float32)
+        start = tf.maximum(0, tf.cast(tf.floor(first / scale - reach), tf.int32))
+        end = tf.minimum(hw, tf.cast(tf.math.ceil((first + size) / scale + reach), tf.int32))
+        part = tf.slice(image, [start[0], start[1], 0], [end[0] - start[0], end[1] - start[1], 3])
+        return tf.raw_ops.ScaleAndTranslate(
+            images=part[None], size=[size, size], scale=scale, translation=tf.cast(start, tf.float32) * scale - first,
+            kernel_type=_WINDOW_KERNELS[interpolation], antialias=True)[0]
+
+    big = tf.cast(new_hw[0], tf.int64) * tf.cast(new_hw[1], tf.int64) > MAX_RESIZED_PIXELS
+    image = tf.cond(big, window, whole)
+    return tf.clip_by_value(image, 0.0, 255.0)  # bicubic overshoots; PIL clips to uint8
 
 
 def eval_transform(

@@ -116,6 +116,27 @@ class TestEvalTransform:
         scale = 100 / 48
         assert pixels[0, 0, 0] == np.floor((8 + 0.5) * scale)
 
+    @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+    def test_a_thin_image_is_resampled_in_the_crop_window_only(self, interpolation, monkeypatch):
+        # 1 x 50,000: its resized copy would be 256 x 12,800,000 (39 GB in float32); the window is 224 x 224.
+        thin = np.tile(np.arange(50_000, dtype=np.float32)[None, :, None] % 256, (1, 1, 3))
+        out = resize_and_crop(thin, size=224, interpolation=interpolation).numpy()
+        assert out.shape == (224, 224, 3) and np.isfinite(out).all()
+        # The window path equals resizing whole then cropping (up to float rounding of the sample positions):
+        # forced on ordinary images by lowering the threshold.
+        from pf_keras import preprocessing
+
+        rng = np.random.default_rng(1)
+        for shape in ((75, 100, 3), (300, 40, 3), (5, 900, 3)):
+            image = rng.integers(0, 256, shape).astype(np.uint8)
+            whole = resize_and_crop(image, size=32, interpolation=interpolation).numpy()
+            monkeypatch.setattr(preprocessing, "MAX_RESIZED_PIXELS", 0)
+            window = resize_and_crop(image, size=32, interpolation=interpolation).numpy()
+            monkeypatch.undo()
+            np.testing.assert_allclose(window, whole, atol=0.02)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="nearest cannot resample a window"):
+            resize_and_crop(thin, size=224, interpolation="nearest")
+
     def test_tf_data_and_spec_defaults(self):
         spec = pf_keras.get_spec("vit_s_max")
         assert (spec.eval.size, spec.eval.crop_fraction, spec.eval.interpolation) == (224, 0.875, "bicubic")
