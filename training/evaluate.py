@@ -50,7 +50,8 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
              model_kwargs: dict[str, Any] | None = None, batch_size: int = 250, image_size: int = 0,
              crop_fraction: float = 0.0, interpolation: str = "", eval_examples: int = 0,
              strategy: tf.distribute.Strategy | None = None,
-             max_image_pixels: int = data_lib.MAX_IMAGE_PIXELS) -> dict[str, Any]:
+             max_image_pixels: int = data_lib.MAX_IMAGE_PIXELS,
+             class_names: tuple[str, ...] = ()) -> dict[str, Any]:
     """Top-1/top-5 of ``model_name`` with ``weights`` on the validation split of ``dataset``.
 
     Args:
@@ -66,6 +67,9 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
         eval_examples: int. Evaluate only this many images (0 = all).
         strategy: tf.distribute.Strategy or None. Defaults to one device.
         max_image_pixels: int. Images whose header declares more pixels are skipped (0 = no limit).
+        class_names: the model's classes in output order (a run's ``final/`` records them), or empty. When the
+            dataset names its classes too, they must be the same, in the same order: a renamed or re-sorted class
+            folder would otherwise score the wrong labels without a word.
 
     Returns:
         ``{"top1", "top5", "loss", "examples", "skipped", ...}``.
@@ -91,6 +95,15 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
     cfg = DataConfig(dataset=dataset, data_dir=data_dir, global_batch_size=batch_size, image_size=image_size,
                      crop_fraction=crop_fraction, interpolation=interpolation, eval_examples=eval_examples)
     source = data_lib.resolve_source(cfg)
+    if class_names and source.class_names and tuple(class_names) != tuple(source.class_names):
+        differ = [i for i, (a, b) in enumerate(zip(class_names, source.class_names, strict=False)) if a != b]
+        where = (f"class {differ[0]}: the model's {class_names[differ[0]]!r}, the dataset's "
+                 f"{source.class_names[differ[0]]!r}" if differ else
+                 f"{len(class_names)} classes in the model, {len(source.class_names)} in the dataset")
+        raise ValueError(
+            f"The dataset's classes are not the model's ({where}); its labels would be scored against the wrong "
+            f"outputs. Evaluate on the classes the model was trained on (or pass --model and --weights to skip "
+            f"this check). Received: dataset={dataset!r}")
     strategy = strategy or loop_lib.create_strategy("one_device")
     if batch_size % strategy.num_replicas_in_sync:
         raise ValueError(
@@ -143,6 +156,12 @@ def _from_model_dir(model_dir: str) -> tuple[str, str, dict[str, Any], dict[str,
                          f"Received: crop_fraction={crop_fraction!r}")
     extra = {"image_size": image_size, "crop_fraction": crop_fraction,
              "interpolation": transform.get("interpolation") or ""}
+    names = preset.metadata.get("class_names")
+    if names:  # a run's final/ records the classes it was trained on, in output order
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"{preset_dir}/metadata.json: `class_names` must be a list of strings. "
+                             f"Received: class_names of type {type(names).__name__}")
+        extra["class_names"] = tuple(names)
     kwargs = {k: v for k, v in preset.config.items() if k not in EVALUATE_SETS}
     return preset.model, preset_dir, kwargs, extra
 

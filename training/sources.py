@@ -278,7 +278,13 @@ def _list_folder(root: str, split: str, class_names: tuple[str, ...] | None) -> 
             f"A folder dataset needs PATH/train/<class>/... and PATH/val/<class>/...; {split_dir} is missing. "
             f"Received: dataset='folder:{root}'"
         )
-    names = tuple(sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))))
+    # hidden folders (.ipynb_checkpoints, .git) are no classes, as hidden files are no examples
+    names = tuple(sorted(d for d in os.listdir(split_dir)
+                         if not d.startswith(".") and os.path.isdir(os.path.join(split_dir, d))))
+    for name in names:
+        if not _is_utf8(name):
+            raise ValueError(f"A class folder name is not valid UTF-8 (class names go into the model's metadata): "
+                             f"{os.path.join(split_dir, name)!r}. Rename it. Received: dataset='folder:{root}'")
     if class_names is not None and names != class_names:
         raise ValueError(
             f"The train and val class folders must be the same. Train classes: {list(class_names)}. "
@@ -289,12 +295,26 @@ def _list_folder(root: str, split: str, class_names: tuple[str, ...] | None) -> 
     paths, labels = [], []
     for label, name in enumerate(names):
         folder = os.path.join(split_dir, name)
+        found = len(paths)
         for file in sorted(os.listdir(folder)):
             listed = None if file.startswith(".") else _listed_image(os.path.join(folder, file))
             if listed is not None:
-                paths.append(listed)
+                paths.append(listed if _is_utf8(listed) else "")  # tf.data takes UTF-8 paths: skipped, counted
                 labels.append(label)
+        if split == "train" and len(paths) == found:
+            raise ValueError(f"The class folder {folder} holds no files: a class without training images would "
+                             f"still get an output. Remove it (from val too) or add images. "
+                             f"Received: dataset='folder:{root}'")
     return tuple(paths), tuple(labels), names
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether ``name`` (from ``os.listdir``: undecodable bytes become surrogates) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _subset(paths: tuple, labels: tuple, count: int) -> tuple[tuple, tuple]:

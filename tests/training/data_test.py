@@ -328,6 +328,33 @@ print(sum(float(tf.reduce_sum(b["weights"])) for b in batches), sum(int(tf.reduc
                                                 label_smoothing=0.0, interpolation="bilinear")(CTX))
         assert len(train) == 4 and sum(int(tf.reduce_sum(b["skipped"])) for b in train) >= 1
 
+    def test_hidden_folders_empty_classes_and_undecodable_names(self, tmp_path, images):
+        root = tmp_path / "names"
+        for split in ("train", "val"):
+            for name in ("a", "b"):
+                (root / split / name).mkdir(parents=True)
+                for i in range(2):
+                    (root / split / name / f"good_{i}.JPEG").write_bytes(images.jpeg(_image(i, 24, 24)))
+            (root / split / ".ipynb_checkpoints").mkdir()  # hidden: no class
+            with open(os.path.join(os.fsencode(root / split / "b"), b"bad\xff.JPEG"), "wb") as f:
+                f.write(images.jpeg(_image(9, 24, 24)))  # a name that is not UTF-8: skipped and counted
+        cfg = recipes.DataConfig(dataset=f"folder:{root}", global_batch_size=2, image_size=32)
+        source = data.resolve_source(cfg)
+        assert source.class_names == ("a", "b") and source.eval_examples == 5
+        batches = list(data.make_eval_dataset_fn(source, cfg, interpolation="bilinear")(CTX))
+        assert sum(int(tf.reduce_sum(b["skipped"])) for b in batches) == 1
+        assert sum(float(tf.reduce_sum(b["weights"])) for b in batches) == 4.0
+        (root / "train" / "c").mkdir()
+        (root / "val" / "c").mkdir()
+        with pytest.raises(ValueError, match=r"The class folder .*train/c holds no files"):
+            data.resolve_source(cfg)
+        os.rmdir(root / "train" / "c")
+        os.rmdir(root / "val" / "c")
+        for split in ("train", "val"):
+            os.mkdir(os.path.join(os.fsencode(root / split), b"cl\xff"))
+        with pytest.raises(ValueError, match=r"A class folder name is not valid UTF-8"):
+            data.resolve_source(cfg)
+
     def test_undecodable_files_at_the_end_of_the_val_list_are_counted(self, tmp_path, images):
         root = tmp_path / "tail"
         for split in ("train", "val"):

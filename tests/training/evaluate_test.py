@@ -66,6 +66,26 @@ class TestEvaluateErrors:
         code = evaluate.main(["--model", folder, "--dataset", f"folder:{shapes_dir}", "--batch_size", "8"])
         assert code == 2 and re.search(message, _error_line(capsys))
 
+    def test_a_dataset_with_other_or_reordered_classes_is_refused(self, shapes_dir, tmp_path, capsys):
+        import shutil
+
+        import pf_keras
+        from pf_keras.weights.preset import write_preset
+
+        classes = sorted(os.listdir(os.path.join(shapes_dir, "val")))
+        folder = write_preset(pf_keras.create_model("resnet50_max", depths=(1, 1, 1, 1), width_mult=0.125,
+                                                    input_shape=(32, 32, 3), classes=10), tmp_path / "preset",
+                              metadata={"class_names": classes})
+        renamed = tmp_path / "renamed"
+        shutil.copytree(shapes_dir, renamed)
+        for split in ("train", "val"):  # the first class sorts last now: every label moves
+            os.rename(renamed / split / classes[0], renamed / split / f"zz_{classes[0]}")
+        code = evaluate.main(["--model", folder, "--dataset", f"folder:{renamed}", "--batch_size", "8"])
+        assert code == 2 and _error_line(capsys).startswith(
+            f"The dataset's classes are not the model's (class 0: the model's "
+            f"{classes[0]!r}, the dataset's {classes[1]!r})")
+        assert evaluate.main(["--model", folder, "--dataset", f"folder:{shapes_dir}", "--batch_size", "8"]) == 0
+
     def test_a_run_from_before_final_is_one_line(self, shapes_dir, tmp_path, capsys):
         model_dir = tmp_path / "run"
         model_dir.mkdir()
