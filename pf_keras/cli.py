@@ -28,6 +28,22 @@ def one_line(error: BaseException) -> str:
     return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
 
 
+def op_error_reason(message: str, limit: int = 300) -> str:
+    """The cause in a TensorFlow runtime error's message, without its framing ("Graph execution error:",
+    "Detected at node ...", ``[[{{node ...}}]]`` lines), on one line of at most ``limit`` characters.
+
+    Example:
+        >>> op_error_reason("Graph execution error:\\n\\nDetected at node X defined at (most recent call last):\\n"
+        ...                 "<stack traces unavailable>\\ncorrupted record at 12\\n\\t [[{{node X}}]]")
+        'corrupted record at 12'
+    """
+    framing = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[")
+    lines = [line.strip() for line in message.splitlines()]
+    kept = [line for line in lines if line and not line.startswith(framing)]
+    text = " ".join(" ".join(kept or lines).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def debug_requested(argv: Sequence[str] | None) -> bool:
     """True when ``--debug`` is among ``argv`` or ``$PF_KERAS_DEBUG`` is set to a true value."""
     return DEBUG_FLAG in (argv or ()) or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")

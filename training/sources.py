@@ -448,6 +448,8 @@ def tfds_builder(name: str, data_dir: str | None):
     """The TFDS builder of a prepared dataset; ValueError naming close TFDS names or the manual-download steps."""
     import tensorflow_datasets as tfds
 
+    _check_regular_files(os.path.join(data_dir or os.path.expanduser("~/tensorflow_datasets"),
+                                      re.split(r"[/:]", name, maxsplit=1)[0]), name)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # noqa: BLE001 (an unknown name, or a builder that cannot load: one line either way)
@@ -470,6 +472,23 @@ def tfds_builder(name: str, data_dir: str | None):
             f"Received: dataset={name!r}, data_dir={data_dir!r}"
         )
     return builder
+
+
+def _check_regular_files(folder: str, name: str) -> None:
+    """ValueError naming the first FIFO, device or socket under a local dataset ``folder`` (TFDS opens its JSON
+    and record files with blocking reads: a FIFO hangs it). A remote path (``gs://``) or no folder: nothing."""
+    if "://" in folder or not os.path.isdir(folder):
+        return
+    for root, dirs, files in os.walk(folder):
+        for entry in files + dirs:
+            path = os.path.join(root, entry)
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:  # a broken link: TFDS reports what it cannot find
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ValueError(f"The TFDS folder holds something that is not a file or a folder (a FIFO or a "
+                                 f"device would block the reader): {path}. Received: dataset={name!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
+import tiny_tfds
 
 from pf_keras_training import evaluate, loop, train
+
+PfTinyDamaged = tiny_tfds.builder(
+    "PfTinyDamaged", num_classes=2, encoding="png", sizes={"train": 4, "validation": 6},
+    image=lambda split, i: np.full((20, 24, 3), 40 * i, np.uint8))
 
 
 class TestEvaluate:
@@ -85,6 +91,24 @@ class TestEvaluateErrors:
             f"The dataset's classes are not the model's (class 0: the model's "
             f"{classes[0]!r}, the dataset's {classes[1]!r})")
         assert evaluate.main(["--model", folder, "--dataset", f"folder:{shapes_dir}", "--batch_size", "8"]) == 0
+
+    def test_a_damaged_tfds_shard_or_a_fifo_in_its_folder_is_one_line(self, tmp_path, capsys):
+        PfTinyDamaged(data_dir=str(tmp_path)).download_and_prepare()
+        folder = tmp_path / "pf_tiny_damaged" / "1.0.0"
+        argv = ["--model", "resnet50_max", "--model_kwargs", "depths=[1,1,1,1],width_mult=0.125", "--dataset",
+                "pf_tiny_damaged", "--data_dir", str(tmp_path), "--batch_size", "2", "--image_size", "32"]
+        assert evaluate.main(argv) == 0
+        capsys.readouterr()
+        shard = next(folder.glob("*validation.tfrecord*"))
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # a flipped bit: its record's CRC fails
+        shard.write_bytes(bytes(data))
+        assert evaluate.main(argv) == 2
+        assert _error_line(capsys).startswith("The dataset's files are damaged (corrupted record at ")
+        os.remove(folder / "dataset_info.json")
+        os.mkfifo(folder / "dataset_info.json")  # TFDS would block reading it
+        assert evaluate.main(argv) == 2
+        assert "is not a file or a folder (a FIFO or a device would block the reader)" in _error_line(capsys)
 
     def test_a_run_from_before_final_is_one_line(self, shapes_dir, tmp_path, capsys):
         model_dir = tmp_path / "run"
