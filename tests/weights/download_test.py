@@ -8,24 +8,31 @@ a Drive link that the fake Drive (:mod:`fake_drive`, an HTTPS proxy on 127.0.0.1
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
+import signal
 import socket
+import time
+from typing import Any
 
 import numpy as np
 import pytest
 from conftest import FIXTURES, load_fixture, state_dict_of
 from fake_drive import FakeDrive, make_certificate
+from requests.adapters import HTTPAdapter
 from torch_save_writer import save_state_dict
 
 import pf_keras
 from pf_keras.models.specs import SPECS, Checkpoint, ModelSpec
-from pf_keras.weights.download import DownloadError, fetch_checkpoint, sha256_of
+from pf_keras.weights import download
+from pf_keras.weights.download import DownloadError, fetch_checkpoint, max_checkpoint_bytes, sha256_of
 
 FILE_ID = "1TinyCheckpointForTestsOnly0"
 URL = f"https://drive.google.com/file/d/{FILE_ID}/view?usp=sharing"
 TINY = {"depths": (1, 2, 1, 1), "block_kinds": "max", "width_mult": 0.125}
 BUILD = {"input_shape": (64, 64, 3), "classifier_activation": None}
+SEND = HTTPAdapter.send  # download.py replaces it only while a download runs
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +88,46 @@ def tiny(tmp_path, monkeypatch):
 
 def _files(folder) -> list[str]:
     return sorted(os.path.relpath(os.path.join(root, f), folder) for root, _, files in os.walk(folder) for f in files)
+
+
+def _parts(folder) -> list[str]:
+    """The partial files of the downloads running (or killed) in ``folder``."""
+    return [f for f in _files(folder) if f.endswith(".part")]
+
+
+def _wait_for(condition, timeout_s: float = 20.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.02)
+    return condition()
+
+
+def _fetch_when(go, spec: ModelSpec) -> None:
+    go.wait(30)
+    fetch_checkpoint(spec, quiet=True)
+
+
+def _forked_downloads(spec: ModelSpec, count: int) -> tuple[list[multiprocessing.process.BaseProcess], Any]:
+    """``count`` processes (flock owners of their own) that call fetch_checkpoint once ``go`` is set.
+
+    Forked while the server is idle, so that no server thread holds a lock of OpenSSL's at the fork.
+    """
+    context = multiprocessing.get_context("fork")
+    go = context.Event()
+    processes = [context.Process(target=_fetch_when, args=(go, spec)) for _ in range(count)]
+    for process in processes:
+        process.start()
+    return processes, go
+
+
+def _killed_download(spec: ModelSpec, cache) -> str:
+    """Starts a download that the server stalls half-way ("stall") and SIGKILLs it; returns its partial file."""
+    (killed,), go = _forked_downloads(spec, 1)
+    go.set()
+    assert _wait_for(lambda: len(_parts(cache)) == 1)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.join()
+    return _parts(cache)[0]
 
 
 def _closed_port_url() -> str:
@@ -256,3 +303,104 @@ class TestDamagedCache:
         np.testing.assert_array_equal(first.predict(x, verbose=0), second.predict(x, verbose=0))
         third = pf_keras.create_model("tiny_max", weights="imagenet", **BUILD)  # the cache is whole again
         np.testing.assert_array_equal(first.predict(x, verbose=0), third.predict(x, verbose=0))
+
+
+class TestHostileServer:
+    """Every broken or hostile answer ends as one DownloadError, soon, leaving nothing in the cache."""
+
+    def _refused(self, spec: ModelSpec, cache, match: str, within_s: float = 5.0) -> str:
+        start = time.monotonic()
+        with pytest.raises(DownloadError, match=match) as error:
+            fetch_checkpoint(spec, quiet=True)
+        assert time.monotonic() - start < within_s
+        message = str(error.value)
+        assert "\n" not in message and f"from {URL} failed" in message and "nothing was cached" in message
+        assert _files(cache) == [] and HTTPAdapter.send is SEND
+        return message
+
+    @pytest.mark.parametrize(("page", "mode", "match"), [
+        pytest.param("ok", "no_content_type", "bad response: KeyError: 'content-type'", id="no_content_type"),
+        pytest.param("ok", "bad_date", 'bad response: ValueError: Invalid date value or format "not a date"',
+                     id="bad_last_modified"),
+        pytest.param("no_action", "ok", "bad response: KeyError: 'action'", id="form_without_action"),
+        pytest.param("no_name", "ok", "bad response: KeyError: 'name'", id="input_without_name"),
+    ])
+    def test_malformed_answers(self, drive, tiny, cache, page, mode, match):
+        spec, data, _ = tiny
+        drive.files[FILE_ID] = data
+        drive.pages[FILE_ID] = page
+        drive.plan[FILE_ID] = [mode]
+        self._refused(spec, cache, re.escape(match))
+
+    def test_a_confirmation_page_pointing_at_itself_stops_after_max_requests(self, drive, tiny, cache):
+        spec, data, _ = tiny
+        drive.files[FILE_ID] = data
+        drive.pages[FILE_ID] = "loop"
+        self._refused(spec, cache, r"more than 10 requests, the last to https://drive\.google\.com/uc\?id=")
+        assert len(drive.requests) == download.MAX_REQUESTS == 10
+
+    def test_a_trickle_is_cut_by_the_minimum_average_rate(self, drive, tiny, cache, monkeypatch):
+        spec, data, _ = tiny
+        monkeypatch.setattr(download, "RATE_GRACE_S", 0.5)
+        monkeypatch.setattr(download, "WATCH_INTERVAL_S", 0.05)
+        drive.files[FILE_ID] = data
+        drive.plan[FILE_ID] = ["trickle"]  # a byte every 0.1 s: each one well within the socket timeout
+        self._refused(spec, cache, r"\(\d+ bytes in 1 s, under the minimum average rate of 65536 bytes/s\)")
+
+    @pytest.mark.parametrize(("page", "mode", "match"), [
+        pytest.param("ok", "endless", r"the file \S+ sent more than the {limit} bytes expected", id="endless_file"),
+        pytest.param("ok", "gzip_bomb", r"the file \S+ sent more than the {limit} bytes expected", id="gzip_bomb"),
+        pytest.param("ok", "huge", r"the file \S+ announces 1099511627776 bytes, more than the {limit} expected",
+                     id="huge_content_length"),
+        pytest.param("endless", "ok", r"the page https://drive\.google\.com/uc\S+ sent more than the 1048576 bytes "
+                     "expected", id="endless_page"),
+    ])
+    def test_bodies_stop_at_the_expected_size(self, drive, tiny, cache, monkeypatch, page, mode, match):
+        spec, data, _ = tiny
+        monkeypatch.setattr(download, "SIZE_SLACK_BYTES", 0)
+        limit = max_checkpoint_bytes(spec)
+        assert limit == 4 * 4 * 351_447 and len(data) < limit  # 4x the float32 weights of the tiny manifest
+        drive.files[FILE_ID] = data
+        drive.pages[FILE_ID] = page
+        drive.plan[FILE_ID] = [mode]
+        self._refused(spec, cache, match.format(limit=limit))
+
+    def test_an_interrupt_is_not_turned_into_a_download_error(self, drive, tiny, cache, monkeypatch):
+        spec, data, _ = tiny
+        drive.files[FILE_ID] = data
+
+        def interrupted(transfer, url: str) -> None:
+            raise KeyboardInterrupt  # as if Ctrl-C came while gdown sends a request
+
+        monkeypatch.setattr(download._Transfer, "on_request", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            fetch_checkpoint(spec, quiet=True)
+        assert _files(cache) == [] and HTTPAdapter.send is SEND
+
+    def test_a_killed_download_is_removed_by_the_next_one(self, drive, tiny, cache):
+        spec, data, _ = tiny
+        drive.files[FILE_ID] = data
+        drive.plan[FILE_ID] = ["stall"]
+        _killed_download(spec, cache)
+        older = cache / ".tiny_max.pf-tmp-download-older"  # an older version's folder: no lock file
+        older.mkdir()
+        (older / "tiny_max.pth1a2b3c4d.part").write_bytes(b"\0" * 1000)
+        assert len(_parts(cache)) == 2
+        fetch_checkpoint(spec, quiet=True)
+        assert _files(cache) == ["tiny_max.pth"]
+
+    def test_concurrent_downloads_keep_each_others_folders(self, drive, tiny, cache):
+        spec, data, _ = tiny
+        drive.files[FILE_ID] = data
+        drive.plan[FILE_ID] = ["stall"] * 5
+        stale = _killed_download(spec, cache)
+        running, go = _forked_downloads(spec, 4)
+        go.set()
+        try:  # all four hold half the file, each having cleaned the folders while the others ran
+            assert _wait_for(lambda: len(_parts(cache)) == 4 and stale not in _parts(cache))
+        finally:
+            drive.release.set()
+            for process in running:
+                process.join(30)
+        assert [process.exitcode for process in running] == [0] * 4
+        assert _files(cache) == ["tiny_max.pth"] and (cache / "tiny_max.pth").read_bytes() == data
