@@ -10,6 +10,7 @@ Library modules (no absl, no command-line parsing):
   :mod:`~pf_keras_export.benchmark_lib`, :mod:`~pf_keras_export.android_lib`: the four tools.
 - :mod:`pf_keras_export.build`, :mod:`~pf_keras_export.images`, :mod:`~pf_keras_export.context`,
   :mod:`~pf_keras_export.files`: model building, images, conversion context, output folders.
+- :mod:`pf_keras_export.report`: reading an export's ``report.json`` back, its fields checked.
 - :mod:`pf_keras_export.torch_route`: the benchmark's official-model rows (litert-torch, run in
   another Python through ``litert_torch_convert.py``, a program that imports no pf_keras).
 

@@ -3,8 +3,10 @@
 Pushes the LiteRT files and the ``benchmark_model`` binary to the phone, runs every file with
 each thread count and delegate, and writes ``device_benchmark.md``, ``.csv``, ``.png`` and
 ``.json`` in the host table's format (``--json``: rows and metadata on stdout). ``--parse
-FILE`` prints the parsed fields of a saved ``benchmark_model`` output instead. Exit 2 with one
-line for a bad flag, file, or a failed adb command.
+FILE`` prints the parsed fields of a saved ``benchmark_model`` output instead. Params and MACs
+come from the export's ``report.json`` only when it validated the very file (its SHA-256),
+else the table shows ``?``. Exit 2 with one line for a bad flag, file (two files with the
+same name included), or a failed adb command.
 
 Command (phone connected with USB debugging on)::
 
@@ -28,10 +30,11 @@ def build_parser() -> args.ArgumentParser:
 
     parser = args.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", help="Comma-separated LiteRT files or export folders (pf-keras-export's "
-                        "--output_dir, or one model's folder in it).")
+                        "--output_dir, or one model's folder in it). Two files with the same name (a/m.tflite, "
+                        "b/m.tflite) are refused: time them in separate runs.")
     parser.add_argument("--binary", help="Local path of the Android benchmark_model binary.")
-    parser.add_argument("--threads", type=args.int_list, default=[1, 4], help="Comma-separated CPU thread counts "
-                        "(default 1,4; the GPU runs once).")
+    parser.add_argument("--threads", type=args.thread_counts, default=[1, 4], help="Comma-separated CPU thread counts, "
+                        f"1 to {args.MAX_THREADS} (default 1,4; the GPU runs once).")
     parser.add_argument("--delegates", default="xnnpack,gpu",
                         help=f"Comma-separated subset of {','.join(android_lib.DELEGATES)} (default xnnpack,gpu).")
     parser.add_argument("--runs", type=args.positive_int, default=50, help="Timed runs (default 50).")
@@ -52,8 +55,7 @@ def run(argv: list[str]) -> int:
 
     flags = build_parser().parse_args(argv)
     if flags.parse:
-        with open(flags.parse, encoding="utf-8", errors="replace") as f:
-            print(json.dumps(android_lib.parse_benchmark_output(f.read()), indent=2))
+        print(json.dumps(android_lib.parse_benchmark_output(android_lib.read_output(flags.parse)), indent=2))
         return 0
     if not flags.files or not flags.binary:
         raise args.UsageError("--files and --binary are required (or --parse FILE)")

@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import datetime
 import glob
-import json
+import math
 import os
 import re
+import selectors
+import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Sequence
 
-from pf_keras import fileio
+from pf_keras import fileio, safe_open
 from pf_keras_export import formats as formats_lib
+from pf_keras_export import report as report_lib
 from pf_keras_export.benchmark_lib import format_table, machine_info, write_results
 from pf_keras_export.files import check_output_dir
 
@@ -42,6 +46,7 @@ DELEGATES = {
     "gpu": ["--use_gpu=true"],
 }
 DEVICE_DIR = "/data/local/tmp/pf_keras"
+MAX_OUTPUT_BYTES = 16 << 20  # of one adb command's output kept (benchmark_model prints a few KB), and of --parse
 _STAT = re.compile(r"^count=\d+(?:\s+\w+=[-\d.]+)+\s*$")
 _PAIR = re.compile(r"(\w+)=([-\d.]+)")
 _TIMINGS = re.compile(
@@ -68,7 +73,8 @@ def parse_benchmark_output(text: str) -> dict:
         ``delegate`` ("full", "partial" or None), ``delegate_kernels``, ``memory_mb``.
 
     Raises:
-        ValueError: when the text has no ``Inference timings`` line (the run failed).
+        ValueError: when the text has no ``Inference timings`` line (the run failed), or a number in
+            it is malformed or not finite.
 
     Example:
         >>> parse_benchmark_output(
@@ -83,9 +89,9 @@ def parse_benchmark_output(text: str) -> dict:
         raise ValueError(
             f"benchmark_model output has no 'Inference timings in us' line (the run failed?). Last lines: {tail!r}"
         )
-    init, first, warm, avg = (float(v) for v in match.groups())
+    init, first, warm, avg = (_number(v) for v in match.groups())
     stats = [
-        {key: float(value) for key, value in _PAIR.findall(line)}
+        {key: _number(value) for key, value in _PAIR.findall(line)}
         for line in text.splitlines()
         if _STAT.match(line.strip())
     ]
@@ -103,7 +109,7 @@ def parse_benchmark_output(text: str) -> dict:
     }
     size = re.search(r"The input model file size \(MB\): ([\d.]+)", text)
     if size:
-        result["model_size_mb"] = float(size.group(1))
+        result["model_size_mb"] = _number(size.group(1))
     if re.search(r"graph will be completely executed by the delegate", text):
         result["delegate"], result["delegate_kernels"] = "full", 1
     partial = re.search(r"graph will be partially executed by the delegate w/ (\d+) delegate kernels", text)
@@ -113,8 +119,28 @@ def parse_benchmark_output(text: str) -> dict:
     for label, key in memory_lines:
         memory = re.search(re.escape(label) + r" \(MB\): init=([\d.]+) overall=([\d.]+)", text)
         if memory:
-            result["memory_mb"][key] = {"init": float(memory.group(1)), "overall": float(memory.group(2))}
+            result["memory_mb"][key] = {"init": _number(memory.group(1)), "overall": _number(memory.group(2))}
     return result
+
+
+def _number(text: str) -> float:
+    """A number of benchmark_model's output; ValueError for one that is malformed (``1.2.3``, ``-``) or not finite."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"benchmark_model output has a malformed or non-finite number: {text[:40]!r}")
+    return value
+
+
+def read_output(path: str) -> str:
+    """A saved ``benchmark_model`` output: at most :data:`MAX_OUTPUT_BYTES`, undecodable bytes replaced.
+
+    Raises:
+        OSError: when it cannot be read, is larger, or is not a regular file (a FIFO, ``/dev/zero``).
+    """
+    return safe_open.read_bytes(path, MAX_OUTPUT_BYTES).decode("utf-8", errors="replace")
 
 
 def benchmark_command(
@@ -137,26 +163,30 @@ def benchmark_command(
     ]
 
 
-def row_from_output(path: str, parsed: dict, *, threads: int, delegate: str, runs: int, warmup: int) -> dict:
-    """A benchmark row (same fields as the host benchmark) from a parsed output."""
+def row_from_output(path: str, parsed: dict, *, threads: int, delegate: str, runs: int, warmup: int,
+                    report: dict | None = None) -> dict:
+    """A benchmark row (same fields as the host benchmark) from a parsed output.
+
+    The input size, params and MACs come from ``report``, the export report that proves this
+    file (:func:`proven_report`); without one they are None (the table shows ``?``).
+    """
     named = formats_lib.by_file_name(os.path.basename(path))
     model, fmt = (named[0], named[1].name) if named else (os.path.splitext(os.path.basename(path))[0], "?")
-    report = _report_for(path)
     inference = parsed["inference"] or {}
     return {
         "model": model,
         "format": fmt,
         "delegate": delegate,
         "threads": threads,
-        "image_size": int(report["input_shape"][0]) if report else None,
+        "image_size": report["input_shape"][0] if report else None,
         "params": report.get("params") if report else None,
         "macs": report.get("macs") if report else None,
         "size_bytes": os.path.getsize(path) if os.path.isfile(path) else int((parsed["model_size_mb"] or 0) * 1e6),
         "median_ms": parsed["inference_avg_us"] / 1e3,  # benchmark_model reports the mean.
         "p90_ms": None,
         "mean_ms": parsed["inference_avg_us"] / 1e3,
-        "min_ms": inference.get("min", float("nan")) / 1e3,
-        "std_ms": inference.get("std", float("nan")) / 1e3,
+        "min_ms": inference["min"] / 1e3 if "min" in inference else None,
+        "std_ms": inference["std"] / 1e3 if "std" in inference else None,
         "init_ms": parsed["init_us"] / 1e3,
         "runs": int(inference.get("count", runs)),
         "warmup": warmup,
@@ -166,32 +196,39 @@ def row_from_output(path: str, parsed: dict, *, threads: int, delegate: str, run
     }
 
 
-def _report_for(path: str) -> dict | None:
-    """The export report next to ``path``, when there is a readable one (it only adds params and MACs)."""
-    report = os.path.join(os.path.dirname(os.path.abspath(path)), "report.json")
-    try:
-        with open(report, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
+def proven_report(path: str) -> dict | None:
+    """The export report next to ``path`` when it validated exactly this file (its format and model name, and
+    its SHA-256; reports written before digests: its size), else None: its params and MACs would describe
+    another file.
+
+    Raises:
+        ValueError: one line for a report there that cannot be read or has a field of the wrong type.
+    """
+    report_path = os.path.join(os.path.dirname(os.path.abspath(path)), "report.json")
+    if not os.path.lexists(report_path):
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read the export report {report} ({type(error).__name__}: {error})") from None
-    return data if isinstance(data, dict) and isinstance(data.get("input_shape"), list) else None
+    report = report_lib.read_report(report_path)
+    named = formats_lib.by_file_name(os.path.basename(path))
+    entry = report_lib.entry_for(report, named[1].name) if named and named[0] == report["model"] else None
+    return report if entry is not None and report_lib.file_mismatch(path, entry) is None else None
 
 
 def expand_files(files: str | Sequence[str]) -> list[str]:
     """LiteRT files (the registry's timeable formats) from files, export folders (``OUT`` or ``OUT/NAME``) or a
-    comma-separated string.
+    comma-separated string. A file reached twice is timed once.
 
     Raises:
-        ValueError: when nothing matches.
+        ValueError: when nothing matches, or two different files have the same name (``a/m.tflite``,
+            ``b/m.tflite``): their raw outputs, their copies on the phone and their table rows would not be
+            told apart.
     """
     if isinstance(files, str):
         files = [f for f in files.split(",") if f]
     paths = []
     for item in files:
         if os.path.isdir(item):
-            found = glob.glob(os.path.join(item, "*")) + glob.glob(os.path.join(item, "*", "*"))
+            folder = glob.escape(item)
+            found = glob.glob(os.path.join(folder, "*")) + glob.glob(os.path.join(folder, "*", "*"))
             paths += sorted(p for p in found if os.path.isfile(p) and _timeable(p))
         elif os.path.isfile(item) and _timeable(item):
             paths.append(item)
@@ -199,7 +236,16 @@ def expand_files(files: str | Sequence[str]) -> list[str]:
             raise ValueError(f"`files` must be .tflite files or export folders. Received: {item!r}")
     if not paths:
         raise ValueError(f"`files` holds no .tflite file. Received: files={list(files)!r}")
-    return paths
+    unique: dict[str, str] = {}  # real path -> the path as first given
+    for path in paths:
+        unique.setdefault(os.path.realpath(path), path)
+    by_name: dict[str, str] = {}
+    for path in unique.values():
+        other = by_name.setdefault(os.path.basename(path), path)
+        if other != path:
+            raise ValueError(f"`files` holds two files named {os.path.basename(path)!r} ({other}, {path}): their "
+                             f"results would not be told apart; time them in separate runs (another --output_dir)")
+    return list(unique.values())
 
 
 def _timeable(path: str) -> bool:
@@ -211,8 +257,44 @@ class AdbError(ValueError):
     """adb is missing or a command on the phone failed (a user-environment error: one line, exit 2)."""
 
 
+def run_capped(command: list[str], *, timeout: float, limit: int) -> tuple[int, bytes, bool]:
+    """Runs ``command`` with stdout and stderr in one pipe, keeping at most ``limit`` bytes of what it prints.
+
+    Returns:
+        ``(exit status, output, over)``: a command that prints more than ``limit`` bytes is killed
+        (``over`` True, status -1) instead of filling the memory.
+
+    Raises:
+        subprocess.TimeoutExpired: past ``timeout`` seconds (the command is killed).
+    """
+    deadline = time.monotonic() + timeout
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    chunks, size = [], 0
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            while size <= limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(command, timeout)
+                if selector.select(left):
+                    chunk = os.read(process.stdout.fileno(), 1 << 16)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+        if size > limit:
+            return -1, b"".join(chunks)[:limit], True
+        return process.wait(max(deadline - time.monotonic(), 0)), b"".join(chunks), False
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
 class Adb:
-    """Thin wrapper over the ``adb`` command line."""
+    """Thin wrapper over the ``adb`` command line; what one command prints is capped at :data:`MAX_OUTPUT_BYTES`."""
 
     def __init__(self, adb: str = "adb", serial: str | None = None):
         resolved = shutil.which(adb)
@@ -223,19 +305,29 @@ class Adb:
         self.base = [resolved] + (["-s", serial] if serial else [])
 
     def __call__(self, *args: str, timeout: float = 600) -> str:
+        shown = " ".join(args)[:300]
         try:
-            process = subprocess.run(self.base + list(args), capture_output=True, text=True, timeout=timeout)
+            status, output, over = run_capped(self.base + list(args), timeout=timeout, limit=MAX_OUTPUT_BYTES)
         except subprocess.TimeoutExpired:
-            raise AdbError(f"adb {' '.join(args)} did not finish in {timeout:.0f} s") from None
-        if process.returncode != 0:
-            raise AdbError(f"adb {' '.join(args)} failed ({process.returncode}): {process.stderr.strip()}")
-        return process.stdout + process.stderr
+            raise AdbError(f"adb {shown} did not finish in {timeout:.0f} s") from None
+        if over:
+            raise AdbError(f"adb {shown} printed more than {MAX_OUTPUT_BYTES >> 20} MiB (benchmark_model prints a few "
+                           f"KB): stopped it")
+        text = output.decode("utf-8", errors="replace")
+        if status != 0:
+            raise AdbError(f"adb {shown} failed ({status}): {' '.join(text.split())[-500:]}")
+        return text
+
+    def shell(self, *args: str, timeout: float = 600) -> str:
+        """Runs one command on the device, each argument quoted for the device's shell (a file named
+        ``x;rm -rf y.tflite`` is a file name there, not a command)."""
+        return self("shell", shlex.join(args), timeout=timeout)
 
     def device_info(self) -> dict:
         props = {}
         for key in ("ro.product.manufacturer", "ro.product.model", "ro.soc.model", "ro.board.platform",
                     "ro.build.version.release"):
-            props[key] = self("shell", "getprop", key).strip()
+            props[key] = self.shell("getprop", key).strip()
         return props
 
 
@@ -281,32 +373,35 @@ def run_on_device(
         raise ValueError(f"`delegates` must be a subset of {tuple(DELEGATES)}. Received: delegates={list(delegates)!r}")
     if not os.path.isfile(binary):
         raise ValueError(f"`binary` must be the benchmark_model executable for the phone. Received: binary={binary!r}")
+    reports = {path: proven_report(path) for path in paths}  # damaged reports: one line before the phone is used
     output_dir = check_output_dir(output_dir)
     raw_dir = os.path.join(output_dir, "device_outputs")
     os.makedirs(raw_dir, exist_ok=True)
     device = Adb(adb, serial)
-    device("shell", "mkdir", "-p", device_dir)
+    device.shell("mkdir", "-p", device_dir)
     device_binary = f"{device_dir}/benchmark_model"
-    device("push", binary, device_binary)
-    device("shell", "chmod", "+x", device_binary)
+    device("push", os.path.abspath(binary), device_binary)
+    device.shell("chmod", "+x", device_binary)
     rows = []
     for path in paths:
+        if verbose and reports[path] is None:
+            print(f"{path}: no export report validated this file; params and MACs are shown as ?")
         device_model = f"{device_dir}/{os.path.basename(path)}"
-        device("push", path, device_model)
+        device("push", os.path.abspath(path), device_model)
         for delegate in delegates:
             for count in threads if delegate != "gpu" else threads[:1]:
                 command = benchmark_command(device_model, binary=device_binary, threads=count, delegate=delegate,
                                             runs=runs, warmup_runs=warmup_runs)
-                text = device("shell", " ".join(command))
+                text = device.shell(*command)
                 name = f"{os.path.splitext(os.path.basename(path))[0]}_{delegate}_{count}t.txt"
                 fileio.write_text(os.path.join(raw_dir, name), text)
                 row = row_from_output(path, parse_benchmark_output(text), threads=count, delegate=delegate,
-                                      runs=runs, warmup=warmup_runs)
+                                      runs=runs, warmup=warmup_runs, report=reports[path])
                 rows.append(row)
                 if verbose:
                     print(f"{row['model']:18s} {row['format']:8s} {delegate:8s} {count} thr  "
                           f"avg {row['median_ms']:8.2f} ms")
-        device("shell", "rm", "-f", device_model)
+        device.shell("rm", "-f", device_model)
     info = device.device_info()
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

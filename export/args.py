@@ -21,10 +21,15 @@ class UsageError(ValueError):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with errors raised as :class:`UsageError` instead of printing usage and exiting."""
+    """argparse, with errors raised as :class:`UsageError` instead of printing usage and exiting (as
+    :class:`pf_keras.cli.ArgumentParser`; kept here because importing ``pf_keras`` imports TensorFlow, and the
+    tools build their flags before silencing it)."""
 
     def error(self, message: str):  # argparse's hook for every parse error
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+MAX_THREADS = 1024  # thread counts above this are typos (LiteRT takes a C int; 2**41 raised a TypeError)
 
 
 def positive_int(text: str) -> int:
@@ -46,6 +51,14 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"must be comma-separated positive ints. Received: {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"must be comma-separated positive ints. Received: {text!r}")
+    return values
+
+
+def thread_counts(text: str) -> list[int]:
+    """argparse type: comma-separated thread counts in 1..:data:`MAX_THREADS`."""
+    values = int_list(text)
+    if max(values) > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be thread counts from 1 to {MAX_THREADS}. Received: {text!r}")
     return values
 
 

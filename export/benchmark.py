@@ -44,7 +44,8 @@ def build_parser() -> args.ArgumentParser:
                         f"{','.join(benchmark_lib.DEFAULT_FORMATS)}; every one found with --export_dir).")
     parser.add_argument("--export_dir", default=None, help="Time the files pf-keras-export wrote here instead of "
                         "exporting --model.")
-    parser.add_argument("--threads", type=args.int_list, default=[1], help="Comma-separated thread counts (default 1).")
+    parser.add_argument("--threads", type=args.thread_counts, default=[1],
+                        help=f"Comma-separated thread counts, 1 to {args.MAX_THREADS} (default 1).")
     parser.add_argument("--warmup", type=int, default=5, help="Untimed runs before timing (default 5).")
     parser.add_argument("--runs", type=args.positive_int, default=30, help="Timed runs (default 30).")
     parser.add_argument("--num_calibration", type=args.positive_int, default=16,

@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import datetime
 import io
-import json
 import os
 import platform
 import tempfile
@@ -43,15 +42,17 @@ import keras
 import numpy as np
 
 import pf_keras
-from pf_keras import fileio
+from pf_keras import fileio, safe_open
 from pf_keras_export import formats as formats_lib
 from pf_keras_export import litert
+from pf_keras_export import report as report_lib
 from pf_keras_export import torch_route as torch_route_lib
+from pf_keras_export.args import MAX_THREADS
 from pf_keras_export.build import BASELINES, build_model, known_models, model_folder
 from pf_keras_export.context import ExportContext
 from pf_keras_export.files import check_output_dir
 from pf_keras_export.images import load_images
-from pf_keras_export.tflite import calibration_inputs
+from pf_keras_export.tflite import MAX_TFLITE_BYTES, calibration_inputs
 from pf_keras_export.validate_lib import versions
 
 DEFAULT_MODELS = (
@@ -140,18 +141,19 @@ def time_interleaved(
         One dict per path, as :func:`time_tflite`.
 
     Raises:
-        ValueError: for non-positive ``threads`` or ``runs``, or a negative ``warmup``.
+        ValueError: for ``threads`` outside 1..MAX_THREADS, non-positive ``runs``, a negative ``warmup``, or a
+            file without exactly one input and one output.
     """
-    if threads < 1 or runs < 1 or warmup < 0:
+    if not 1 <= threads <= MAX_THREADS or runs < 1 or warmup < 0:
         raise ValueError(
-            f"`threads` and `runs` must be >= 1 and `warmup` >= 0. Received: threads={threads}, runs={runs}, "
-            f"warmup={warmup}"
+            f"`threads` and `runs` must be >= 1 (threads at most {MAX_THREADS}) and `warmup` >= 0. Received: "
+            f"threads={threads}, runs={runs}, warmup={warmup}"
         )
     rng = np.random.default_rng(seed)
     interpreters = []
     for path in paths:
         interpreter = litert.interpreter(path, num_threads=threads)
-        detail = interpreter.get_input_details()[0]
+        detail, _ = litert.io_details(interpreter, path)
         if np.issubdtype(detail["dtype"], np.integer):
             info = np.iinfo(detail["dtype"])
             sample = rng.integers(info.min, int(info.max) + 1, detail["shape"]).astype(detail["dtype"])
@@ -181,14 +183,24 @@ def time_interleaved(
 
 
 def _coverage(path: str) -> dict:
-    with open(path, "rb") as f:
-        return litert.xnnpack_coverage(f.read())
+    return litert.xnnpack_coverage(safe_open.read_bytes(path, MAX_TFLITE_BYTES))
 
 
 def _parse_list(value: str | Sequence, kind=str) -> list:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     return [kind(v) for v in value]
+
+
+def _thread_counts(threads: str | Sequence[int]) -> list[int]:
+    """Thread counts from a comma-separated str or ints; ValueError unless each is in 1..MAX_THREADS."""
+    try:
+        counts = _parse_list(threads, int)
+    except (TypeError, ValueError):
+        counts = []
+    if not counts or min(counts) < 1 or max(counts) > MAX_THREADS:
+        raise ValueError(f"`threads` must be ints from 1 to {MAX_THREADS}. Received: threads={threads!r}")
+    return counts
 
 
 def resolve_models(models: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
@@ -203,16 +215,25 @@ def resolve_models(models: str | Sequence[str] | None) -> tuple[list[str], list[
     if models is None:
         available = known_models()
         return [m for m in DEFAULT_MODELS if m in available], [m for m in DEFAULT_MODELS if m not in available]
-    models = _parse_list(models)
+    models = list(dict.fromkeys(_parse_list(models)))  # a name given twice is timed once
     unknown = [m for m in models if m not in known_models() and model_folder(m) is None]
     if unknown or not models:
         raise ValueError(f"`models` must be names from {known_models()} or model folders. Received: models={models!r}")
     return models, []
 
 
-def _file_label(name: str) -> str:
-    """A file-name-safe label of a model: its name, or a model folder's path with ``_`` for separators."""
-    return name if name in known_models() else os.path.normpath(name).strip(os.sep).replace(os.sep, "_")
+def _file_labels(names: Sequence[str]) -> dict[str, str]:
+    """A distinct file-name-safe label per model: its name, or a model folder's path with ``_`` for separators,
+    with ``_2``, ``_3``, ... added where two would be equal (``px/a_b`` and ``px_a/b``)."""
+    labels: dict[str, str] = {}
+    for name in names:
+        label = name if name in known_models() else os.path.normpath(name).strip(os.sep).replace(os.sep, "_")
+        base, count = label, 1
+        while label in labels.values():
+            count += 1
+            label = f"{base}_{count}"
+        labels[name] = label
+    return labels
 
 
 def benchmark(
@@ -258,15 +279,14 @@ def benchmark(
     names, skipped = resolve_models(models)
     selected = formats_lib.parse(formats, timeable=True)
     formats = [fmt.name for fmt in selected]
-    threads = _parse_list(threads, int)
-    if not threads or min(threads) < 1:
-        raise ValueError(f"`threads` must be positive ints. Received: threads={threads!r}")
+    threads = _thread_counts(threads)
     if runs < 1 or warmup < 0:
         raise ValueError(f"`runs` must be >= 1 and `warmup` >= 0. Received: runs={runs}, warmup={warmup}")
     output_dir = check_output_dir(output_dir)
     route_info = torch_route_lib.check(torch_route) if torch_route else None
     files_dir = os.path.join(output_dir, "files")
     os.makedirs(files_dir, exist_ok=True)
+    labels = _file_labels(names)
     files = []  # (name, format, route, path, profile): convert everything first, then time interleaved.
     failed = []  # (name, format, profile, reason): official conversions that gave no file
     for name in names:
@@ -278,7 +298,7 @@ def benchmark(
                 scratch_dir=scratch, calibration=lambda size: load_images(None, num_calibration, size)
             )
             for fmt in selected:
-                path = fmt.convert(model, fmt.path_in(files_dir, _file_label(name)), context)
+                path = fmt.convert(model, fmt.path_in(files_dir, labels[name]), context)
                 files.append((name, fmt.name, PORT_ROUTE, path, profile))
         if verbose:
             print(f"exported {name} ({', '.join(formats)})", flush=True)
@@ -346,33 +366,32 @@ def benchmark_export_dir(
     """Times the LiteRT files the export tool wrote under ``export_dir`` (params and MACs from report.json).
 
     The files are found where the format registry names them, next to each ``report.json``
-    (so an export folder can be moved or copied as a whole).
+    (so an export folder can be moved or copied as a whole). Only files their report proves are
+    timed: each must have passed its validation and still hold the bytes it was validated on.
 
     Raises:
-        ValueError: when ``export_dir`` holds no export report, a report is damaged, or no file
-            of the requested formats is there.
+        ValueError: when ``export_dir`` holds no export report, a report is damaged (a field of the
+            wrong type, a model name with folders in it), a file failed its validation, changed since,
+            or has no digest in its report, or no file of the requested formats is there.
     """
     formats = [fmt.name for fmt in formats_lib.parse(formats or formats_lib.names(timeable=True), timeable=True)]
-    threads = _parse_list(threads, int)
-    if not threads or min(threads) < 1:
-        raise ValueError(f"`threads` must be positive ints. Received: threads={threads!r}")
+    threads = _thread_counts(threads)
     reports = []  # (folder, report)
     if os.path.isdir(export_dir):
         for entry in sorted(os.listdir(export_dir)):
             path = os.path.join(export_dir, entry, "report.json")
-            if os.path.isfile(path):
-                reports.append((os.path.dirname(path), _read_report(path)))
+            if os.path.lexists(path):
+                reports.append((os.path.dirname(path), report_lib.read_report(path)))
     if not reports:
         raise ValueError(
             f"`export_dir` must hold the export tool's output (NAME/report.json). Received: export_dir={export_dir!r}"
         )
     files = []  # (report, format name, path)
     for folder, report in reports:
-        exported = {entry["format"]: entry for entry in report["files"]}
         for name in formats:
-            path = formats_lib.FORMATS[name].path_in(folder, report["model"])
-            if name in exported and os.path.isfile(path):
-                _check_unchanged(path, exported[name], os.path.join(folder, "report.json"))
+            path, entry = formats_lib.FORMATS[name].path_in(folder, report["model"]), report_lib.entry_for(report, name)
+            if entry is not None and os.path.lexists(path):
+                _check_proven(path, entry, os.path.join(folder, "report.json"))
                 files.append((report, name, path))
     if not files:
         raise ValueError(f"`export_dir` holds no file of the formats {formats}. Received: export_dir={export_dir!r}")
@@ -381,50 +400,26 @@ def benchmark_export_dir(
     for count in threads:
         timings = time_interleaved([path for _, _, path in files], threads=count, warmup=warmup, runs=runs)
         for (report, name, path), timing in zip(files, timings, strict=True):
-            rows.append(_row(report["model"], name, count, int(report["input_shape"][0]),
-                             report.get("params"), report.get("macs"), path, timing, runs, warmup))
+            rows.append(_row(report["model"], name, count, report["input_shape"][0], report.get("params"),
+                             report.get("macs"), path, timing, runs, warmup))
     rows.sort(key=lambda r: (r["model"], formats.index(r["format"]), r["threads"]))
     meta = {**machine_info(), "threads": threads, "warmup": warmup, "runs": runs, "formats": formats,
             "export_dir": export_dir, "runtime": "ai_edge_litert Interpreter, default XNNPACK delegate, batch 1"}
     return _finish(rows, meta, output_dir, verbose)
 
 
-def _read_report(path: str) -> dict:
-    """An export's report.json, checked for the fields the rows need; ValueError otherwise."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            report = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read the export report {path} ({type(error).__name__}: {error})") from None
-    valid = (
-        isinstance(report, dict)
-        and isinstance(report.get("model"), str)
-        and isinstance(report.get("input_shape"), list)
-        and bool(report["input_shape"])
-        and isinstance(report.get("files"), list)
-        and all(isinstance(entry, dict) and isinstance(entry.get("format"), str) for entry in report["files"])
-    )
-    if not valid:
-        raise ValueError(f"{path} is not an export report (model, input_shape and files are needed)")
-    return report
-
-
-def _check_unchanged(path: str, entry: dict, report_path: str) -> None:
-    """ValueError unless ``path`` holds the bytes its report entry was validated on (its SHA-256; reports
-    written before the digest was recorded: its size)."""
-    try:
-        if isinstance(entry.get("sha256"), str):
-            same, what = litert.content_sha256(path) == entry["sha256"], "SHA-256"
-        elif isinstance(entry.get("size_bytes"), int):
-            same, what = litert.file_size(path) == entry["size_bytes"], "size"
-        else:
-            return
-    except OSError as error:
-        raise ValueError(f"cannot read {path} ({type(error).__name__}: {error})") from None
-    if not same:
+def _check_proven(path: str, entry: dict, report_path: str) -> None:
+    """ValueError unless ``entry`` says ``path`` passed its validation and ``path`` still holds those bytes."""
+    if entry.get("passed") is not True:
+        failures = "; ".join(map(str, entry.get("failures") or ())) or "no verdict recorded"
+        raise ValueError(f"{path} did not pass its validation in {report_path} ({failures}): it is not timed. "
+                         f"Export it again (pf-keras-export).")
+    mismatch = report_lib.file_mismatch(path, entry)
+    if mismatch:
         raise ValueError(
-            f"{path} is not the file {report_path} validated (its {what} differs): it changed after the export. "
-            f"Export it again (pf-keras-export) or check it again (pf-keras-validate) before timing it."
+            f"{path} is not the file {report_path} validated ({mismatch}): it changed after the export, or its "
+            f"report is damaged. Export it again (pf-keras-export) or check it again (pf-keras-validate) before "
+            f"timing it."
         )
 
 
@@ -525,8 +520,8 @@ def format_table(rows: list[dict], meta: dict, *, latency_label: str = "median (
     ]
     lines = []
     for r in rows:
-        params = f"{r['params'] / 1e6:.2f}" if r.get("params") else "-"
-        macs = (f"{r['macs'] / 1e9:.2f}" if r["macs"] >= 1e8 else f"{r['macs'] / 1e9:.2g}") if r.get("macs") else "-"
+        params = "?" if r.get("params") is None else f"{r['params'] / 1e6:.2f}"  # ?: unknown (no proven report)
+        macs = "?" if r.get("macs") is None else format(r["macs"] / 1e9, ".2f" if r["macs"] >= 1e8 else ".2g")
         speedup = f"{r['speedup_vs_resnet50']:.2f}" if r.get("speedup_vs_resnet50") else "-"
         if r.get("failure"):
             delegation = f"failed: {r['failure']}"
@@ -573,7 +568,7 @@ def plot(rows: list[dict], path: str, *, title: str = "") -> str:
         for r in (r for r in rows if r["threads"] == count and r.get("median_ms") is not None):
             x = (r["macs"] or 0) / 1e9
             official = r.get("route", PORT_ROUTE) != PORT_ROUTE  # hollow markers
-            ax.scatter(x, r["median_ms"], marker=markers.get(r["format"], "x"), s=45,
+            ax.scatter(x, r["median_ms"], marker=markers.get(r["format"], "X"), s=45,
                        facecolors="none" if official else colours[r["model"]], edgecolors=colours[r["model"]])
             label = f"{r['model']} {_format_label(r)}"
             ax.annotate(label, (x, r["median_ms"]), fontsize=7, xytext=(3, 3),

@@ -27,6 +27,11 @@ BASELINES = {
 }
 
 
+# Builder arguments the tools set themselves: --model names the model, --weights its weights, and the
+# input is built from --image_size (``input_shape`` is accepted, checked against it).
+RESERVED_KWARGS = ("name", "weights", "input_tensor")
+
+
 def parse_model_kwargs(model_kwargs: str | dict | None) -> dict:
     """Builder overrides in the one ``--model_kwargs`` grammar (:func:`pf_keras.cli.parse_model_kwargs`).
 
@@ -35,9 +40,19 @@ def parse_model_kwargs(model_kwargs: str | dict | None) -> dict:
 
     Raises:
         ValueError: when the value is not an object of builder arguments (a training run's old
-            ``model.json`` included: pass the run's ``final/`` as the model instead).
+            ``model.json`` included: pass the run's ``final/`` as the model instead), sets a key of
+            :data:`RESERVED_KWARGS`, or has an ``input_shape`` that is not three positive ints.
     """
     parsed = parse_kwargs_text(model_kwargs)
+    reserved = [key for key in RESERVED_KWARGS if key in parsed]
+    if reserved:
+        raise ValueError(f"`model_kwargs` cannot set {reserved}: the tool sets them (--model, --weights, "
+                         f"--image_size). Received: model_kwargs={model_kwargs!r}")
+    shape = parsed.get("input_shape", (1, 1, 1))
+    if not (isinstance(shape, list | tuple) and len(shape) == 3 and all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        raise ValueError(f"`model_kwargs` input_shape must be three positive ints (H, W, C). Received: "
+                         f"input_shape={shape!r}")
     return {key: tuple(value) if isinstance(value, list) else value for key, value in parsed.items()}
 
 
@@ -98,12 +113,11 @@ def build_model(
             ``include_preprocessing`` in ``model_kwargs``). Defaults to "float".
 
     Returns:
-        A ``keras.Model`` named ``name`` (a model folder's: its registry name, unless ``model_kwargs``
-        renames it).
+        A ``keras.Model`` named ``name`` (a model folder's: its registry name).
 
     Raises:
-        ValueError: for an unknown name or input type, conflicting sizes, or a weights file
-            that does not fit the model.
+        ValueError: for an unknown name or input type, conflicting sizes, a key ``model_kwargs`` may
+            not set (:data:`RESERVED_KWARGS`), or a weights file that does not fit the model.
     """
     if input_type not in INPUT_TYPES:
         raise ValueError(f"`input_type` must be one of {INPUT_TYPES}. Received: input_type={input_type!r}")

@@ -17,6 +17,7 @@ the runtime's actual delegation on every format of the test models, node for nod
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import struct
@@ -229,10 +230,22 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return (y.astype(np.float32) - zero_point) * scale
 
 
+def io_details(runner, name: str = "model") -> tuple[dict, dict]:
+    """The input and output details of an interpreter with one input and one output (every exported file).
+
+    Raises:
+        ValueError: for a file with another number of inputs or outputs (a hand-made or damaged file).
+    """
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ValueError(f"{name} must have one input and one output tensor; it has {len(inputs)} input(s) and "
+                         f"{len(outputs)} output(s)")
+    return inputs[0], outputs[0]
+
+
 def run_tflite(runner, inputs: np.ndarray) -> np.ndarray:
     """Runs an allocated single-input interpreter sample by sample; (de)quantizes as its tensors say."""
-    in_detail = runner.get_input_details()[0]
-    out_detail = runner.get_output_details()[0]
+    in_detail, out_detail = io_details(runner)
     outputs = []
     for sample in inputs:
         runner.set_tensor(in_detail["index"], _quantize(sample[None], in_detail))
@@ -253,22 +266,45 @@ def tensor_summary(detail: dict) -> dict:
     }
 
 
+def _file_sha256(path: str) -> str:
+    """Hex SHA-256 of a regular file (:class:`~pf_keras.safe_open.NotRegularFileError` for a FIFO or a device)."""
+    from pf_keras import safe_open  # not at the top: TensorFlow's import probes a module named litert
+
+    digest = hashlib.sha256()
+    with os.fdopen(safe_open.open_fd(path), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def content_sha256(path: str) -> str:
     """Hex SHA-256 of a file, or of a folder's files (a SavedModel): of each file's relative path and digest,
-    in sorted order. OSError if it cannot be read."""
-    from pf_keras.weights.download import sha256_of
+    in sorted order.
 
-    if os.path.isfile(path):
-        return sha256_of(path)
+    Only regular files and real folders are read: a FIFO, a device or a symlinked folder in a SavedModel
+    raises :class:`~pf_keras.safe_open.NotRegularFileError` instead of blocking or reading forever.
+
+    Raises:
+        OSError: when a file cannot be read or is not a regular file.
+    """
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"no such file or folder: {path}")
+        return _file_sha256(path)
     digest = hashlib.sha256()
-    for root, dirs, names in os.walk(path):
+    for root, dirs, names in os.walk(path, onerror=_raise):
+        linked = [name for name in dirs if os.path.islink(os.path.join(root, name))]
+        if linked:
+            from pf_keras.safe_open import NotRegularFileError  # as in _file_sha256
+
+            raise NotRegularFileError(errno.EINVAL, "a symlinked folder in a SavedModel", os.path.join(root, linked[0]))
         dirs.sort()
         for name in sorted(names):
             full = os.path.join(root, name)
-            digest.update(f"{os.path.relpath(full, path)}\0{sha256_of(full)}\n".encode())
+            digest.update(f"{os.path.relpath(full, path)}\0{_file_sha256(full)}\n".encode())
     return digest.hexdigest()
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def file_size(path: str) -> int:

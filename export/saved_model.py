@@ -127,7 +127,7 @@ def load_serving_fn_checked(path: str):
     """:func:`load_serving_fn`, with every way a damaged folder fails to load as one ``ValueError``."""
     try:
         return load_serving_fn(path)
-    except (OSError, tf.errors.OpError) as error:
+    except (OSError, tf.errors.OpError, IndexError) as error:  # IndexError: a truncated variables.data file
         raise ValueError(f"TensorFlow cannot load the SavedModel {path}: {' '.join(str(error).split())}") from None
 
 

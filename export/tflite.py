@@ -45,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pf_keras import fileio
+from pf_keras import fileio, safe_open
 from pf_keras_export import litert, quiet
 from pf_keras_export import saved_model as saved_model_lib
 from pf_keras_export.images import model_inputs
@@ -59,6 +59,7 @@ _TF_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}
 # Default size of the int8 calibration set: a few hundred is the usual recommendation; 64
 # keeps the calibration of full-size models quick on a 2-core host (raise it for deployment).
 NUM_CALIBRATION_IMAGES = 64
+MAX_TFLITE_BYTES = 2 << 30  # a flatbuffer addresses at most 2 GiB
 
 
 def check_io_type(value: str, arg: str) -> str:
@@ -279,7 +280,7 @@ def export_tflite(
 
 
 def _check_pixel_quantization(content: bytes, int8_input_type: str) -> None:
-    detail = litert.interpreter(content).get_input_details()[0]
+    detail, _ = litert.io_details(litert.interpreter(content))
     scale, zero_point = detail["quantization"]
     expected = 0 if int8_input_type == "uint8" else -128
     if not np.isclose(scale, 1.0) or zero_point != expected:
@@ -312,8 +313,10 @@ def inspect(path: str) -> tuple[dict, list[str]]:
     Raises:
         ValueError: when the file is not a readable ``.tflite`` flatbuffer.
     """
-    with open(path, "rb") as f:
-        content = f.read()
+    try:
+        content = safe_open.read_bytes(path, MAX_TFLITE_BYTES)
+    except OSError as error:  # a FIFO, a device, a folder, a file over the flatbuffer limit
+        raise ValueError(f"cannot read {path} ({type(error).__name__}: {error.strerror or error})") from None
     ops, custom_ops = litert.tflite_ops(content)
     info = {"ops": ops, "custom_ops": custom_ops, "xnnpack": litert.xnnpack_coverage(content)}
     return info, [f"Flex/custom ops: {custom_ops}"] if custom_ops else []
@@ -330,10 +333,8 @@ def run(path: str, inputs: np.ndarray, *, input_type: str = "float") -> tuple[np
     """
     del input_type  # the file's own input tensor says how to feed it
     runner = litert.interpreter(path)
-    info = {
-        "input": litert.tensor_summary(runner.get_input_details()[0]),
-        "output": litert.tensor_summary(runner.get_output_details()[0]),
-    }
+    in_detail, out_detail = litert.io_details(runner, path)
+    info = {"input": litert.tensor_summary(in_detail), "output": litert.tensor_summary(out_detail)}
     try:
         outputs = litert.run_tflite(runner, inputs)
     except (ValueError, RuntimeError) as error:  # LiteRT's set_tensor/invoke failures (shape, type)

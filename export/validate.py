@@ -2,7 +2,8 @@
 
 Builds the model from the same model flags (without ``--weights``: the same seeded random
 weights as the export), finds every registered format's file in ``OUTPUT_DIR/<model name>/``,
-rewrites ``report.json`` there and prints the table (``--json``: the report). Exit 0 when
+rewrites ``report.json`` there (keeping the export's fields it does not recompute: build, params,
+MACs, int8 calibration) and prints the table (``--json``: the report). Exit 0 when
 every file passes, 1 when one fails (the message names the report), 2 for a bad flag or file.
 
 Command::
@@ -51,7 +52,8 @@ def run(argv: list[str]) -> int:
     report_path = os.path.join(folder, "report.json")
     report = validate_lib.validate_files(
         model, validate_lib.find_files(folder, model.name), input_type=flags.input_type, report_path=report_path,
-        raise_on_failure=False, require_full_delegation=flags.require_full_delegation, batch_size=flags.batch_size,
+        extra=validate_lib.previous_fields(report_path, model), raise_on_failure=False,
+        require_full_delegation=flags.require_full_delegation, batch_size=flags.batch_size,
     )
     print(json.dumps(report, indent=2) if flags.json else validate_lib.format_table(report))
     if not report["passed"]:

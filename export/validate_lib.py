@@ -30,9 +30,13 @@ from pf_keras import fileio
 from pf_keras_export import formats, litert
 from pf_keras_export import saved_model as saved_model_lib
 from pf_keras_export.images import model_inputs, procedural_images
+from pf_keras_export.report import read_report
 
 VALIDATION_SEED = 1234  # Different from the calibration seed (0): int8 is checked on unseen images.
 VALIDATION_BATCH = 8
+# The report fields validate_files computes; the export's other fields (build, params, ...) come in ``extra``.
+VALIDATION_FIELDS = ("model", "input_shape", "input_type", "batch", "created", "versions", "tolerances", "files",
+                     "passed")
 
 
 class ValidationError(RuntimeError):
@@ -71,15 +75,15 @@ def check_file(fmt: formats.Format, path: str, inputs: np.ndarray, reference: np
 
     Returns:
         The report entry: ``format``, ``path``, ``size_bytes``, ``sha256`` (of the bytes checked:
-        :func:`litert.content_sha256`), ``passed``, ``failures``, the
-        format's own fields and, when the file ran, the comparison (``max_abs_diff``, ...).
+        :func:`litert.content_sha256`; both absent when the file cannot be read), ``passed``,
+        ``failures``, the format's own fields and, when the file ran, the comparison (``max_abs_diff``, ...).
     """
-    entry = {"format": fmt.name, "path": path, "size_bytes": litert.file_size(path),
-             "sha256": litert.content_sha256(path), "passed": False, "failures": []}
+    entry = {"format": fmt.name, "path": path, "passed": False, "failures": []}
     try:
+        entry["size_bytes"], entry["sha256"] = litert.file_size(path), litert.content_sha256(path)
         info, failures = fmt.inspect(path)
-    except ValueError as error:  # not a readable file of this format
-        entry["error"] = str(error)
+    except (OSError, ValueError) as error:  # missing, a FIFO or device (in a SavedModel too), not of this format
+        entry["error"] = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
         entry["failures"] = ["not a readable file"]
         return entry
     entry.update(info)
@@ -96,6 +100,19 @@ def check_file(fmt: formats.Format, path: str, inputs: np.ndarray, reference: np
         entry["failures"].append("outside tolerance")
     entry["passed"] = not entry["failures"]
     return entry
+
+
+def previous_fields(report_path: str, model: keras.Model) -> dict:
+    """The fields of an existing report of ``model`` that validation does not compute (the export's ``build``,
+    ``params``, ``macs``, ``int8``), to keep when :func:`validate_files` rewrites it; {} when there is no
+    usable report of this model and input shape."""
+    try:
+        previous = read_report(report_path)
+    except ValueError:  # none, or damaged: it is rewritten whole
+        return {}
+    if previous["model"] != model.name or previous["input_shape"] != list(model.input_shape[1:]):
+        return {}
+    return {key: value for key, value in previous.items() if key not in VALIDATION_FIELDS}
 
 
 def versions() -> dict:
@@ -211,8 +228,8 @@ def failure_message(report: dict, report_path: str | None) -> str:
     return f"Exported files failed validation: {', '.join(failed)}. Report: {report_path}"
 
 
-def _number(entry: dict, key: str, spec: str) -> str:
-    return format(entry[key], spec) if key in entry else "-"
+def _number(entry: dict, key: str, spec: str, scale: float = 1.0) -> str:
+    return format(entry[key] * scale, spec) if key in entry else "-"
 
 
 def format_table(report: dict) -> str:
@@ -234,7 +251,7 @@ def format_table(report: dict) -> str:
         tolerance = format(e["tolerance"]["max_abs"], ".0e") if "tolerance" in e else "-"
         status = "ok" if e["passed"] else "FAIL: " + "; ".join(e["failures"])
         lines.append(
-            f"| {e['format']} | {e['size_bytes'] / 1e6:.2f} | {_number(e, 'max_abs_diff', '.2e')} | "
+            f"| {e['format']} | {_number(e, 'size_bytes', '.2f', 1e-6)} | {_number(e, 'max_abs_diff', '.2e')} | "
             f"{_number(e, 'mean_abs_diff', '.2e')} | {tolerance} | {_number(e, 'top1_agreement', '.2f')} | "
             f"{delegation} | {ops} | {status} |"
         )

@@ -8,6 +8,7 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -20,6 +21,18 @@ CHECK_FAILED_EXIT = 1
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: schedulers restart the job, which then resumes
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "PF_KERAS_DEBUG"
+
+
+class UsageError(ValueError):
+    """A command-line flag is missing or malformed (exit 2)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with errors raised as :class:`UsageError` (one line, exit 2 under :func:`run_cli`) instead of
+    printing the usage and exiting. Every pf-keras command builds its flags on it."""
+
+    def error(self, message: str):  # argparse's hook for every parse error
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def one_line(error: BaseException) -> str:

@@ -19,13 +19,12 @@ file's sha256 and URL), loaded by ``create_model(FOLDER)``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import keras
 
 from pf_keras import fileio
-from pf_keras.cli import DEBUG_FLAG, parse_model_kwargs, run_cli
+from pf_keras.cli import DEBUG_FLAG, ArgumentParser, parse_model_kwargs, run_cli
 from pf_keras.models.registry import create_model
 from pf_keras.weights.preset import convert_to_preset
 from pf_keras.weights.torch_convert import precision_loss_allowed
@@ -69,13 +68,8 @@ def convert(
     return model
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ValueError(f"{message} (see --help)")
-
-
 def _main(argv: list[str]) -> int:
-    parser = _ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="registry name, e.g. resnet50_hybrid")
     parser.add_argument("--checkpoint", required=True, help="official PyTorch checkpoint (.pth)")
     parser.add_argument("--output", help="Keras weights file to write (*.weights.h5)")

@@ -4,7 +4,8 @@ Every result pf_keras and its front ends write (weights, converted checkpoints, 
 files, reports, summaries) goes through this module, so a crash, a kill or a full disk
 never leaves a partial file under the final name and never damages the previous version:
 the rename is the only step that touches the final name, and a rename within one folder is
-atomic on POSIX file systems.
+atomic on POSIX file systems. The result gets the usual permissions of a new file (``0o666``,
+folders ``0o777``, less the umask), not the ``0o600`` of a temporary file.
 
 A failed write (ENOSPC, EIO, EROFS, a permission error, ...) raises :class:`WriteError`, a
 ``ValueError`` whose message is one line naming the file and the reason, after the
@@ -46,6 +47,20 @@ def _fsync_dir(folder: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (briefly visible to other threads)
+    os.umask(mask)
+    return mask
 
 
 def _temp_name(path: str, suffix: str) -> str:
@@ -90,6 +105,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None, directory
         raise WriteError(f"cannot write {path} ({_describe(error)})") from error
     try:
         yield temp
+        os.chmod(temp, (0o777 if directory else 0o666) & ~_umask())  # mkstemp made it 0o600
         if directory:
             _replace_dir(temp, path)
         else:
@@ -118,7 +134,7 @@ def _replace_dir(temp: str, path: str) -> None:
     except OSError:
         os.replace(old, path)  # put the previous version back
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)  # the previous folder, or a file that stood in its place
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -22,22 +22,29 @@ Command (one PNG overlay per image, the top class or ``--class_index``):
     pf-keras-gradcam --model my_model.keras --output_dir cams shape.jpg
 
 Images are resized to the model's input size and normalised with the ImageNet mean and std
-(as ``pf_keras.preprocess_input``; ``--raw_input`` feeds [0, 255] instead).
+(as ``pf_keras.preprocess_input``; ``--raw_input`` feeds [0, 255] instead). An image declaring
+more than :data:`MAX_IMAGE_PIXELS` pixels (40 MP, the training pipeline's limit) is refused from
+its header, before decoding. Each image gets ``<stem>_gradcam.png``; images with the same stem
+(``a/x.png``, ``b/x.png``) get ``x_gradcam.png``, ``x_2_gradcam.png``, ... in the order given
+(the printed lines say which is which).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import os
 import sys
+import warnings
+from collections.abc import Sequence
 
 import keras
 import numpy as np
 
-from pf_keras import fileio
-from pf_keras.cli import run_cli
+from pf_keras import fileio, safe_open
+from pf_keras.cli import ArgumentParser, run_cli
+
+MAX_IMAGE_PIXELS = 40_000_000  # as the training pipeline: above any ImageNet image (the largest is ~26 MP)
 
 
 def feature_layer(model: keras.Model, layer: str | None = None) -> keras.layers.Layer:
@@ -203,15 +210,44 @@ def write_overlay(path: str | os.PathLike, image: np.ndarray, heatmap: np.ndarra
 
 
 def read_image(path: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """An image file as RGB uint8, as stored and resized to ``size`` (h, w); one-line ValueError for a bad file."""
+    """An image file as RGB uint8, as stored and resized to ``size`` (h, w).
+
+    Raises:
+        ValueError: one line for a file that is not a readable image, not a regular file (a FIFO, a
+            device), or declares more than :data:`MAX_IMAGE_PIXELS` pixels (checked before decoding).
+    """
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
-            return np.asarray(rgb), np.asarray(rgb.resize((size[1], size[0]), Image.BILINEAR))
+        with warnings.catch_warnings(), os.fdopen(safe_open.open_fd(path), "rb") as f:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is lower
+            with Image.open(f) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ValueError(f"{width}x{height} is {width * height:,} pixels, over the limit of "
+                                     f"{MAX_IMAGE_PIXELS:,}")
+                rgb = img.convert("RGB")
+                return np.asarray(rgb), np.asarray(rgb.resize((size[1], size[0]), Image.BILINEAR))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"Cannot read the image {path!r}: {' '.join(str(error).split())}") from None
+
+
+def output_names(images: Sequence[str]) -> list[str]:
+    """``<stem>_gradcam.png`` per image, ``_2``, ``_3``, ... added to a stem already taken.
+
+    Example:
+        >>> output_names(["a/x.png", "b/x.jpg", "x_2.png"])
+        ['x_gradcam.png', 'x_2_gradcam.png', 'x_2_2_gradcam.png']
+    """
+    stems: list[str] = []
+    for path in images:
+        stem = base = os.path.splitext(os.path.basename(path))[0]
+        count = 1
+        while stem in stems:
+            count += 1
+            stem = f"{base}_{count}"
+        stems.append(stem)
+    return [f"{stem}_gradcam.png" for stem in stems]
 
 
 def _load_run(folder: str, weights: str | None) -> tuple[keras.Model, list[str]]:
@@ -270,9 +306,11 @@ def _load_model(spec: str, weights: str | None) -> tuple[keras.Model, list[str]]
 
 
 def main(argv: list[str]) -> int:
-    """Writes ``<output_dir>/<image stem>_gradcam.png`` (the heatmap over the image at its own size) per image."""
-    parser = argparse.ArgumentParser(prog="pf-keras-gradcam", description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    """Writes ``<output_dir>/<image stem>_gradcam.png`` (the heatmap over the image at its own size) per image
+    (:func:`output_names`: a stem given twice gets ``_2``, ...)."""
+    parser = ArgumentParser(prog="pf-keras-gradcam", description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="+", help="image files (any format Pillow reads, at most 40 MP); a file "
+                        "name given twice (a/x.png, b/x.png) writes x_gradcam.png, x_2_gradcam.png")
     parser.add_argument("--model", required=True,
                         help="registry name (with --weights), a .keras file, a preset folder or a pf-keras-train "
                         "run folder (its final/)")
@@ -289,7 +327,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     for path in args.images:
         if not os.path.isfile(path):
-            raise ValueError(f"The image file does not exist. Received: {path!r}")
+            kind = "is not a regular file" if os.path.exists(path) else "does not exist"
+            raise ValueError(f"The image file {kind}. Received: {path!r}")
     model, class_names = _load_model(args.model, args.weights)
     side = args.image_size or model.input_shape[1]
     if not side or side < 1:
@@ -298,13 +337,12 @@ def main(argv: list[str]) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     from pf_keras.imagenet import preprocess_input
 
-    for path in args.images:
+    for path, name in zip(args.images, output_names(args.images), strict=True):
         original, image = read_image(path, size)
         batch = image[None].astype(np.float32)
         heat, classes = grad_cam(model, batch if args.raw_input else preprocess_input(batch),
                                  class_index=args.class_index, layer=args.layer)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        out = write_overlay(os.path.join(args.out_dir, f"{stem}_gradcam.png"), original, heat[0])
+        out = write_overlay(os.path.join(args.out_dir, name), original, heat[0])
         label = int(classes[0])
         named = f" ({class_names[label]})" if label < len(class_names) else ""
         print(f"{path}: class {label}{named} -> {out}")

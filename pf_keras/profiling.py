@@ -111,12 +111,10 @@ def profile_table(names: list[str], image_size: int = 224) -> str:
 
 
 def _main(argv: list[str]) -> int:
-    import argparse
-
-    from pf_keras.cli import DEBUG_FLAG
+    from pf_keras.cli import DEBUG_FLAG, ArgumentParser
     from pf_keras.models.registry import list_models
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="pf-keras-profile", description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="registry name or preset folder (repeatable); default: all")
     parser.add_argument("--pattern", default=None, help="shell-style pattern of names, e.g. '*max*'")
     parser.add_argument("--image_size", type=int, default=224)

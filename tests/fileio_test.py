@@ -60,3 +60,23 @@ def test_failed_block_removes_temp(tmp_path):
         open(temp, "wb").write(b"partial")
         raise RuntimeError("writer died")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_results_get_the_permissions_of_a_new_file(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        fileio.write_text(tmp_path / "report.json", "{}")
+        with fileio.atomic_path(tmp_path / "saved_model", directory=True) as temp:
+            os.makedirs(temp, mode=0o700)
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "report.json").st_mode & 0o777 == 0o666 & ~umask
+    assert os.stat(tmp_path / "saved_model").st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_a_folder_replacing_a_file_leaves_nothing_behind(tmp_path):
+    (tmp_path / "saved_model").write_text("a file in the folder's place")
+    with fileio.atomic_path(tmp_path / "saved_model", directory=True) as temp:
+        os.makedirs(temp)
+    assert os.path.isdir(tmp_path / "saved_model") and os.listdir(tmp_path) == ["saved_model"]

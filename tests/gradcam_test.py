@@ -189,3 +189,58 @@ class TestOverlayAndCommand:
             f"pf-keras-gradcam: error: {run} is a training run of an older pf-keras (model.json, no final/): rerun "
             f"its pf-keras-train command with --model_dir {run}; it resumes at the last checkpoint and writes the "
             f"model folder final/ without training again. Received: {str(run)!r}\n")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A grey PNG that declares ``width`` x ``height`` pixels in 0.1 KB (its one IDAT row is all that is stored)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+            + chunk(b"IEND", b""))
+
+
+class TestCommandInputs:
+    @pytest.fixture(name="model_path")
+    def _model_path(self, tmp_path) -> str:
+        path = str(tmp_path / "m.keras")
+        pf_keras.ResNet50(depths=(1, 1, 1, 1), width_mult=0.125, input_shape=(32, 32, 3), classes=3).save(path)
+        return path
+
+    def test_images_with_the_same_name_get_their_own_overlays(self, tmp_path, model_path, capsys):
+        for folder, value in (("a", 0), ("b", 255)):
+            (tmp_path / folder).mkdir()
+            Image.fromarray(np.full((20, 20, 3), value, np.uint8)).save(tmp_path / folder / "x.png")
+        images = [str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png")]
+        assert run_cli(main, ["--model", model_path, "--output_dir", str(tmp_path / "o"), *images]) == 0
+        out = capsys.readouterr().out
+        assert f"{images[0]}: class" in out and out.rstrip().endswith(str(tmp_path / "o" / "x_2_gradcam.png"))
+        assert sorted(os.listdir(tmp_path / "o")) == ["x_2_gradcam.png", "x_gradcam.png"]
+        overlays = [np.asarray(Image.open(tmp_path / "o" / name)) for name in ("x_gradcam.png", "x_2_gradcam.png")]
+        assert overlays[0].mean() < overlays[1].mean()  # the black image's overlay, then the white one's
+
+    def test_oversized_fifo_and_flag_errors_are_one_line(self, tmp_path, model_path, capsys):
+        import warnings
+
+        (tmp_path / "big.png").write_bytes(_png_header(12000, 12000))  # 144 MP: 11 GB once decoded
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = run_cli(main, ["--model", model_path, "--output_dir", str(tmp_path / "o"),
+                                  str(tmp_path / "big.png")], prog="pf-keras-gradcam")
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert "12000x12000 is 144,000,000 pixels, over the limit of 40,000,000" in err
+        assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+        os.mkfifo(tmp_path / "fifo.png")
+        assert run_cli(main, ["--model", model_path, "--output_dir", str(tmp_path / "o"),
+                              str(tmp_path / "fifo.png")]) == 2
+        assert "The image file is not a regular file" in capsys.readouterr().err
+        assert run_cli(main, ["--model", model_path, "--output_dir", str(tmp_path / "o"), "--no_such_flag",
+                              str(tmp_path / "big.png")], prog="pf-keras-gradcam") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pf-keras-gradcam: error: unrecognized arguments: --no_such_flag")
+        assert err.count("\n") == 1

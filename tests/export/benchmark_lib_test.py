@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 
 import pytest
 
@@ -115,7 +116,11 @@ class TestBenchmark:
         with pytest.raises(ValueError, match=r"cannot read the export report .*report.json \(JSONDecodeError"):
             benchmark_export_dir(str(tmp_path), output_dir=str(tmp_path / "out"))
         (tmp_path / "m" / "report.json").write_text('{"model": "m"}')
-        with pytest.raises(ValueError, match=r"is not an export report"):
+        with pytest.raises(ValueError, match=r"is not a usable export report: `input_shape` must be"):
+            benchmark_export_dir(str(tmp_path), output_dir=str(tmp_path / "out"))
+        (tmp_path / "m" / "report.json").unlink()
+        os.mkfifo(tmp_path / "m" / "report.json")  # a plain open() waits for a writer forever
+        with pytest.raises(ValueError, match=r"cannot read the export report .* \(NotRegularFileError: .*a FIFO"):
             benchmark_export_dir(str(tmp_path), output_dir=str(tmp_path / "out"))
 
     @pytest.mark.large  # full-size keras.applications baselines
@@ -160,3 +165,83 @@ class TestBenchmark:
             time_tflite(hybrid_export["files"][1]["path"], threads=0)
         names, skipped = resolve_models(None)
         assert names[0] == "resnet50" and "keras_resnet50" in names and not set(names) & set(skipped)
+
+
+def _copy_export(hybrid_export, root) -> str:
+    """A copy of the hybrid export under ``root``/export (``root``/export/resnet50_hybrid/...); returns the folder."""
+    import shutil
+
+    folder = os.path.join(root, "export", "resnet50_hybrid")
+    shutil.copytree(os.path.dirname(hybrid_export["files"][1]["path"]), folder)
+    return folder
+
+
+def _fp32(report: dict) -> dict:
+    return next(e for e in report["files"] if e["format"] == "fp32")
+
+
+def _escape(report: dict, folder: str) -> None:
+    import shutil
+
+    os.makedirs(os.path.join(folder, "..", "..", "elsewhere"))
+    shutil.copy(os.path.join(folder, "resnet50_hybrid_int8.tflite"),
+                os.path.join(folder, "..", "..", "elsewhere", "evil_fp32.tflite"))
+    report["model"] = "../../elsewhere/evil"
+    del _fp32(report)["sha256"], _fp32(report)["size_bytes"]
+
+
+class TestOnlyProvenFilesAreTimed:
+    @pytest.mark.parametrize("edit, message", [
+        (lambda r, d: [_fp32(r).pop(k) for k in ("sha256", "size_bytes")], r"records neither a SHA-256 nor a size"),
+        (lambda r, d: _fp32(r).update(passed=False, failures=["outside tolerance"]),
+         r"resnet50_hybrid_fp32.tflite did not pass its validation in .*report.json \(outside tolerance\)"),
+        (_escape, r"`model` must be a plain name \(no folders\). Received: model='../../elsewhere/evil'"),
+        (lambda r, d: r.update(params="abc"), r"`params` must be a finite non-negative number"),
+        (lambda r, d: r.update(params=float("nan")), r"`params` must be a finite non-negative number"),
+        (lambda r, d: r.update(params=-5), r"`params` must be a finite non-negative number"),
+        (lambda r, d: r.update(macs="1e9"), r"`macs` must be a finite non-negative number"),
+        (lambda r, d: r.update(input_shape=[None, 32, 3]), r"`input_shape` must be a list of positive ints"),
+        (lambda r, d: r.update(input_shape=[]), r"`input_shape` must be a list of positive ints"),
+        (lambda r, d: r["files"].append(dict(_fp32(r), sha256="0" * 64)), r"`files` names a format twice"),
+        (lambda r, d: _fp32(r).update(sha256=12345), r"the fp32 entry's `sha256` must be a hex string"),
+    ], ids=["no_digest", "failed", "model_outside", "params_str", "params_nan", "params_negative", "macs_str",
+            "shape_null", "shape_empty", "duplicate_entry", "sha256_int"])
+    def test_unproven_files_and_damaged_reports_are_refused_before_timing(self, hybrid_export, tmp_path, capsys,
+                                                                          edit, message):
+        folder = _copy_export(hybrid_export, tmp_path)
+        report = json.loads(open(os.path.join(folder, "report.json")).read())
+        edit(report, folder)
+        with open(os.path.join(folder, "report.json"), "w") as f:
+            json.dump(report, f)
+        argv = ["--export_dir", str(tmp_path / "export"), "--formats", "fp32", "--runs", "1",
+                "--output_dir", str(tmp_path / "out")]
+        assert benchmark_cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(message, err[0]), err
+        assert not (tmp_path / "out" / "benchmark.md").exists()
+
+    def test_threads_are_bounded(self, hybrid_export, tmp_path, capsys):
+        assert benchmark_cli.main(["--threads", "2199023255552", "--output_dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "argument --threads: must be thread counts from 1 to 1024" in err[0]
+        with pytest.raises(ValueError, match=r"`threads` must be ints from 1 to 1024"):
+            benchmark_export_dir(os.path.dirname(os.path.dirname(hybrid_export["files"][1]["path"])),
+                                 output_dir=str(tmp_path), threads=[1, 2 ** 41])
+
+
+def test_two_model_folders_with_the_same_label_are_two_files(tmp_path, small_resnet_kwargs):
+    from pf_keras.weights.preset import write_preset
+
+    folders = [str(tmp_path / "px" / "a_b"), str(tmp_path / "px_a" / "b")]  # both px_a_b as a file name
+    for folder, classes in zip(folders, (10, 4), strict=True):
+        write_preset(build_model("resnet50_max", model_kwargs=dict(small_resnet_kwargs, classes=classes),
+                                 image_size=32), folder)
+    rows = benchmark(",".join(folders + folders[:1]), output_dir=str(tmp_path / "out"), formats="fp32",
+                     image_size=32, warmup=0, runs=1, verbose=False)["rows"]
+    assert [r["model"] for r in rows] == folders  # a folder given twice is timed once
+    assert rows[0]["path"] != rows[1]["path"] and os.path.basename(rows[1]["path"]) == (
+        os.path.basename(rows[0]["path"]).replace("_fp32", "_2_fp32"))
+    for row, classes in zip(rows, (10, 4), strict=True):  # each row timed its own model
+        assert row["params"] == pf_keras.profile(pf_keras.create_model(row["model"])).params
+        _, output = litert.io_details(litert.interpreter(row["path"]))
+        assert output["shape"][-1] == classes

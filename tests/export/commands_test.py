@@ -93,6 +93,14 @@ class TestErrorPolicy:
         (["--model", "resnet50", "--image_size", "0", "--output_dir", "x"], r"argument --image_size: must be a pos"),
         (["--output_dir", "x"], r"the following arguments are required: --model"),
         (["--model", "resnet50", "--output_dir", "x", "--no_such_flag"], r"unrecognized arguments: --no_such_flag"),
+        (["--model", "resnet50", "--model_kwargs", "name=other", "--output_dir", "x"],
+         r"`model_kwargs` cannot set \['name'\]: the tool sets them"),
+        (["--model", "resnet50", "--model_kwargs", "weights=x.pth", "--output_dir", "x"],
+         r"`model_kwargs` cannot set \['weights'\]"),
+        (["--model", "keras_resnet50", "--model_kwargs", "input_tensor=1", "--output_dir", "x"],
+         r"`model_kwargs` cannot set \['input_tensor'\]"),
+        (["--model", "resnet50", "--model_kwargs", "input_shape=32", "--output_dir", "x"],
+         r"`model_kwargs` input_shape must be three positive ints \(H, W, C\). Received: input_shape=32"),
     ])
     def test_user_errors_are_one_line_and_exit_2(self, argv, message, capsys, tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)
@@ -131,9 +139,16 @@ class TestExportAndValidate:
         assert "| fp32 |" in printed and "| ok |" in printed
         assert sorted(os.listdir(os.path.join(out, "resnet50_max"))) == ["report.json", "resnet50_max_fp32.tflite",
                                                                          "saved_model"]
+        with open(os.path.join(out, "resnet50_max", "report.json")) as f:
+            exported = json.load(f)
         assert validate.main(TINY + ["--output_dir", out, "--json"]) == 0  # same seed: the same model
         report = json.loads(capsys.readouterr().out)
         assert report["passed"] and [e["format"] for e in report["files"]] == ["saved_model", "fp32"]
+        kept = ("build", "params", "macs", "int8")  # the export's fields validation does not recompute
+        assert {k: report[k] for k in kept} == {k: exported[k] for k in kept} and report["params"] > 0
+        benchmark_dir = str(tmp_path / "bench")
+        assert benchmark.main(["--export_dir", out, "--runs", "1", "--warmup", "0", "--output_dir", benchmark_dir]) == 0
+        assert f"| resnet50_max | fp32 | 1 | {report['params'] / 1e6:.2f} |" in capsys.readouterr().out
         # Another seed is another model: every file fails, exit 1 with one line naming the report.
         assert validate.main(TINY + ["--output_dir", out, "--seed", "1"]) == 1
         report_path = os.path.join(out, "resnet50_max", "report.json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
@@ -132,3 +134,24 @@ class TestContentDigest:
         assert litert.content_sha256(str(saved)) != digest  # a renamed file is another folder
         with pytest.raises(OSError):
             litert.content_sha256(str(tmp_path / "missing"))
+
+    def test_only_regular_files_are_read(self, tmp_path):
+        from pf_keras.safe_open import NotRegularFileError
+
+        saved = tmp_path / "saved_model"
+        (saved / "variables").mkdir(parents=True)
+        (saved / "saved_model.pb").write_bytes(b"graph")
+        (tmp_path / "elsewhere").mkdir()
+        (saved / "linked").symlink_to(tmp_path / "elsewhere")  # its files would not be in the digest
+        with pytest.raises(NotRegularFileError, match=r"a symlinked folder"):
+            litert.content_sha256(str(saved))
+        (saved / "linked").unlink()
+        (saved / "zero").symlink_to("/dev/zero")  # never ends
+        with pytest.raises(NotRegularFileError, match=r"a character device"):
+            litert.content_sha256(str(saved))
+        (saved / "zero").unlink()
+        os.mkfifo(saved / "variables" / "fifo")  # a plain open() waits for a writer forever
+        with pytest.raises(NotRegularFileError, match=r"a FIFO"):
+            litert.content_sha256(str(saved))
+        with pytest.raises(NotRegularFileError, match=r"a FIFO"):
+            litert.content_sha256(str(saved / "variables" / "fifo"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import tensorflow as tf
 
 from pf_keras_export import formats
 from pf_keras_export.build import build_model
-from pf_keras_export.validate_lib import ValidationError, check_file, find_files, validate_files
+from pf_keras_export.validate_lib import ValidationError, check_file, find_files, format_table, validate_files
 
 
 def _entry(report: dict, fmt: str) -> dict:
@@ -78,3 +79,54 @@ class TestVerdicts:
         assert find_files(folder, "resnet50_hybrid") == {e["format"]: e["path"] for e in hybrid_export["files"]}
         with pytest.raises(ValueError, match=r"No exported files of 'resnet50_hybrid' found"):
             find_files(str(tmp_path), "resnet50_hybrid")
+
+
+def _patched(content: bytes, **subgraph_fields) -> bytes:
+    """``content`` (a .tflite flatbuffer) with fields of its first subgraph replaced (``inputs=[]``, ...)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content, 0))
+    for key, value in subgraph_fields.items():
+        setattr(model.subgraphs[0], key, np.asarray(value, np.int32))
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+class TestDamagedFiles:
+    @pytest.mark.parametrize("field", ["inputs", "outputs"])
+    def test_a_tflite_without_inputs_or_outputs_fails_and_is_not_timed(self, hybrid_export, tmp_path, field):
+        from pf_keras_export.benchmark_lib import time_tflite
+
+        with open(_entry(hybrid_export, "fp32")["path"], "rb") as f:
+            path = tmp_path / "m_fp32.tflite"
+            path.write_bytes(_patched(f.read(), **{field: []}))
+        entry = check_file(formats.FORMATS["fp32"], str(path), np.ones((1, 64, 64, 3), np.float32),
+                           np.zeros((1, 10), np.float32))
+        assert not entry["passed"] and entry["failures"] == ["does not load or run"]
+        assert "must have one input and one output tensor" in entry["error"]
+        with pytest.raises(ValueError, match=r"m_fp32.tflite must have one input and one output tensor"):
+            time_tflite(str(path), runs=1, warmup=0)
+
+    def test_a_saved_model_with_truncated_variables_fails(self, hybrid_export, tmp_path):
+        saved = tmp_path / "saved_model"
+        shutil.copytree(_entry(hybrid_export, "saved_model")["path"], saved)
+        (data,) = (saved / "variables").glob("variables.data-*")
+        os.truncate(data, 100)
+        entry = check_file(formats.FORMATS["saved_model"], str(saved), np.ones((1, 64, 64, 3), np.float32),
+                           np.zeros((1, 10), np.float32))
+        assert not entry["passed"] and entry["failures"] == ["does not load or run"]
+        assert entry["error"].startswith("TensorFlow cannot load the SavedModel")
+        assert "Read less bytes than requested" in entry["error"]
+
+    def test_a_fifo_in_a_saved_model_fails_as_unreadable(self, hybrid_export, tmp_path):
+        saved = tmp_path / "saved_model"
+        shutil.copytree(_entry(hybrid_export, "saved_model")["path"], saved)
+        os.mkfifo(saved / "assets.fifo")  # hashing it with a plain open() waited forever
+        entry = check_file(formats.FORMATS["saved_model"], str(saved), np.ones((1, 64, 64, 3), np.float32),
+                           np.zeros((1, 10), np.float32))
+        assert not entry["passed"] and entry["failures"] == ["not a readable file"]
+        assert "not a regular file (a FIFO)" in entry["error"] and "sha256" not in entry
+        table = format_table({"model": "m", "input_shape": [64, 64, 3], "input_type": "float", "files": [entry]})
+        assert "| saved_model | - | - |" in table and "FAIL: not a readable file" in table
