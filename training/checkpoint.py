@@ -12,9 +12,13 @@ weights given to the model builder (``model.init_weights``); else the fresh init
 
 Which checkpoint (:meth:`Checkpointer.choose`): every ``ckpt-N`` in the folder (the folder
 is scanned; the ``checkpoint`` pointer file is only compared), newest first, is verified: its
-``.index`` and every ``.data`` shard exist and every tensor reads back with its stored CRC32C
+``.index`` and every ``.data`` shard exist and are regular files (checked without blocking before
+TensorFlow opens them: a FIFO there would hang it) and every tensor reads back with its stored CRC32C
 (a truncated or zero-filled file fails). The first intact one is used; damaged ones are moved
-to ``checkpoints/damaged/`` and one line says which were damaged and which is used. A folder
+to ``checkpoints/damaged/`` and one line says which were damaged and which is used. A pointer
+that cannot be read is rewritten; one that is not a regular file (a folder, a FIFO: a folder
+could not be replaced by the new pointer) is moved to ``checkpoints/damaged/`` first. Nothing
+set aside overwrites an earlier file there (``name.1``, ``name.2``, ... instead). A folder
 holding checkpoint files none of which is intact is an error unless the run asks for
 ``restart_from_scratch`` (then every old checkpoint is moved to
 ``checkpoints/before_restart/``): a run never silently starts again from step 0.
@@ -40,10 +44,11 @@ import tempfile
 
 import tensorflow as tf
 
-from pf_keras import fileio
+from pf_keras import fileio, safe_open
 from pf_keras.cli import one_line
 
 POINTER = "checkpoint"
+MAX_POINTER_BYTES = 1 << 16  # ours holds a few lines
 DAMAGED = "damaged"
 BEFORE_RESTART = "before_restart"
 _CKPT = re.compile(r"^ckpt-(\d+)\.(index|data-(\d{5})-of-(\d{5}))$")
@@ -90,28 +95,46 @@ def list_checkpoints(directory: str) -> dict[int, list[str]]:
     return found
 
 
+def _file_problem(path: str, label: str) -> str | None:
+    """None if ``path`` is a regular file (opened without blocking), else why not ("its <label> file ...")."""
+    try:
+        os.close(safe_open.open_fd(path))
+    except FileNotFoundError:
+        return f"its {label} file is missing"
+    except OSError as error:
+        return f"its {label} file cannot be read ({error.strerror or one_line(error)})"
+    return None
+
+
 def verify(prefix: str) -> str | None:
     """None if the checkpoint ``prefix`` is intact, else why not (one line).
 
-    Intact: the ``.index`` and every ``.data`` shard it names exist, and every tensor reads
-    back (TensorFlow checks each one against the CRC32C stored in the index).
+    Intact: the ``.index`` and every ``.data`` shard it names exist and are regular files (checked before
+    TensorFlow opens any: a FIFO would block it), and every tensor reads back (TensorFlow checks each one
+    against the CRC32C stored in the index).
     """
     folder, base = os.path.split(prefix)
     index = prefix + ".index"
-    if not os.path.isfile(index):
-        return "its .index file is missing"
+    problem = _file_problem(index, ".index")
+    if problem:
+        return problem
     if os.path.getsize(index) == 0:
         return "its .index file is empty"
-    shards = {}
+    shards: dict[int, str] = {}
+    totals: set[int] = set()
     for name in os.listdir(folder or "."):
         match = _CKPT.match(name)
         if match and name.startswith(base + ".data-") and match.group(1) == base.split("-")[-1]:
-            shards[int(match.group(3))] = int(match.group(4))
+            shards[int(match.group(3))] = match.group(2)
+            totals.add(int(match.group(4)))
     if not shards:
         return "its .data file is missing"
-    totals = set(shards.values())
     if len(totals) != 1 or sorted(shards) != list(range(totals.pop())):
         return f"its .data shards are incomplete ({len(shards)} present)"
+    for suffix in shards.values():
+        problem = _file_problem(f"{prefix}.{suffix}", f".{suffix}")
+        if problem:
+            return problem
     try:
         reader = tf.train.load_checkpoint(prefix)
         for key in reader.get_variable_to_shape_map():
@@ -125,16 +148,24 @@ def read_pointer(directory: str) -> tuple[int | None, str | None]:
     """(step named by the ``checkpoint`` pointer file, problem) — the problem is None when it names a checkpoint."""
     path = os.path.join(directory, POINTER)
     try:
-        with open(path, "rb") as f:
-            text = f.read(1 << 16).decode("utf-8", errors="replace")
+        text = safe_open.read_bytes(path, MAX_POINTER_BYTES).decode("utf-8", errors="replace")
     except FileNotFoundError:
         return None, "the checkpoint pointer file is missing"
-    except OSError as error:
-        return None, f"the checkpoint pointer file cannot be read ({one_line(error)})"
+    except OSError as error:  # a FIFO, a folder, too large, ...: treated as garbled (rewritten)
+        return None, f"the checkpoint pointer file cannot be read ({error.strerror or one_line(error)})"
     match = re.search(r'^model_checkpoint_path:\s*"(?:.*/)?ckpt-(\d+)"\s*$', text, re.MULTILINE)
     if not match:
         return None, "the checkpoint pointer file is garbled"
     return int(match.group(1)), None
+
+
+def _free_path(folder: str, name: str) -> str:
+    """``folder/name``, else the first free ``folder/name.N``: nothing set aside overwrites an earlier file."""
+    path, n = os.path.join(folder, name), 0
+    while os.path.lexists(path):
+        n += 1
+        path = os.path.join(folder, f"{name}.{n}")
+    return path
 
 
 class Checkpointer:
@@ -211,13 +242,16 @@ class Checkpointer:
     def _choose_on_chief(self, restart_from_scratch: bool) -> tuple[int, str]:
         self.clean_strays()
         found = list_checkpoints(self.directory)
+        pointed, pointer_problem = read_pointer(self.directory)
+        moved = ""  # the note on a pointer that is not a regular file, set aside
+        if self._set_aside_pointer():
+            pointer_problem = moved = f"{pointer_problem} (moved to {os.path.join(self.directory, DAMAGED)})"
         if restart_from_scratch and found:
             self._set_aside(found, BEFORE_RESTART)
             return NONE, (f"restart_from_scratch: moved {len(found)} old checkpoint(s) to "
                           f"{os.path.join(self.directory, BEFORE_RESTART)}")
         if not found:
-            return NONE, ""
-        pointed, pointer_problem = read_pointer(self.directory)
+            return NONE, moved
         damaged: list[str] = []
         chosen = None
         for step in sorted(found, reverse=True):
@@ -254,7 +288,17 @@ class Checkpointer:
         os.makedirs(target, exist_ok=True)
         for step in sorted(found):
             for name in sorted(found[step], key=lambda n: not n.endswith(".index")):  # the .index first
-                os.replace(os.path.join(self.directory, name), os.path.join(target, name))
+                os.replace(os.path.join(self.directory, name), _free_path(target, name))
+
+    def _set_aside_pointer(self) -> bool:
+        """Moves a pointer that is not a regular file (a folder, a FIFO) to ``damaged/``; True if it did."""
+        path = os.path.join(self.directory, POINTER)
+        if not os.path.lexists(path) or os.path.isfile(path):
+            return False
+        target = os.path.join(self.directory, DAMAGED)
+        os.makedirs(target, exist_ok=True)
+        os.replace(path, _free_path(target, POINTER))
+        return True
 
     def restore(self, path: str) -> None:
         """Restores every saved object from ``path`` (a checkpoint prefix).

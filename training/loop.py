@@ -30,12 +30,17 @@ import types
 import keras
 import tensorflow as tf
 
-from pf_keras import fileio
+from pf_keras import fileio, safe_open
+from pf_keras.cli import one_line
+from pf_keras_training import lock as lock_lib
 from pf_keras_training import optim as optim_lib
 from pf_keras_training import recipes as recipes_lib
 from pf_keras_training.recipes import Recipe
 
 STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
+METRICS_FILE = "metrics.jsonl"
+MAX_METRICS_BYTES = 256 << 20  # read_metrics: ~300 bytes a record; 90 ImageNet epochs at steps_per_loop=1: ~140 MB
+MAX_METRICS_LINE = 1 << 20
 
 
 # ---------------------------------------------------------------- strategies
@@ -482,12 +487,24 @@ _SCALAR_METADATA = _scalar_metadata()
 
 
 class MetricsLogger:
-    """JSON lines (``metrics.jsonl``) and TensorBoard scalars (``tb/``); writes nothing when not chief."""
+    """JSON lines (``metrics.jsonl``) and TensorBoard scalars (``tb/``); writes nothing when not chief.
+
+    Raises:
+        ValueError: ``tb`` cannot hold TensorBoard logs (a file there, ...): one line naming it.
+    """
 
     def __init__(self, model_dir: str, *, enabled: bool) -> None:
         self.enabled = enabled
-        self.path = os.path.join(model_dir, "metrics.jsonl")
-        self._writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb")) if enabled else None
+        self.path = os.path.join(model_dir, METRICS_FILE)
+        self._writer = None
+        if enabled:
+            folder = os.path.join(model_dir, "tb")
+            try:
+                self._writer = tf.summary.create_file_writer(folder)
+            except tf.errors.OpError as error:
+                raise ValueError(f"{folder} cannot hold the TensorBoard logs ({one_line(error)[:300]}); it must be "
+                                 f"a folder: remove or rename it, or use a new model_dir. "
+                                 f"Received: model_dir={model_dir!r}") from None
 
     def write(self, record: dict, *, kind: str) -> None:
         """Appends ``record`` (tagged ``kind``) to metrics.jsonl and its numbers to TensorBoard."""
@@ -502,14 +519,31 @@ class MetricsLogger:
         self._writer.flush()
 
 
+def open_for_append(path: str) -> int:
+    """A descriptor appending to ``path`` (created if missing; :func:`lock.open_own_file`: a regular file with
+    no other link, never through a symlink, never blocking).
+
+    Raises:
+        fileio.WriteError: one line naming the file and what it is instead (a symbolic link, a FIFO, ...) or why
+            it cannot be opened.
+    """
+    try:
+        return lock_lib.open_own_file(path, os.O_WRONLY | os.O_APPEND)
+    except OSError as error:
+        hint = ("; it must be a regular file of this run alone: replace it by a copy or remove it"
+                if isinstance(error, lock_lib.NotOwnFileError) else "")
+        raise fileio.WriteError(f"cannot append to {path} ({error.strerror or error}){hint}") from None
+
+
 def append_line(path: str, line: str) -> None:
     """Appends one line to ``path`` whole or not at all: a failed write (full disk) is cut off again.
 
     Raises:
-        fileio.WriteError: one line naming the file; the lines before are intact.
+        fileio.WriteError: one line naming the file (also a symlink, FIFO or folder there: see
+            :func:`open_for_append`); the lines before are intact.
     """
     data = (line + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = open_for_append(path)
     try:
         size = os.fstat(fd).st_size
         try:
@@ -528,23 +562,32 @@ def append_line(path: str, line: str) -> None:
 def read_metrics(model_dir: str, kind: str | None = None) -> list[dict]:
     """The records of ``model_dir/metrics.jsonl`` (of one ``kind``: train, eval, final).
 
+    The file is read without blocking, at most :data:`MAX_METRICS_BYTES` and lines of at most
+    :data:`MAX_METRICS_LINE` bytes.
+
     Raises:
-        ValueError: naming the file and line of a line that is not a JSON record (an edited or damaged file).
+        ValueError: naming the file (and line): not a regular file, too large, a line that is not a JSON record.
     """
-    path = os.path.join(model_dir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = os.path.join(model_dir, METRICS_FILE)
+    try:
+        f = os.fdopen(safe_open.open_fd(path, limit=MAX_METRICS_BYTES), "rb")
+    except FileNotFoundError:
         return []
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read ({error.strerror or one_line(error)})") from None
     records = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
+    with f:
+        for number, line in enumerate(iter(lambda: f.readline(MAX_METRICS_LINE + 1), b""), start=1):
+            if len(line) > MAX_METRICS_LINE:
+                raise ValueError(f"{path} line {number} is longer than {MAX_METRICS_LINE} bytes")
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} line {number} is not a JSON record ({error.msg})") from None
+                record = json.loads(line.decode("utf-8", errors="replace"))
+            except (json.JSONDecodeError, RecursionError) as error:
+                why = getattr(error, "msg", "nested too deeply")
+                raise ValueError(f"{path} line {number} is not a JSON record ({why})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path} line {number} is not a JSON object")
             records.append(record)
     return [r for r in records if kind is None or r.get("kind") == kind]
-

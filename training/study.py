@@ -14,7 +14,9 @@ loops after the first, which includes tracing). Results go to
 ``OUT/cells/<name>/result.json`` (atomic); the grid to ``OUT/study.{md,csv,json,png}``.
 
 Resume: rerunning the same command skips every cell with a result file and continues an
-interrupted cell from its checkpoint (``OUT/cells/<name>/train``). A cell whose stored
+interrupted cell from its checkpoint (``OUT/cells/<name>/train``). A damaged ``result.json`` (not
+JSON, fields missing, a FIFO, over 8 MiB) is measured again; a damaged ``speed.json`` starts
+afresh; either one being a folder is an error. A cell whose stored
 settings differ from the command's is an error (use another ``--out_dir``). One study per
 ``--out_dir`` at a time (a lock file refuses a second). SIGTERM checkpoints the running cell
 and exits 143, as ``train.py`` does.
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import fcntl
 import io
 import json
 import os
@@ -53,11 +54,12 @@ if __name__ == "__main__":  # run as a script: TensorFlow's start-up lines silen
 import numpy as np
 
 import pf_keras
-from pf_keras import fileio
+from pf_keras import fileio, safe_open
 from pf_keras.blocks import BLOCK_KINDS
 from pf_keras.cli import PREEMPTED_EXIT, run_cli
 from pf_keras.values import is_int, is_real
 from pf_keras_export.args import ArgumentParser
+from pf_keras_training import lock as lock_lib
 from pf_keras_training import recipes as recipes_lib
 from pf_keras_training import train as train_lib
 from pf_keras_training.callbacks import TrainCallback
@@ -76,6 +78,7 @@ DEFAULT_DEPTHS = (1, 1, 1, 1)
 DEFAULT_WIDTH = 0.25
 DEFAULT_EPOCHS = 5
 RESULT_VERSION = 1
+MAX_CELL_FILE_BYTES = 8 << 20  # result.json ~2 KB; speed.json ~20 bytes per inner loop
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -152,12 +155,11 @@ def tflite_latency_ms(model, image_size: int, *, runs: int = 30, warmup: int = 5
 
 
 def _read_json(path: str) -> dict | None:
+    """A cell file's JSON object; None if missing or damaged (not JSON, a FIFO, over :data:`MAX_CELL_FILE_BYTES`):
+    a result is then measured again, speeds start afresh. Read without blocking."""
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):  # truncated or foreign: recompute the cell's result
+        data = safe_open.read_json(path, MAX_CELL_FILE_BYTES)
+    except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -187,10 +189,14 @@ def run_cell(cell: Cell, base: recipes_lib.Recipe, out_dir: str, *, tflite: bool
              verbose: bool = True) -> tuple[dict[str, Any], bool]:
     """Trains and measures one cell unless its result file exists. Returns ``(result, trained_now)``."""
     cell_dir = os.path.join(out_dir, "cells", cell.name)
-    result_path = os.path.join(cell_dir, "result.json")
+    result_path, speed_path = os.path.join(cell_dir, "result.json"), os.path.join(cell_dir, "speed.json")
     recipe = cell_recipe(base, cell)
     settings = {"version": RESULT_VERSION, "recipe": recipes_lib.to_dict(recipe), "tflite": tflite}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from the file
+    for path in (result_path, speed_path):  # written by renames, which cannot replace a folder
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise ValueError(f"{path} is a folder; remove it (the cell is measured again). "
+                             f"Received: out_dir={out_dir!r}")
     stored = _read_json(result_path)
     if stored is not None and stored.get("settings") == settings:
         if _complete(stored, cell):
@@ -201,7 +207,7 @@ def run_cell(cell: Cell, base: recipes_lib.Recipe, out_dir: str, *, tflite: bool
             f"Received: out_dir={out_dir!r}"
         )
     os.makedirs(cell_dir, exist_ok=True)
-    speed = _SpeedRecorder(os.path.join(cell_dir, "speed.json"))
+    speed = _SpeedRecorder(speed_path)
     if verbose:
         print(f"[study] cell {cell.name}: block_kinds={cell.block_kinds}", flush=True)
     summary = train_lib.run(recipe, os.path.join(cell_dir, "train"), verbose=False, callbacks=[speed])
@@ -325,12 +331,12 @@ def run_study(cells: list[Cell], out_dir: str, base: recipes_lib.Recipe, *, tfli
         size = base.data.image_size
         pf_keras.ResNet(base.model.kwargs.get("depths", DEFAULT_DEPTHS), cell.block_kinds,
                         input_shape=(size, size, 3), width_mult=0.125, classes=2)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, ".lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"Another study is running in this out_dir. Received: out_dir={out_dir!r}") from None
+    try:
+        study_lock = lock_lib.RunLock(out_dir)  # a symlink, FIFO or folder as .lock: one line, nothing touched
+    except lock_lib.LockHeld as held:
+        raise ValueError(f"Another study is running in this out_dir ({held.holder}). "
+                         f"Received: out_dir={out_dir!r}") from None
+    with study_lock:
         results, trained = [], []
         for cell in cells:
             result, now = run_cell(cell, base, out_dir, tflite=tflite, verbose=verbose)

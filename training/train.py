@@ -41,7 +41,7 @@ import keras
 import tensorflow as tf
 
 import pf_keras
-from pf_keras import fileio
+from pf_keras import fileio, safe_open
 from pf_keras.cli import one_line
 from pf_keras.weights.preset import RUN_PRESET, write_preset
 from pf_keras_export import args
@@ -202,49 +202,97 @@ def with_sync_batchnorm(model: keras.Model) -> keras.Model:
     return synced
 
 
+MAX_RUN_JSON_BYTES = 1 << 20  # recipe.json, settings.json: a few KB
+SETTINGS = {"mixed_precision": PRECISIONS}  # model_dir/settings.json: key -> the values it may hold
+_ABSENT = object()  # what _read_json returns for a missing file
+
+
+def _run_file_error(path: str, what: str, problem: str) -> ValueError:
+    return ValueError(f"{path} ({what}) {problem}; restore it or use a new model_dir. "
+                      f"Received: model_dir={os.path.dirname(path)!r}")
+
+
 def _read_json(path: str, what: str) -> Any:
+    """The JSON value in the run file ``path`` (``what`` it is), or ``_ABSENT``; read without blocking, at most
+    :data:`MAX_RUN_JSON_BYTES`.
+
+    Raises:
+        ValueError: one line naming the file: a FIFO, a folder, too large, not JSON.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.loads(f.read(1 << 20))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} ({what}) cannot be read ({one_line(error)}); restore it or use a new model_dir. "
-                         f"Received: model_dir={os.path.dirname(path)!r}") from None
+        return safe_open.read_json(path, MAX_RUN_JSON_BYTES)
+    except FileNotFoundError:
+        return _ABSENT
+    except OSError as error:
+        raise _run_file_error(path, what, f"cannot be read ({error.strerror or one_line(error)})") from None
+    except ValueError as error:
+        raise _run_file_error(path, what, f"cannot be read ({one_line(error)})") from None
 
 
 def _check_recipe_file(model_dir: str, recipe: Recipe, chief: bool) -> None:
     path = os.path.join(model_dir, "recipe.json")
-    if os.path.exists(path):
-        try:
-            stored = recipes_lib.from_dict(_read_json(path, "the run's recipe"))
-        except ValueError as error:
-            raise ValueError(f"{path} (the run's recipe) is damaged: {error}; restore it or use a new model_dir. "
-                             f"Received: model_dir={model_dir!r}") from None
-        old, new = recipes_lib.to_dict(stored), recipes_lib.to_dict(recipe)
-        diffs = [f"{s}.{k}" for s in old if isinstance(old[s], dict) for k in old[s] if old[s][k] != new[s].get(k)]
-        diffs += [s for s in old if not isinstance(old[s], dict) and old[s] != new[s]]
-        if diffs:
-            raise ValueError(
-                f"model_dir holds a run with another recipe; resume with the same settings or use a new model_dir. "
-                f"Differences: {diffs}. Received: model_dir={model_dir!r}"
-            )
-    elif chief:
-        fileio.write_text(path, recipes_lib.dumps(recipe))  # atomic: other workers may be reading
+    data = _read_json(path, "the run's recipe")
+    if data is _ABSENT:
+        if chief:
+            fileio.write_text(path, recipes_lib.dumps(recipe))  # atomic: other workers may be reading
+        return
+    try:
+        stored = recipes_lib.from_dict(data)
+    except ValueError as error:
+        raise _run_file_error(path, "the run's recipe", f"is damaged: {error}") from None
+    old, new = recipes_lib.to_dict(stored), recipes_lib.to_dict(recipe)
+    diffs = [f"{s}.{k}" for s in old if isinstance(old[s], dict) for k in old[s] if old[s][k] != new[s].get(k)]
+    diffs += [s for s in old if not isinstance(old[s], dict) and old[s] != new[s]]
+    if diffs:
+        raise ValueError(
+            f"model_dir holds a run with another recipe; resume with the same settings or use a new model_dir. "
+            f"Differences: {diffs}. Received: model_dir={model_dir!r}"
+        )
 
 
 def _check_settings(model_dir: str, settings: dict[str, Any], chief: bool) -> None:
-    """Run settings outside the recipe that a resume must keep (the precision: it shapes the optimizer state)."""
+    """Run settings outside the recipe that a resume must keep (the precision: it shapes the optimizer state).
+
+    A ``settings.json`` that is not an object holding every key of :data:`SETTINGS` with one of its values is
+    damaged (an error, as a damaged ``recipe.json``): it can no longer tell whether the run changed them.
+    """
     path = os.path.join(model_dir, "settings.json")
-    if os.path.exists(path):
-        stored = _read_json(path, "the run's settings")
-        diffs = [f"{k}: {stored[k]} -> {v}" for k, v in settings.items()
-                 if isinstance(stored, dict) and k in stored and stored[k] != v]
-        if diffs:
-            raise ValueError(
-                f"model_dir holds a run with other settings; resume with the same settings or use a new model_dir. "
-                f"Differences: {diffs}. Received: model_dir={model_dir!r}"
-            )
-    elif chief:
-        fileio.write_json(path, settings)
+    stored = _read_json(path, "the run's settings")
+    if stored is _ABSENT:
+        if chief:
+            fileio.write_json(path, settings)
+        return
+    what = "the run's settings"
+    if not isinstance(stored, dict):
+        raise _run_file_error(path, what, f"is damaged: not a JSON object but {type(stored).__name__}")
+    for key, allowed in SETTINGS.items():
+        if key not in stored or stored[key] not in allowed:
+            held = f"{key}={stored[key]!r}" if key in stored else f"no {key}"
+            raise _run_file_error(path, what, f"is damaged: it holds {held}, not one of {list(allowed)}")
+    diffs = [f"{k}: {stored[k]} -> {v}" for k, v in settings.items() if stored[k] != v]
+    if diffs:
+        raise ValueError(
+            f"model_dir holds a run with other settings; resume with the same settings or use a new model_dir. "
+            f"Differences: {diffs}. Received: model_dir={model_dir!r}"
+        )
+
+
+def _check_run_folder(model_dir: str) -> None:
+    """What the run writes later is checked before anything trains: ``checkpoints`` and ``tb`` must be folders
+    (a symlink to one is the user's choice: another disk), ``metrics.jsonl`` a file appended in place
+    (:func:`loop.open_for_append`: no symlink, FIFO or other hard link).
+
+    Raises:
+        ValueError: one line naming the first part that is something else.
+    """
+    for name in ("checkpoints", "tb"):
+        path = os.path.join(model_dir, name)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise ValueError(f"{path} is not a folder; remove or rename it, or use a new model_dir. "
+                             f"Received: model_dir={model_dir!r}")
+    metrics = os.path.join(model_dir, loop_lib.METRICS_FILE)
+    if os.path.lexists(metrics):
+        os.close(loop_lib.open_for_append(metrics))
 
 
 def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | None = None,
@@ -281,7 +329,10 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
 
     Returns:
         A summary dict: status ("completed", "preempted" or "stopped"), step, loss, val_top1,
-        val_top5, skipped files, images/s, paths.
+        val_top5, skipped files, images/s, paths. ``loss`` and ``images_per_sec`` are those of this
+        call's last inner loop: None if it ran no training step (a rerun of a run killed after its last
+        checkpoint; ``metrics.jsonl`` holds the earlier values). A completed run always reports the
+        final evaluation (run again if this call resumed after it).
 
     Raises:
         ValueError: for impossible settings (batch not divisible by the replicas, a dataset
@@ -336,6 +387,7 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
     try:
         _check_recipe_file(model_dir, recipe, plan.chief)
         _check_settings(model_dir, {"mixed_precision": mixed_precision}, plan.chief)
+        _check_run_folder(model_dir)
         previous_policy = keras.config.dtype_policy()
         keras.mixed_precision.set_global_policy(mixed_precision)
         try:
@@ -427,6 +479,8 @@ def _train(plan: _Plan, trainer: loop_lib.Trainer, checkpointer: checkpoint_lib.
     if preempted:
         return loop.finish("preempted")
     loop.progress.newline()
+    if loop.step >= plan.total_steps and not loop.evaluation:  # resumed past the last eval: the summary needs it
+        loop.evaluation = loop.evaluate(plan.recipe.schedule.epochs, record=False)  # metrics.jsonl has it
     return loop.finish("completed" if loop.step >= plan.total_steps else "stopped")
 
 
@@ -466,9 +520,10 @@ class _Loop:
         """Global and eval step counters (the preemption watchdog reads them from another thread)."""
         return int(self.trainer.global_step.numpy()), int(self.trainer.evaluator.steps_done.numpy())
 
-    def evaluate(self, done: int) -> dict[str, Any]:
+    def evaluate(self, done: int, *, record: bool = True) -> dict[str, Any]:
         """The eval after epoch ``done`` if it is due (recorded in the checkpoint, so a run
-        preempted right at an epoch end evaluates that epoch when it resumes); {} if not due."""
+        preempted right at an epoch end evaluates that epoch when it resumes); {} if not due.
+        ``record=False``: not written to ``metrics.jsonl`` (an eval repeated for the summary)."""
         plan, trainer, recipe = self.plan, self.trainer, self.plan.recipe
         if not (done % recipe.eval_every_epochs == 0 or (done == recipe.schedule.epochs and plan.eval_at_end)):
             return {}
@@ -480,7 +535,8 @@ class _Loop:
                 ema = trainer.evaluate(self.eval_fn, self.eval_steps, use_ema=True)
             result.update({f"ema_{k}": v for k, v in ema.items()})
         trainer.evaluated_epoch.assign(done)
-        self.logger.write(result, kind="eval")
+        if record:
+            self.logger.write(result, kind="eval")
         self.progress.newline()
         plan.say(f"[eval] epoch {done}: top-1 {result['val_top1']:.4f} top-5 {result['val_top5']:.4f} "
                  f"loss {result['val_loss']:.4f} ({result['val_examples']} images, {result['val_skipped']} skipped)")
