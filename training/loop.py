@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from pf_keras import fileio, safe_open
 from pf_keras.cli import one_line
+from pf_keras.values import is_int
 from pf_keras_training import lock as lock_lib
 from pf_keras_training import optim as optim_lib
 from pf_keras_training import recipes as recipes_lib
@@ -65,6 +66,29 @@ def configure_cpu_replicas(num_replicas: int) -> None:
             ) from None
 
 
+def check_tf_config(text: str) -> None:
+    """ValueError (one line) unless ``text`` is a TF_CONFIG TensorFlow can use: a JSON object whose ``cluster``
+    maps job names to non-empty lists of ``host:port`` strings and whose ``task`` names one of them (``type``, and
+    an ``index`` within its list). TensorFlow itself raises a TypeError on most malformed ones, and treats some
+    (``[]``) as no cluster at all, silently training alone."""
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"TF_CONFIG is not JSON ({error}). Received: TF_CONFIG={text[:200]!r}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    jobs_ok = isinstance(cluster, dict) and cluster and all(
+        isinstance(job, str) and isinstance(hosts, list) and hosts and all(isinstance(h, str) and ":" in h
+                                                                               for h in hosts)
+        for job, hosts in cluster.items())
+    task_ok = (jobs_ok and isinstance(task, dict) and task.get("type") in cluster and is_int(task.get("index"))
+               and 0 <= task["index"] < len(cluster[task["type"]]))
+    if not task_ok:
+        raise ValueError(
+            'TF_CONFIG must be {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}} '
+            f"with the task's index within its job. Received: TF_CONFIG={text[:200]!r}")
+
+
 def create_strategy(name: str, *, num_replicas: int = 0, tpu: str = "") -> tf.distribute.Strategy:
     """Builds a strategy by name.
 
@@ -96,6 +120,7 @@ def create_strategy(name: str, *, num_replicas: int = 0, tpu: str = "") -> tf.di
                 "which is not set. "
                 "Received: strategy='multi_worker', TF_CONFIG=None"
             )
+        check_tf_config(os.environ["TF_CONFIG"])
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_physical_devices("GPU")
     if name == "one_device":

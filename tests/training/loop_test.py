@@ -108,6 +108,22 @@ class TestStrategyErrors:
         with pytest.raises(ValueError, match=r"TF_CONFIG"):
             loop.create_strategy("multi_worker")
 
+    @pytest.mark.parametrize("tf_config, message", [
+        ("{not json", "TF_CONFIG is not JSON"),
+        ("[]", "TF_CONFIG must be"),  # TensorFlow trained alone, silently
+        ('{"cluster": 5}', "TF_CONFIG must be"),  # TypeError in TensorFlow
+        ('{"cluster": {"worker": "x"}, "task": {}}', "TF_CONFIG must be"),  # TypeError in TensorFlow
+        ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 7}}', "TF_CONFIG must be"),
+        ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "chief", "index": 0}}', "TF_CONFIG must be"),
+        ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": true}}', "TF_CONFIG must be"),
+    ])
+    def test_a_malformed_tf_config_is_one_line(self, monkeypatch, tf_config, message):
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+        with pytest.raises(ValueError, match=message) as info:
+            loop.create_strategy("multi_worker")
+        assert "\n" not in str(info.value)
+        loop.check_tf_config('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}')
+
     def test_batch_not_divisible_by_replicas(self, shapes_dir, make_recipe, tmp_path, mirrored_strategy):
         recipe = make_recipe(f"folder:{shapes_dir}", **{"data.global_batch_size": 15})
         message = r"divisible by the number of replicas \(2\). Received: data.global_batch_size=15"
