@@ -18,7 +18,8 @@ otherwise they are decoded again and their batches discarded (exact either way).
 
 Bad files: a file that fails to decode (empty, truncated, not an image, a format other than
 JPEG/PNG/GIF/BMP/WebP) or whose header declares more than ``max_image_pixels`` pixels (checked
-before decoding: a 1 MB PNG may declare 20000x20000) is skipped and counted, and so is a file
+before decoding: a 1 MB PNG may declare 20000x20000; a GIF counts the pixels of all its frames, which
+the decoder decodes) is skipped and counted, and so is a file
 that cannot be read; no error is logged per file. Training decodes the files in chunks of 64
 (:func:`_decode_chunks`), each followed by a marker, so a stream of failures still moves: the
 files dropped before a good example are its ``skipped`` count, and ``max_consecutive_skips``
@@ -135,11 +136,109 @@ def decode_full(image_bytes: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def header_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
-    """Width x height declared by the header of a JPEG, PNG, GIF, BMP or WebP file (int64; -1 if unknown).
+GIF_MAX_STEPS = 1 << 16  # steps of the GIF walk before the file is refused (~13-17 us each: ~1 s of CPU)
+_GIF_RUN = 64  # full (255-byte) data sub-blocks one step may skip after the first
 
-    Reads at most the first 32 bytes (JPEG: its markers, via ``extract_jpeg_shape``), so a
-    file that would inflate to gigabytes is measured before anything is allocated.
+
+def _gif_tables() -> tuple[np.ndarray, np.ndarray]:
+    """The step table of :func:`_gif_pixels_graph`, rows ``byte + mode`` (mode 0 between blocks, 256 in
+    data sub-blocks, 512 at an extension's first sub-block) and 768 (past the end): ``(bytes to skip, next
+    mode, frame (1 = image descriptor), status (0 = go on, 1 = done, 2 = malformed), run (1 = a full
+    sub-block: the following ones too))``; and the size of a colour table by its packed field."""
+    table = np.zeros([769, 5], np.int64)
+    table[:256, 3] = 2  # an unknown block byte
+    table[0x21] = (2, 512, 0, 0, 0)  # extension: introducer, label, then sub-blocks
+    table[0x2C] = (11, 256, 1, 0, 0)  # image: 10-byte descriptor (+ local colour table), LZW code size, sub-blocks
+    table[0x3B] = (0, 0, 0, 1, 0)  # trailer
+    table[256:512, 0] = np.arange(1, 257)  # a sub-block: its size byte and data; size 0 ends the blocks
+    table[257:512, 1] = 256
+    table[512:768] = table[256:512]
+    # an extension without data: giflib's DGifSlurp (this version) reads the next byte as a sub-block size, not
+    # as a block, and may find frames there that the walk would not see; the decoder fails on most such files
+    table[512] = (0, 0, 0, 2, 0)
+    table[[511, 767], 4] = 1
+    table[768] = (0, 0, 0, 1, 0)
+    colours = np.array([3 << (p % 8 + 1) if p & 0x80 else 0 for p in range(256)], np.int64)
+    return table, colours
+
+
+def _gif_pixels_graph(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The pixels a GIF decodes to, all frames: max(sum of the frames' width x height, canvas), where the
+    canvas is max(screen width, widest frame) x max(screen height, tallest frame) (int64; -1 if refused).
+
+    ``tf.io.decode_image`` decodes every frame even with ``expand_animations=False`` (giflib's
+    ``DGifSlurp``: one byte per pixel of each frame, all kept, then an RGB canvas the size of the
+    largest frame, which the logical screen does not bound): a small file of many frames, or a
+    frame that declares 65535x65535 behind a 1x1 screen, would inflate to gigabytes. An animation
+    of full frames counts frames x width x height; one of small delta frames, what the decoder
+    decodes (not frames x screen).
+
+    The walk is one flat state machine, a table-driven step per block or data sub-block (or per
+    run of up to 65 full 255-byte sub-blocks, what encoders write), parsing as giflib does: after
+    the header, logical screen descriptor and global colour table, ``0x21`` (extension: label,
+    then sub-blocks up to a 0 size), ``0x2C`` (image: 10-byte descriptor, local colour table, LZW
+    code size, then sub-blocks), ``0x3B`` (trailer: done). A file that ends early counts the
+    frames whose descriptor it reached (the decoder keeps the frames of a truncated file, no
+    more). Refused (-1): no frame; any other block byte (also trailing garbage, which the decoder
+    ignores); an extension without data (giflib misreads what follows it); more than
+    :data:`GIF_MAX_STEPS` steps (a hostile file of tiny blocks or sub-blocks: ~1 s of walking; an
+    encoder's file takes ~3 steps per frame and one per 16 KB of image data).
+    """
+    table, colours = _gif_tables()
+    pad = 256 * (_GIF_RUN + 4)  # > the longest step + the window: no read past the bytes
+    b = tf.io.decode_raw(tf.strings.join([image_bytes, "\0" * pad]), tf.uint8)
+    n = tf.size(b, tf.int64) - pad
+    head = tf.cast(b[:13], tf.int64)
+    # the window read at pos: the sizes of the next sub-blocks if full (pos + 256 j), then pos + 1..9
+    offsets = np.concatenate([256 * np.arange(_GIF_RUN + 1), np.arange(1, 10)])[:, None]
+    # (byte, packed field, width, height) of the window: one matmul instead of ten slices
+    fields = np.zeros([4, len(offsets)], np.int64)
+    fields[0, 0] = fields[1, _GIF_RUN + 9] = fields[2, _GIF_RUN + 5] = fields[3, _GIF_RUN + 7] = 1
+    fields[2, _GIF_RUN + 6] = fields[3, _GIF_RUN + 8] = 256
+    full = np.zeros([1, len(offsets)], np.int64)
+    full[0, 1:_GIF_RUN + 1] = 256  # a full sub-block after a full one: 256 more bytes
+
+    # one step, as small a graph as can be: each op costs every step, and each node every time a pipeline
+    # instantiates its functions, which evaluation does per file (4 steps unrolled cost ~0.1 ms a file);
+    # all [1, 1] but size, [[width], [height]]
+    def step(pos, mode, area, size, status):
+        window = tf.cast(tf.gather(b, pos + tf.constant(offsets)), tf.int64)
+        byte, packed, frame = tf.split(tf.matmul(tf.constant(fields), window), [1, 1, 2])
+        key = tf.where(pos >= n, tf.constant(768, tf.int64), byte + mode)
+        skip, mode, image, status, run = tf.unstack(tf.gather(tf.constant(table), key), axis=-1)
+        run = run * tf.matmul(tf.constant(full), tf.math.cumprod(tf.cast(tf.equal(window, 255), tf.int64)))
+        pos = tf.math.add_n([pos, skip, run, image * tf.gather(tf.constant(colours), packed)])
+        frame = image * frame  # 0 unless an image descriptor
+        return pos, mode, area + tf.reduce_prod(frame, 0, keepdims=True), tf.maximum(size, frame), status
+
+    start = tf.reshape(13 + tf.gather(colours, head[10]), [1, 1])  # after the global colour table
+    screen = tf.reshape(head[6:10:2] + 256 * head[7:10:2], [2, 1])
+    zero = tf.zeros([1, 1], tf.int64)
+    _, _, area, size, status = tf.while_loop(lambda *s: tf.equal(s[-1][0, 0], 0), step,
+                                             (start, zero, zero, screen, zero), maximum_iterations=GIF_MAX_STEPS)
+    pixels = tf.maximum(area, tf.reduce_prod(size, 0, keepdims=True))
+    return tf.reshape(tf.where(tf.equal(status, 1) & (area > 0), pixels, tf.constant(-1, tf.int64)), [])
+
+
+def _gif_pixels_on_cpu(image_bytes: tf.Tensor) -> tf.Tensor:
+    with tf.device("/device:CPU:0"):  # a loop of tiny ops: the host's, also eagerly on a machine with a GPU
+        return _gif_pixels_graph(image_bytes)
+
+
+# A function even when called eagerly (the export's image check: an eager loop costs ~1 ms a step); not inlined
+# into the pipelines' functions, whose instantiation it then slows less (~35 ms instead of ~50 per pipeline).
+_gif_pixels = tf.function(_gif_pixels_on_cpu, input_signature=[tf.TensorSpec([], tf.string)], autograph=False,
+                          experimental_attributes={"_noinline": True})
+
+
+def header_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Width x height declared by the header of a JPEG, PNG, GIF, BMP or WebP file (int64; -1 if unknown);
+    for a GIF, the pixels of all its frames (:func:`_gif_pixels_graph`: the decoder decodes every frame; an
+    animation of full frames counts frames x width x height).
+
+    Reads headers only (the first 32 bytes; JPEG: its markers, via ``extract_jpeg_shape``; GIF:
+    its block structure, in a bounded loop), so a file that would inflate to gigabytes is
+    measured before anything is allocated.
     """
     def jpeg():
         return tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64))
@@ -174,7 +273,7 @@ def header_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
 
         return tf.case([
             (starts(0, b"\x89PNG\r\n\x1a\n"), lambda: be(16, 4) * be(20, 4)),
-            (starts(0, b"GIF8"), lambda: le(6, 2) * le(8, 2)),
+            (starts(0, b"GIF8"), lambda: _gif_pixels(image_bytes)),
             (starts(0, b"BM"), bmp),
             (starts(0, b"RIFF") & starts(8, b"WEBP"), webp),
         ], default=lambda: tf.constant(-1, tf.int64))
