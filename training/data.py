@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 from collections.abc import Callable
 
@@ -48,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 import pf_keras
+from pf_keras.cli import op_error_reason
 from pf_keras_training import augment, repeated_aug, sources
 from pf_keras_training.augment import color_jitter, mix_batch, rand_augment, random_erasing
 from pf_keras_training.recipes import DataConfig
@@ -354,15 +356,26 @@ def _second(element, ok):
 
 
 def explain_data_error(error: Exception, source: Source, split: str, limit: int) -> Exception:
-    """A one-line ValueError for a stopped input stream (too many undecodable files in a row), else ``error``."""
+    """A one-line ValueError for a stopped input stream (too many undecodable files in a row) or damaged
+    record files (a TFRecord shard's CRC: no reader can resynchronise past it), else ``error``."""
+    if isinstance(error, tf.errors.DataLossError):
+        return ValueError(f"The {split} data of {source.location(split)} is damaged "
+                          f"({op_error_reason(error.message)}); rebuild or re-download it. "
+                          f"Received: dataset={source.name!r}")
     if not isinstance(error, tf.errors.OpError) or _STALL_MARK not in str(error):
         return error
     found = re.search(re.escape(_STALL_MARK) + r"\D*(\d+)", str(error))
     run = found.group(1) if found else "?"
+    root = getattr(source, "root", "")
+    folder = os.path.join(root, split) if root else ""
+    if folder and not os.path.isdir(folder):
+        cause = f"its folder {folder} no longer exists (moved or deleted during the run?)"
+    else:
+        cause = ("the files are not images of a supported format (JPEG, PNG, GIF, BMP, WebP), exceed the pixel "
+                 "limit, or are gone")
     return ValueError(
         f"The {split} data yielded no decodable image in {run} consecutive files of {source.location(split)}; "
-        f"the files are not images of a supported format (JPEG, PNG, GIF, BMP, WebP) or exceed the pixel limit. "
-        f"Received: max_consecutive_skips={limit}"
+        f"{cause}. Received: max_consecutive_skips={limit}"
     )
 
 

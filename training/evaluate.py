@@ -32,7 +32,7 @@ import tensorflow as tf
 
 import pf_keras
 from pf_keras import fileio
-from pf_keras.cli import one_line, op_error_reason, parse_model_kwargs
+from pf_keras.cli import one_line, parse_model_kwargs
 from pf_keras.values import is_real
 from pf_keras.weights.preset import model_folder, read_preset
 from pf_keras_export import args
@@ -127,9 +127,11 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
         result = evaluator.evaluate(data_lib.make_eval_dataset_fn(source, cfg, interpolation=interpolation,
                                                                   max_image_pixels=max_image_pixels),
                                     data_lib.eval_steps(source, cfg))
-    except tf.errors.DataLossError as error:  # a damaged TFRecord shard: no reader can resynchronise past it
-        raise ValueError(f"The dataset's files are damaged ({op_error_reason(error.message)}); rebuild or "
-                         f"re-download them. Received: dataset={dataset!r}") from None
+    except tf.errors.OpError as error:  # a damaged TFRecord shard, a stream of undecodable files: one line
+        explained = data_lib.explain_data_error(error, source, "val", 0)
+        if explained is error:
+            raise
+        raise explained from None
     return {
         "model": model_name, "weights": weights, "dataset": dataset, "top1": result["val_top1"],
         "top5": result["val_top5"], "loss": result["val_loss"], "examples": result["val_examples"],

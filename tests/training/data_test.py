@@ -355,6 +355,20 @@ print(sum(float(tf.reduce_sum(b["weights"])) for b in batches), sum(int(tf.reduc
         with pytest.raises(ValueError, match=r"A class folder name is not valid UTF-8"):
             data.resolve_source(cfg)
 
+    def test_a_stalled_stream_of_a_vanished_folder_says_so(self, tmp_path, images):
+        import shutil
+
+        root = tmp_path / "gone"
+        for split in ("train", "val"):
+            (root / split / "a").mkdir(parents=True)
+            (root / split / "a" / "x.JPEG").write_bytes(images.jpeg(_image(0, 24, 24)))
+        source = data.resolve_source(recipes.DataConfig(dataset=f"folder:{root}"))
+        stalled = tf.errors.InvalidArgumentError(None, None, f"{data._STALL_MARK} 7")
+        assert "are not images of a supported format" in str(data.explain_data_error(stalled, source, "train", 7))
+        shutil.rmtree(root / "train")  # deleted while the run reads it
+        message = str(data.explain_data_error(stalled, source, "train", 7))
+        assert f"its folder {root}/train no longer exists" in message and "in 7 consecutive files" in message
+
     def test_undecodable_files_at_the_end_of_the_val_list_are_counted(self, tmp_path, images):
         root = tmp_path / "tail"
         for split in ("train", "val"):

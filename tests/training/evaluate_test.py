@@ -104,7 +104,18 @@ class TestEvaluateErrors:
         data[len(data) // 2] ^= 0xFF  # a flipped bit: its record's CRC fails
         shard.write_bytes(bytes(data))
         assert evaluate.main(argv) == 2
-        assert _error_line(capsys).startswith("The dataset's files are damaged (corrupted record at ")
+        line = _error_line(capsys)
+        assert line.startswith("The val data of TFDS pf_tiny_damaged") and "is damaged (corrupted record at " in line
+        shard = next(folder.glob("*train.tfrecord*"))
+        shard.write_bytes(shard.read_bytes()[:-7])  # a truncated shard, met while training
+        code = train.main(["--recipe", "demo", "--model", "resnet50_max", "--model_kwargs",
+                           "depths=[1,1,1,1],width_mult=0.125", "--dataset", "pf_tiny_damaged", "--data_dir",
+                           str(tmp_path), "--batch_size", "2", "--image_size", "32", "--epochs", "1",
+                           "--steps_per_epoch", "4", "--json", "--model_dir", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("pf-keras-train: error: ")]
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+        assert "The train data of TFDS pf_tiny_damaged" in lines[0] and "is damaged (" in lines[0]
         os.remove(folder / "dataset_info.json")
         os.mkfifo(folder / "dataset_info.json")  # TFDS would block reading it
         assert evaluate.main(argv) == 2
