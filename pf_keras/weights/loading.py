@@ -100,9 +100,10 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
             stored.update([POSITION_EMBEDDING if embedding else tuple(item.shape)])
             if item.dtype.kind != "f":
                 problems.append(f"{name}: {item.dtype} (non-float) values")
-            elif embedding and (item.ndim != 3 or item.size > MAX_POSITION_EMBEDDING):
+            elif embedding and (item.ndim not in (3, 4) or item.size > MAX_POSITION_EMBEDDING):
                 problems.append(f"{name}: a position embedding of shape {item.shape} (at most "
-                                f"{MAX_POSITION_EMBEDDING} values in (1, tokens, width))")
+                                f"{MAX_POSITION_EMBEDDING} values in (1, tokens, width) or (1, height, width, "
+                                f"channels))")
 
     try:
         with h5py.File(path, "r") as f:

@@ -131,9 +131,6 @@ def write_preset(
         name, family, config = record.model, record.family, record.config
     if family is not None and family not in FAMILY_BUILDERS:
         raise ValueError(f"Unknown model family. Valid families: {sorted(FAMILY_BUILDERS)}. Received: {family=}")
-    if family is None and os.path.exists(model):  # a folder here would be read again, and again (a cycle)
-        raise ValueError(f"{os.path.join(folder, CONFIG_FILE)}: `model` must name a registered model, not a path. "
-                         f"Received: model={model!r}")
     if {"weights", "name"} & set(config):
         raise ValueError(f"A preset config holds builder arguments without `weights` and `name`. Received: {config}")
     folder = os.fspath(folder)
