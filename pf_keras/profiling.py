@@ -96,6 +96,9 @@ def profile(model: keras.Model | str, image_size: int | None = None, **create_kw
     return Profile(model.name, input_shape, int(params), int(macs))
 
 
+MAX_PROFILE_SIZE = 4096  # pixels per side the command profiles at (the builders allow 16,384: minutes of tracing)
+
+
 def profile_table(names: list[str], image_size: int = 224) -> str:
     """Markdown table of measured params / GMACs next to the paper's (from each model's spec)."""
     from pf_keras.models.specs import SPECS  # noqa: PLC0415
@@ -120,7 +123,13 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    print(profile_table(args.model or list_models(args.pattern), args.image_size))
+    names = args.model or list_models(args.pattern)
+    if not names:
+        raise ValueError(f"No model name matches the pattern. Valid names: {list_models()}. "
+                         f"Received: pattern={args.pattern!r}")
+    if not 1 <= args.image_size <= MAX_PROFILE_SIZE:
+        raise ValueError(f"`image_size` must be in 1..{MAX_PROFILE_SIZE}. Received: image_size={args.image_size}")
+    print(profile_table(names, args.image_size))
     return 0
 
 

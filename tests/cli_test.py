@@ -148,6 +148,20 @@ class TestProfile:
         out = capsys.readouterr().out
         assert "| resnet50_max | 14.23 | 2.24 |" in out
 
+    @pytest.mark.parametrize("argv, message", [
+        (["--model", "nope"], "Unknown model name"),
+        (["--pattern", "zzz*"], "No model name matches the pattern"),
+        (["--model", "resnet50_max", "--image_size", "0"], r"`image_size` must be in 1..4096"),
+        (["--model", "resnet50_max", "--image_size", "99999999999"], r"`image_size` must be in 1..4096"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ])
+    def test_profile_cli_errors_are_one_line(self, capsys, argv, message):
+        import re
+
+        assert profiling.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and re.search(message, err), err
+
     def test_profile_needs_known_size(self):
         model = pf_keras.ResNet50(include_top=False, depths=(1, 1, 1, 1), width_mult=0.125)
         with pytest.raises(ValueError, match="pass image_size"):
