@@ -371,8 +371,7 @@ def explain_data_error(error: Exception, source: Source, split: str, limit: int)
     if folder and not os.path.isdir(folder):
         cause = f"its folder {folder} no longer exists (moved or deleted during the run?)"
     else:
-        cause = ("the files are not images of a supported format (JPEG, PNG, GIF, BMP, WebP), exceed the pixel "
-                 "limit, or are gone")
+        cause = "the files are not images of a supported format (JPEG, PNG, GIF, BMP, WebP) or exceed the pixel limit"
     return ValueError(
         f"The {split} data yielded no decodable image in {run} consecutive files of {source.location(split)}; "
         f"{cause}. Received: max_consecutive_skips={limit}"
