@@ -38,8 +38,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "pf-keras-convert=pf_keras.convert:main",
-            "pf-keras-profile=pf_keras.profiling:main",
+            "pf-keras-convert=pf_keras_training.commands:convert",
+            "pf-keras-profile=pf_keras_training.commands:profile",
             "pf-keras-export=pf_keras_export.export:main",
             "pf-keras-validate=pf_keras_export.validate:main",
             "pf-keras-benchmark=pf_keras_export.benchmark:main",

@@ -162,6 +162,22 @@ class TestProfile:
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and re.search(message, err), err
 
+    @pytest.mark.parametrize("command, argv, first", [
+        ("pf-keras-profile", ["--model", "nope"], "pf-keras-profile: error: Unknown model name."),
+        ("pf-keras-convert", ["--model", "resnet50_max", "--checkpoint", "missing.pth", "--output", "o.weights.h5"],
+         "pf_keras.convert: error: "),
+    ])
+    def test_installed_library_commands_print_only_their_error(self, tmp_path, command, argv, first):
+        import os
+        import subprocess
+        import sys
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "PF_KERAS"))}
+        done = subprocess.run([os.path.join(os.path.dirname(sys.executable), command), *argv], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and done.stderr.startswith(first), done.stderr[-3000:]
+        assert len(done.stderr.splitlines()) == 1, done.stderr[-3000:]  # no TensorFlow start-up lines
+
     def test_profile_needs_known_size(self):
         model = pf_keras.ResNet50(include_top=False, depths=(1, 1, 1, 1), width_mult=0.125)
         with pytest.raises(ValueError, match="pass image_size"):

@@ -40,6 +40,16 @@ def study(argv: Sequence[str] | None = None) -> int:
     return _run("pf_keras_training.study", argv, "cli")
 
 
+def convert(argv: Sequence[str] | None = None) -> int:
+    """``pf-keras-convert``: :func:`pf_keras.convert.main`."""
+    return _run("pf_keras.convert", argv)
+
+
+def profile(argv: Sequence[str] | None = None) -> int:
+    """``pf-keras-profile``: :func:`pf_keras.profiling.main`."""
+    return _run("pf_keras.profiling", argv)
+
+
 def gradcam(argv: Sequence[str] | None = None) -> int:
     """``pf-keras-gradcam``: :func:`pf_keras.gradcam.cli`."""
     return _run("pf_keras.gradcam", argv, "cli")
