@@ -101,7 +101,7 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
             if item.dtype.kind != "f":
                 problems.append(f"{name}: {item.dtype} (non-float) values")
             elif embedding and (item.ndim not in (3, 4) or item.size > MAX_POSITION_EMBEDDING):
-                problems.append(f"{name}: a position embedding of shape {item.shape} (at most "
+                problems.append(f"{name}: a position embedding of shape {item.shape}, {item.size} values (at most "
                                 f"{MAX_POSITION_EMBEDDING} values in (1, tokens, width) or (1, height, width, "
                                 f"channels))")
 
