@@ -31,8 +31,9 @@ from pf_keras_export import quiet
 # Builtin ops the XNNPACK delegate takes, by the type of the op's data input. Read off the
 # delegate's op switch (ai-edge-litert 2.3.0) for the ops pf_keras graphs contain, and checked
 # against the runtime's own delegation in tests/export/litert_test.py. Not here (always on
-# LiteRT's kernels): CAST, and in int8 BATCH_MATMUL, GELU, RSQRT, SOFTMAX, SQUARED_DIFFERENCE,
-# QUANTIZE from uint8.
+# LiteRT's kernels): CAST, and in int8 GELU, RSQRT, SOFTMAX, SQUARED_DIFFERENCE, QUANTIZE from
+# uint8. An int8 BATCH_MATMUL is taken only when its second input's zero point is 0 (see
+# _quantization_ok): whether it is depends on the calibration data.
 _COMMON = {
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEPTH_TO_SPACE", "DEQUANTIZE",
     "ELU", "FULLY_CONNECTED", "HARD_SWISH", "LEAKY_RELU", "LOGISTIC", "MAX_POOL_2D", "MAXIMUM", "MEAN", "MINIMUM",
@@ -44,10 +45,13 @@ XNNPACK_OPS = {
         "ABS", "BATCH_MATMUL", "CEIL", "DIV", "FLOOR", "GELU", "NEG", "RELU", "RELU6", "RELU_N1_TO_1", "ROUND",
         "RSQRT", "SOFTMAX", "SQRT", "SQUARE", "SQUARED_DIFFERENCE",
     }),
-    "int8": frozenset(_COMMON - {"AVERAGE_POOL_2D"}),  # no int8 average pool: export rewrites them (tflite.py)
+    "int8": frozenset(_COMMON - {"AVERAGE_POOL_2D"} | {"BATCH_MATMUL"}),  # no int8 average pool: rewritten (tflite.py)
     "uint8": frozenset(_COMMON - {"AVERAGE_POOL_2D", "QUANTIZE"}),  # uint8 -> int8 input QUANTIZE stays on CPU
 }
 _FLOAT_TYPES = {"FLOAT32", "FLOAT16"}
+# int8 ops XNNPACK takes only for some quantization parameters (which calibration decides): int8_mixed keeps them
+# float, so that its full delegation does not depend on the calibration images.
+XNNPACK_INT8_CONDITIONAL = frozenset({"BATCH_MATMUL"})
 
 
 def _schema():
@@ -77,7 +81,7 @@ class _Operator(NamedTuple):
     name: str
     input_type: str | None  # type name of the data input (see _data_input_type)
     custom: bool
-    scales_ok: bool  # False: a quantized ADD/SUB whose scales XNNPACK refuses
+    scales_ok: bool  # False: XNNPACK refuses its quantization (ADD/SUB scales, BATCH_MATMUL zero point)
     output: str | None  # name of the first output tensor
 
 
@@ -102,8 +106,7 @@ def _operators(content: bytes) -> list[_Operator]:
                 op = subgraph.Operators(o)
                 name, custom = codes[op.OpcodeIndex()]
                 input_type = _data_input_type(subgraph, op, model, type_names)
-                scales_ok = name not in _SCALE_BOUND_OPS or input_type not in ("INT8", "UINT8") or _scales_in_range(
-                    subgraph, op)
+                scales_ok = input_type not in ("INT8", "UINT8") or _quantization_ok(name, subgraph, op)
                 output = subgraph.Tensors(int(op.Outputs(0))).Name().decode() if op.OutputsLength() else None
                 ops.append(_Operator(name, input_type, custom, scales_ok, output))
     except (struct.error, IndexError, TypeError, UnicodeDecodeError) as error:  # as above, and bad names
@@ -118,11 +121,33 @@ _SCALE_BOUND_OPS = frozenset({"ADD", "SUB"})
 _SCALE_RATIO_RANGE = (2.0**-10, 2.0**8)
 
 
+def _quantization_ok(name: str, subgraph, op) -> bool:
+    """Whether XNNPACK accepts the quantization of a quantized ``op``: ADD/SUB by their scales (above); int8
+    BATCH_MATMUL only with a zero point of 0 on its second input (XNNPACK's qs8 right-hand operand is symmetric;
+    seen on both sides in tests/export/litert_test.py, where calibration gives one or the other)."""
+    if name in _SCALE_BOUND_OPS:
+        return _scales_in_range(subgraph, op)
+    if name == "BATCH_MATMUL":
+        inputs = [int(i) for i in op.InputsAsNumpy()] if op.InputsLength() > 1 else []
+        return bool(inputs) and inputs[1] >= 0 and _zero_point(subgraph, inputs[1]) == 0
+    return True
+
+
+def _zero_point(subgraph, index: int) -> int | None:
+    params = subgraph.Tensors(index).Quantization()
+    values = params.ZeroPointAsNumpy() if params is not None and params.ZeroPointLength() else None
+    return int(values[0]) if values is not None and len(values) else None
+
+
+def _scale(subgraph, index: int) -> float:
+    params = subgraph.Tensors(index).Quantization()
+    values = params.ScaleAsNumpy() if params is not None and params.ScaleLength() else None
+    return float(values[0]) if values is not None and len(values) else 0.0
+
+
 def _scales_in_range(subgraph, op) -> bool:
     def scale(index: int) -> float:
-        params = subgraph.Tensors(index).Quantization()
-        values = params.ScaleAsNumpy() if params is not None and params.ScaleLength() else None
-        return float(values[0]) if values is not None and len(values) else 0.0
+        return _scale(subgraph, index)
 
     outputs = [int(i) for i in op.OutputsAsNumpy()] if op.OutputsLength() else []
     inputs = [int(i) for i in op.InputsAsNumpy() if i >= 0] if op.InputsLength() else []
@@ -138,7 +163,8 @@ def scale_refused_outputs(content: bytes) -> list[str]:
     Raises:
         ValueError: when ``content`` is not a readable ``.tflite`` flatbuffer.
     """
-    return [op.output for op in _operators(content) if not op.scales_ok and op.output is not None]
+    return [op.output for op in _operators(content)
+            if op.name in _SCALE_BOUND_OPS and not op.scales_ok and op.output is not None]
 
 
 def _data_input_type(subgraph, op, model, type_names) -> str | None:

@@ -53,7 +53,8 @@ from pf_keras_export.images import model_inputs
 FORMATS = ("fp32", "fp16", "dynamic", "int8", "int8_mixed")  # the TFLite formats of the registry (formats.py)
 CALIBRATED = ("int8", "int8_mixed")  # the formats that need calibration images
 # Ops XNNPACK runs in float but not in int8: int8_mixed keeps them float (litert.py knows both sets).
-MIXED_FLOAT_OPS = tuple(sorted(litert.XNNPACK_OPS["float"] - litert.XNNPACK_OPS["int8"]))
+MIXED_FLOAT_OPS = tuple(sorted(litert.XNNPACK_OPS["float"] - litert.XNNPACK_OPS["int8"]
+                               | litert.XNNPACK_INT8_CONDITIONAL))
 IO_TYPES = ("int8", "uint8", "float")
 _TF_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}
 # Default size of the int8 calibration set: a few hundred is the usual recommendation; 64

@@ -60,10 +60,12 @@ class TestXnnpackCoverage:
                 checked += 1
         assert checked == 10
         int8 = litert.xnnpack_coverage(_read(next(e["path"] for e in vit_export["files"] if e["format"] == "int8")))
-        # XNNPACK has no int8 LayerNorm pieces, GELU, softmax or batch matmul, and refuses LayerNorm's
+        # XNNPACK has no int8 LayerNorm pieces, GELU or softmax, and refuses LayerNorm's
         # int8 ``variance + epsilon`` (input/output scale ratio ~1e-6, outside [2^-10, 2^8)).
         assert not int8["fully_delegated"]
-        assert set(int8["cpu_ops"]) == {"ADD", "BATCH_MATMUL", "GELU", "RSQRT", "SOFTMAX", "SQUARED_DIFFERENCE"}
+        assert set(int8["cpu_ops"]) - {"BATCH_MATMUL"} == {"ADD", "GELU", "RSQRT", "SOFTMAX", "SQUARED_DIFFERENCE"}
+        # (an int8 BATCH_MATMUL is delegated when calibration gave its second input a zero point of 0: either way
+        # the static coverage matched the runtime above)
 
     def test_op_list_is_read_from_the_file(self, hybrid_export):
         entry = next(e for e in hybrid_export["files"] if e["format"] == "fp32")
