@@ -16,6 +16,7 @@ import keras
 
 import pf_keras
 from pf_keras.cli import parse_model_kwargs as parse_kwargs_text
+from pf_keras.values import is_positive_int
 from pf_keras_export.images import INPUT_TYPES
 
 # Every registered model's (and baseline's) default input side: the ImageNet evaluation crop
@@ -49,8 +50,7 @@ def parse_model_kwargs(model_kwargs: str | dict | None) -> dict:
         raise ValueError(f"`model_kwargs` cannot set {reserved}: the tool sets them (--model, --weights, "
                          f"--image_size). Received: model_kwargs={model_kwargs!r}")
     shape = parsed.get("input_shape", (1, 1, 1))
-    if not (isinstance(shape, list | tuple) and len(shape) == 3 and all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+    if not (isinstance(shape, list | tuple) and len(shape) == 3 and all(is_positive_int(s) for s in shape)):
         raise ValueError(f"`model_kwargs` input_shape must be three positive ints (H, W, C). Received: "
                          f"input_shape={shape!r}")
     return {key: tuple(value) if isinstance(value, list) else value for key, value in parsed.items()}

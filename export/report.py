@@ -11,10 +11,10 @@ numbers, file entries without a format or with a digest of the wrong type.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 from pf_keras import safe_open
+from pf_keras.values import is_positive_int, is_real
 from pf_keras_export import litert
 
 MAX_REPORT_BYTES = 4 << 20  # a report of six formats is ~10 KB
@@ -27,7 +27,7 @@ def plain_name(name: object) -> bool:
 
 
 def _count(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return is_real(value, finite=True) and value >= 0
 
 
 def _shown(value: object) -> str:
@@ -42,8 +42,7 @@ def _problem(report: object) -> str | None:
     if not plain_name(report.get("model")):
         return f"`model` must be a plain name (no folders). Received: model={_shown(report.get('model'))}"
     shape = report.get("input_shape")
-    if not (isinstance(shape, list) and shape and all(isinstance(s, int) and not isinstance(s, bool) and s > 0
-                                                      for s in shape)):
+    if not (isinstance(shape, list) and shape and all(is_positive_int(s) for s in shape)):
         return f"`input_shape` must be a list of positive ints. Received: input_shape={_shown(shape)}"
     for key in ("params", "macs"):
         if report.get(key) is not None and not _count(report[key]):

@@ -17,7 +17,6 @@ shows the traceback. ``OUTPUT_DIR/evaluate.json`` is written atomically.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import tempfile
@@ -83,7 +82,7 @@ def evaluate(model_name: str, *, weights: str | None, dataset: str, data_dir: st
     if image_size < 0 or eval_examples < 0 or max_image_pixels < 0:
         raise ValueError(f"`image_size`, `eval_examples` and `max_image_pixels` must be >= 0. Received: "
                          f"image_size={image_size}, eval_examples={eval_examples}, max_image_pixels={max_image_pixels}")
-    if not (isinstance(crop_fraction, int | float) and math.isfinite(crop_fraction) and 0 <= crop_fraction <= 1):
+    if not (is_real(crop_fraction, finite=True) and 0 <= crop_fraction <= 1):
         raise ValueError(
             f"`crop_fraction` must be in (0, 1] (0 = the preset's). Received: crop_fraction={crop_fraction}"
         )

@@ -43,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 import pf_keras
+from pf_keras import safe_open
 from pf_keras.preprocessing import resize_and_crop
 from pf_keras_training import builtin_data
 from pf_keras_training.recipes import DataConfig
@@ -221,12 +222,11 @@ def _export_pixels(encoded, size: int) -> np.ndarray | None:
 
 def _first_decodable(reads: Iterable[Callable[[], object]], num: int, size: int) -> list[np.ndarray]:
     """:func:`_export_pixels` of the images returned by ``reads`` (each a call giving encoded bytes), in order,
-    until ``num`` were decodable; a read that fails (``OSError``, a TensorFlow error) or returns None is skipped."""
+    until ``num`` were decodable; a read that fails (``OSError``, a TensorFlow error) is skipped."""
     images = []
     for read in reads:
         try:
-            encoded = read()
-            image = None if encoded is None else _export_pixels(encoded, size)
+            image = _export_pixels(read(), size)
         except (OSError, tf.errors.OpError):  # a file that cannot be read
             continue
         if image is not None:
@@ -234,18 +234,6 @@ def _first_decodable(reads: Iterable[Callable[[], object]], num: int, size: int)
             if len(images) == num:
                 break
     return images
-
-
-def _read_image_file(path: str) -> bytes | None:
-    """The bytes of ``path`` if it is a regular file (after symlinks) of at most :data:`MAX_IMAGE_FILE_BYTES`;
-    None otherwise (a FIFO would block the read, a device or a huge file would not end or not fit)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would block a plain open
-    with open(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_FILE_BYTES:
-            return None
-        data = f.read(MAX_IMAGE_FILE_BYTES + 1)
-    return data if len(data) <= MAX_IMAGE_FILE_BYTES else None  # grew since fstat
 
 
 def _listed_image(path: str) -> str | None:
@@ -392,7 +380,9 @@ class FolderSource(DataSource):
                              f"Received: dataset='folder:{path}'")
         # in a seeded order, skipping what is not a decodable image of at most MAX_IMAGE_PIXELS
         order = np.random.default_rng(seed).permutation(len(files))
-        images = _first_decodable((lambda i=i: _read_image_file(files[i]) for i in order), num, size)
+        # regular files of at most MAX_IMAGE_FILE_BYTES, never blocking (a FIFO, a device: OSError, skipped)
+        images = _first_decodable((lambda i=i: safe_open.read_bytes(files[i], MAX_IMAGE_FILE_BYTES) for i in order),
+                                  num, size)
         if not images:
             raise ValueError(f"`dataset` folder holds no decodable image ({len(files)} image files, none decodable "
                              f"within the pixel limit). Received: dataset='folder:{path}'")
