@@ -129,13 +129,15 @@ def time_tflite(path: str, *, threads: int = 1, warmup: int = 5, runs: int = 30,
 
 
 def time_interleaved(
-    paths: Sequence[str], *, threads: int = 1, warmup: int = 5, runs: int = 30, seed: int = 0
+    paths: Sequence[str | bytes], *, threads: int = 1, warmup: int = 5, runs: int = 30, seed: int = 0
 ) -> list[dict]:
     """Times several ``.tflite`` files in interleaved rounds (one ``invoke()`` of each per round).
 
     On a shared machine the load drifts over minutes; interleaving gives every file the same
     conditions, so ratios between files stay fair even when absolute times move. The order
-    within a round is shuffled (seeded).
+    within a round is shuffled (seeded). Each file is read once: its interpreter and its XNNPACK
+    coverage come from the same bytes (an item may be those bytes already, e.g. bytes whose digest
+    was checked), so a file replaced while it is timed cannot mix into the result.
 
     Returns:
         One dict per path, as :func:`time_tflite`.
@@ -150,10 +152,12 @@ def time_interleaved(
             f"threads={threads}, runs={runs}, warmup={warmup}"
         )
     rng = np.random.default_rng(seed)
+    contents = [_read_tflite(path) for path in paths]
     interpreters = []
-    for path in paths:
-        interpreter = litert.interpreter(path, num_threads=threads)
-        detail, _ = litert.io_details(interpreter, path)
+    for path, content in zip(paths, contents, strict=True):
+        name = path if isinstance(path, str) else "model"
+        interpreter = litert.interpreter(content, num_threads=threads)
+        detail, _ = litert.io_details(interpreter, name)
         if np.issubdtype(detail["dtype"], np.integer):
             info = np.iinfo(detail["dtype"])
             sample = rng.integers(info.min, int(info.max) + 1, detail["shape"]).astype(detail["dtype"])
@@ -176,14 +180,16 @@ def time_interleaved(
             "p90_ms": float(np.percentile(row, 90)),
             "mean_ms": float(row.mean()),
             "min_ms": float(row.min()),
-            "xnnpack": _coverage(path),
+            "xnnpack": litert.xnnpack_coverage(content),
         }
-        for row, path in zip(times, paths, strict=True)
+        for row, content in zip(times, contents, strict=True)
     ]
 
 
-def _coverage(path: str) -> dict:
-    return litert.xnnpack_coverage(safe_open.read_bytes(path, MAX_TFLITE_BYTES))
+def _read_tflite(path_or_content: str | bytes) -> bytes:
+    if isinstance(path_or_content, bytes):
+        return path_or_content
+    return safe_open.read_bytes(path_or_content, MAX_TFLITE_BYTES)
 
 
 def _parse_list(value: str | Sequence, kind=str) -> list:
@@ -386,48 +392,66 @@ def benchmark_export_dir(
         raise ValueError(
             f"`export_dir` must hold the export tool's output (NAME/report.json). Received: export_dir={export_dir!r}"
         )
-    files = []  # (report, format name, path)
+    files = []  # (report, format name, path, the bytes checked: the only bytes timed)
     for folder, report in reports:
         for name in formats:
             path, entry = formats_lib.FORMATS[name].path_in(folder, report["model"]), report_lib.entry_for(report, name)
-            if entry is not None and os.path.lexists(path):
-                _check_proven(path, entry, os.path.join(folder, "report.json"))
-                files.append((report, name, path))
+            report_path = os.path.join(folder, "report.json")
+            if entry is None:
+                if os.path.lexists(path):
+                    raise ValueError(
+                        f"{path} is not in {report_path} (a later export of other formats into the same folder "
+                        f"replaced the report): it is unproven and not timed. Check it with pf-keras-validate "
+                        f"(the report then covers every file there), export it again, or leave its format out of "
+                        f"--formats."
+                    )
+                continue
+            if os.path.lexists(path):
+                files.append((report, name, path, _check_proven(path, entry, report_path)))
     if not files:
         raise ValueError(f"`export_dir` holds no file of the formats {formats}. Received: export_dir={export_dir!r}")
     output_dir = check_output_dir(output_dir)
     rows = []
     for count in threads:
-        timings = time_interleaved([path for _, _, path in files], threads=count, warmup=warmup, runs=runs)
-        for (report, name, path), timing in zip(files, timings, strict=True):
+        timings = time_interleaved([content for *_, content in files], threads=count, warmup=warmup, runs=runs)
+        for (report, name, path, content), timing in zip(files, timings, strict=True):
             rows.append(_row(report["model"], name, count, report["input_shape"][0], report.get("params"),
-                             report.get("macs"), path, timing, runs, warmup))
+                             report.get("macs"), path, timing, runs, warmup, size_bytes=len(content)))
     rows.sort(key=lambda r: (r["model"], formats.index(r["format"]), r["threads"]))
     meta = {**machine_info(), "threads": threads, "warmup": warmup, "runs": runs, "formats": formats,
             "export_dir": export_dir, "runtime": "ai_edge_litert Interpreter, default XNNPACK delegate, batch 1"}
     return _finish(rows, meta, output_dir, verbose)
 
 
-def _check_proven(path: str, entry: dict, report_path: str) -> None:
-    """ValueError unless ``entry`` says ``path`` passed its validation and ``path`` still holds those bytes."""
+def _check_proven(path: str, entry: dict, report_path: str) -> bytes:
+    """The bytes of ``path``, read once; ValueError unless ``entry`` says the file passed its validation and
+    these are the bytes it was validated on."""
     if entry.get("passed") is not True:
         failures = "; ".join(map(str, entry.get("failures") or ())) or "no verdict recorded"
         raise ValueError(f"{path} did not pass its validation in {report_path} ({failures}): it is not timed. "
                          f"Export it again (pf-keras-export).")
-    mismatch = report_lib.file_mismatch(path, entry)
+    try:
+        content = safe_open.read_bytes(path, MAX_TFLITE_BYTES)
+    except OSError as error:
+        content, mismatch = b"", f"it cannot be read ({type(error).__name__}: {error.strerror or error})"
+    else:
+        mismatch = report_lib.content_mismatch(content, entry)
     if mismatch:
         raise ValueError(
             f"{path} is not the file {report_path} validated ({mismatch}): it changed after the export, or its "
             f"report is damaged. Export it again (pf-keras-export) or check it again (pf-keras-validate) before "
             f"timing it."
         )
+    return content
 
 
-def _row(name, fmt, threads, size, params, macs, path, timing, runs, warmup, *, route=PORT_ROUTE) -> dict:
+def _row(name, fmt, threads, size, params, macs, path, timing, runs, warmup, *, route=PORT_ROUTE,
+         size_bytes: int | None = None) -> dict:
     return {
         "model": name, "format": fmt, "route": route, "threads": threads, "image_size": size, "params": params,
         "macs": macs,
-        "size_bytes": os.path.getsize(path), "median_ms": timing["median_ms"], "p90_ms": timing["p90_ms"],
+        "size_bytes": os.path.getsize(path) if size_bytes is None else size_bytes,
+        "median_ms": timing["median_ms"], "p90_ms": timing["p90_ms"],
         "mean_ms": timing["mean_ms"], "min_ms": timing["min_ms"], "runs": runs, "warmup": warmup,
         "fully_delegated": timing["xnnpack"]["fully_delegated"], "cpu_ops": timing["xnnpack"]["cpu_ops"],
         "path": path,

@@ -11,6 +11,7 @@ numbers, file entries without a format or with a digest of the wrong type.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 from pf_keras import safe_open
@@ -94,4 +95,13 @@ def file_mismatch(path: str, entry: dict) -> str | None:
             return None if litert.file_size(path) == entry["size_bytes"] else "its size differs"
     except OSError as error:
         return f"it cannot be read ({type(error).__name__}: {error.strerror or error})"
+    return "its report entry records neither a SHA-256 nor a size"
+
+
+def content_mismatch(content: bytes, entry: dict) -> str | None:
+    """:func:`file_mismatch` for a file's bytes already read (one ``.tflite`` file; a SavedModel is a folder)."""
+    if "sha256" in entry:
+        return None if hashlib.sha256(content).hexdigest() == entry["sha256"] else "its SHA-256 differs"
+    if "size_bytes" in entry:
+        return None if len(content) == entry["size_bytes"] else "its size differs"
     return "its report entry records neither a SHA-256 nor a size"

@@ -21,7 +21,10 @@ could not be replaced by the new pointer) is moved to ``checkpoints/damaged/`` f
 set aside overwrites an earlier file there (``name.1``, ``name.2``, ... instead). A folder
 holding checkpoint files none of which is intact is an error unless the run asks for
 ``restart_from_scratch`` (then every old checkpoint is moved to
-``checkpoints/before_restart/``): a run never silently starts again from step 0.
+``checkpoints/before_restart/``): a run never silently starts again from step 0. Nor beside a
+finished run's model: a folder with ``final/`` but no checkpoint is an error without
+``restart_from_scratch``; with it, ``final/``, the EMA weights and ``metrics.jsonl`` are moved to
+``model_dir/before_restart/`` (before the checkpoints), so nothing of the old run passes for the new one's.
 
 Rotation is ours (not CheckpointManager's): after a save, only checkpoints older than the
 newest ``keep`` are deleted, and the list starts from the verified folder, so an intact
@@ -41,6 +44,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -210,20 +214,29 @@ class Checkpointer:
                     removed.append(name)
         return removed
 
-    def choose(self, *, restart_from_scratch: bool = False) -> tuple[str | None, str]:
+    def choose(self, *, restart_from_scratch: bool = False, finished: Sequence[str] = (),
+               history: Sequence[str] = ()) -> tuple[str | None, str]:
         """Picks the checkpoint to resume from (chief: verifies the folder; everyone: the chief's choice).
+
+        Args:
+            restart_from_scratch: bool. Set every old checkpoint aside (``checkpoints/before_restart/``) and start
+                afresh; ``finished`` and ``history`` go to ``model_dir/before_restart/``.
+            finished: names in ``model_dir`` that mark a finished run's model (``final/``, ...). A run that does not
+                resume from this folder's checkpoints must not start beside them (a reader would take the old
+                model for the new run's): an error without ``restart_from_scratch``, set aside with it.
+            history: names in ``model_dir`` of the old run's records (``metrics.jsonl``), set aside on a restart.
 
         Returns:
             (prefix or None, a one-line note: what was damaged and what is used; "" if nothing to say).
 
         Raises:
-            ValueError: if the folder holds checkpoint files but none is intact and
-                ``restart_from_scratch`` is False.
+            ValueError: if the folder holds checkpoint files but none is intact, or no checkpoint but a
+                ``finished`` output, and ``restart_from_scratch`` is False.
         """
         code, note, error = NONE, "", None
         if self.chief:
             try:
-                code, note = self._choose_on_chief(restart_from_scratch)
+                code, note = self._choose_on_chief(restart_from_scratch, finished, history)
             except ValueError as e:  # still broadcast, so that the other workers stop too
                 code, error = ERROR, e
         code = broadcast_from_chief(self.strategy, code)
@@ -239,18 +252,31 @@ class Checkpointer:
             self._kept = [step]
         return self.prefix(step), note
 
-    def _choose_on_chief(self, restart_from_scratch: bool) -> tuple[int, str]:
+    def _choose_on_chief(self, restart_from_scratch: bool, finished: Sequence[str],
+                         history: Sequence[str]) -> tuple[int, str]:
         self.clean_strays()
         found = list_checkpoints(self.directory)
         pointed, pointer_problem = read_pointer(self.directory)
         moved = ""  # the note on a pointer that is not a regular file, set aside
         if self._set_aside_pointer():
             pointer_problem = moved = f"{pointer_problem} (moved to {os.path.join(self.directory, DAMAGED)})"
-        if restart_from_scratch and found:
+        model_dir = os.path.dirname(self.directory)
+        outputs = [name for name in finished if os.path.lexists(os.path.join(model_dir, name))]
+        if restart_from_scratch and (found or outputs):
+            old = outputs + [name for name in history if os.path.lexists(os.path.join(model_dir, name))]
+            self._set_aside_outputs(old)  # first: a kill after it leaves checkpoints without final/, a resumable run
             self._set_aside(found, BEFORE_RESTART)
-            return NONE, (f"restart_from_scratch: moved {len(found)} old checkpoint(s) to "
-                          f"{os.path.join(self.directory, BEFORE_RESTART)}")
+            notes = [f"{len(found)} old checkpoint(s) to {os.path.join(self.directory, BEFORE_RESTART)}" * bool(found),
+                     f"{', '.join(old)} to {os.path.join(model_dir, BEFORE_RESTART)}" * bool(old)]
+            return NONE, f"restart_from_scratch: moved {' and '.join(note for note in notes if note)}"
         if not found:
+            if outputs:
+                raise ValueError(
+                    f"{model_dir} holds a finished run's model ({', '.join(outputs)}) but no checkpoint to resume: "
+                    f"a run started there would leave it beside the new one. Pass --restart_from_scratch (the old "
+                    f"outputs are set aside in {os.path.join(model_dir, BEFORE_RESTART)}), or use another "
+                    f"--model_dir. Received: model_dir={model_dir!r}"
+                )
             return NONE, moved
         damaged: list[str] = []
         chosen = None
@@ -289,6 +315,15 @@ class Checkpointer:
         for step in sorted(found):
             for name in sorted(found[step], key=lambda n: not n.endswith(".index")):  # the .index first
                 os.replace(os.path.join(self.directory, name), _free_path(target, name))
+
+    def _set_aside_outputs(self, names: Sequence[str]) -> None:
+        if not names:
+            return
+        model_dir = os.path.dirname(self.directory)
+        target = os.path.join(model_dir, BEFORE_RESTART)
+        os.makedirs(target, exist_ok=True)
+        for name in names:
+            os.replace(os.path.join(model_dir, name), _free_path(target, name))
 
     def _set_aside_pointer(self) -> bool:
         """Moves a pointer that is not a regular file (a folder, a FIFO) to ``damaged/``; True if it did."""

@@ -584,6 +584,53 @@ def append_line(path: str, line: str) -> None:
         os.close(fd)
 
 
+def _after(record: dict, step: int, evaluated_epoch: int) -> bool:
+    """True for a record a run resumed at ``step`` (its last eval: epoch ``evaluated_epoch``) writes again."""
+    at = record.get("step")
+    if not is_int(at):
+        return False
+    if record.get("kind") == "final":
+        return at >= step  # written after everything at its step, and again when the resumed run completes
+    if record.get("kind") == "eval":
+        epoch = record.get("epoch")
+        return at > step or (is_int(epoch) and epoch > evaluated_epoch)
+    return at > step
+
+
+def cut_metrics(model_dir: str, step: int, evaluated_epoch: int) -> int:
+    """Drops from ``metrics.jsonl`` the records a run resumed at ``step`` writes again; returns how many.
+
+    A run killed without SIGTERM (SIGKILL, OOM, power loss) has appended records after its last checkpoint:
+    the resumed run repeats those steps and evals, so without the cut each would appear twice (from two
+    timelines). Lines that are not JSON records are kept as they are; the file is rewritten atomically and
+    only when something is dropped.
+
+    Raises:
+        ValueError: the file cannot be read (see :func:`read_metrics`).
+        fileio.WriteError: it cannot be rewritten (a full disk); it is unchanged.
+    """
+    path = os.path.join(model_dir, METRICS_FILE)
+    try:
+        content = safe_open.read_bytes(path, MAX_METRICS_BYTES)
+    except FileNotFoundError:
+        return 0
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read ({error.strerror or one_line(error)})") from None
+    kept, dropped = [], 0
+    for line in content.splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if isinstance(record, dict) and _after(record, step, evaluated_epoch):
+            dropped += 1
+        else:
+            kept.append(line if line.endswith(b"\n") else line + b"\n")
+    if dropped:
+        fileio.write_bytes(path, b"".join(kept))
+    return dropped
+
+
 def read_metrics(model_dir: str, kind: str | None = None) -> list[dict]:
     """The records of ``model_dir/metrics.jsonl`` (of one ``kind``: train, eval, final).
 

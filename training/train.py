@@ -56,6 +56,7 @@ from pf_keras_training.recipes import Recipe
 
 PROG = "pf-keras-train"
 FINAL_PRESET = RUN_PRESET  # model_dir/final/: a preset folder (config.json, model.weights.h5, metadata.json)
+FINAL_EMA = "final_ema.weights.h5"  # model_dir/final_ema.weights.h5: the EMA weights of a finished run
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers restart the job, which then resumes
 SIGTERM_STALL_S = 30.0  # after SIGTERM, exit without a checkpoint if no step completes for this long
@@ -450,7 +451,8 @@ def _build(plan: _Plan) -> tuple[loop_lib.Trainer, checkpoint_lib.Checkpointer]:
 def _restore(plan: _Plan, checkpointer: checkpoint_lib.Checkpointer, *, resume_from: str,
              restart_from_scratch: bool) -> str | None:
     """Restores the run's newest intact checkpoint, else ``resume_from``; returns its prefix (None: from scratch)."""
-    restored, note = checkpointer.choose(restart_from_scratch=restart_from_scratch)
+    restored, note = checkpointer.choose(restart_from_scratch=restart_from_scratch,
+                                         finished=(FINAL_PRESET, FINAL_EMA), history=(loop_lib.METRICS_FILE,))
     if note and plan.chief:
         print(f"[train] {note}", file=sys.stderr, flush=True)
     if restored is None and resume_from:
@@ -469,6 +471,10 @@ def _train(plan: _Plan, trainer: loop_lib.Trainer, checkpointer: checkpoint_lib.
     """Epochs of inner loops from the trainer's step to ``plan.stop_at``; returns the run's summary."""
     loop = _Loop(plan, trainer, checkpointer)
     loop.announce(restored)
+    evaluated = int(trainer.evaluated_epoch.numpy())
+    if plan.chief and (dropped := loop_lib.cut_metrics(plan.model_dir, loop.step, evaluated)):
+        plan.say(f"[train] {loop_lib.METRICS_FILE}: dropped {dropped} record(s) written after the checkpoint this run "
+                 f"resumes from (step {loop.step}); they are written again")
     for callback in plan.callbacks:
         callback.on_train_begin(trainer)
     loop.eval_if_pending()
@@ -684,7 +690,7 @@ def _save_final(recipe: Recipe, model_dir: str, trainer: loop_lib.Trainer, sourc
     """
     if trainer.ema:
         with trainer.ema_weights() as model:
-            fileio.save_weights(model, os.path.join(model_dir, "final_ema.weights.h5"))
+            fileio.save_weights(model, os.path.join(model_dir, FINAL_EMA))
     spec = pf_keras.SPECS.get(recipe.model.name)
     interpolation = recipe.data.interpolation or (spec.eval.interpolation if spec else None)
     write_preset(trainer.model, os.path.join(model_dir, FINAL_PRESET),  # the model's build record

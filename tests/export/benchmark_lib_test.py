@@ -220,6 +220,51 @@ class TestOnlyProvenFilesAreTimed:
         assert len(err) == 1 and re.search(message, err[0]), err
         assert not (tmp_path / "out" / "benchmark.md").exists()
 
+    @pytest.mark.parametrize("formats", ["fp32,fp16", None])
+    def test_a_file_missing_from_its_report_is_refused_not_skipped(self, hybrid_export, tmp_path, capsys, formats):
+        # What an export of other formats into the same folder leaves: the new report lists only its own files.
+        folder = _copy_export(hybrid_export, tmp_path)
+        report = json.loads(open(os.path.join(folder, "report.json")).read())
+        report["files"] = [e for e in report["files"] if e["format"] != "fp32"]
+        with open(os.path.join(folder, "report.json"), "w") as f:
+            json.dump(report, f)
+        argv = ["--export_dir", str(tmp_path / "export"), "--runs", "1", "--output_dir", str(tmp_path / "out")]
+        assert benchmark_cli.main(argv + (["--formats", formats] if formats else [])) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(r"resnet50_hybrid_fp32.tflite is not in .*report.json .*unproven", err[0])
+        assert not (tmp_path / "out" / "benchmark.md").exists()
+        assert benchmark_cli.main(argv + ["--formats", "fp16"]) == 0  # its format left out: the rest is timed
+
+    def test_only_the_checked_bytes_are_timed_when_the_file_is_replaced_meanwhile(self, hybrid_export, tmp_path,
+                                                                                  monkeypatch):
+        # Another export of the same name finishing while the benchmark runs replaces the file between two
+        # thread counts: every row must still time (and describe) the bytes whose digest was checked.
+        import shutil
+
+        from pf_keras_export import benchmark_lib
+
+        folder = _copy_export(hybrid_export, tmp_path)
+        fp32, int8 = (os.path.join(folder, f"resnet50_hybrid_{f}.tflite") for f in ("fp32", "int8"))
+        checked = open(fp32, "rb").read()
+        real, calls = benchmark_lib.time_interleaved, []
+
+        def then_replaced(paths, **kwargs):
+            calls.append(kwargs["threads"])
+            result = real(paths, **kwargs)
+            shutil.copy(int8, fp32 + ".new")
+            os.replace(fp32 + ".new", fp32)  # an atomic replace, as the export tool writes
+            return result
+
+        monkeypatch.setattr(benchmark_lib, "time_interleaved", then_replaced)
+        rows = benchmark_export_dir(str(tmp_path / "export"), output_dir=str(tmp_path / "out"), formats="fp32",
+                                    threads="1,2", warmup=0, runs=1, verbose=False)["rows"]
+        assert calls == [1, 2] and open(fp32, "rb").read() != checked
+        expected = litert.xnnpack_coverage(checked)
+        for row in rows:
+            assert row["size_bytes"] == len(checked)
+            assert row["cpu_ops"] == expected["cpu_ops"] and row["fully_delegated"] == expected["fully_delegated"]
+        assert os.path.getsize(int8) != len(checked)  # the replaced file would show in size_bytes
+
     def test_threads_are_bounded(self, hybrid_export, tmp_path, capsys):
         assert benchmark_cli.main(["--threads", "2199023255552", "--output_dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -177,6 +177,34 @@ class TestPreemption:
         assert leftovers == []
 
 
+class TestSigkill:
+    def test_sigkill_after_an_eval_then_resume_records_every_step_and_eval_once(self, shapes_dir, make_recipe,
+                                                                               tmp_path):
+        # ckpt-12 is saved before epoch 2's eval; the kill lands after that eval's record and the next inner loop's
+        # (step 15): both are written again by the resumed run, which must not leave them twice in metrics.jsonl.
+        recipe = make_recipe(f"folder:{shapes_dir}", **{"data.eval_examples": 8, "schedule.epochs": 3})
+        model_dir = str(tmp_path / "run")
+        first = _start(tmp_path, "killed", {"recipe": recipes.to_dict(recipe), "model_dir": model_dir,
+                                            "kill_at_step": 15})
+        out, _ = first.communicate(timeout=240)
+        assert first.returncode == -signal.SIGKILL, out[-3000:]
+        assert [(e["epoch"], e["step"]) for e in loop.read_metrics(model_dir, "eval")] == [(1, 6), (2, 12)]
+        assert loop.read_metrics(model_dir, "train")[-1]["step"] == 15
+        assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-12")
+
+        summary = train.run(recipe, model_dir, strategy=_one_device(), verbose=False)
+        assert (summary["status"], summary["step"]) == ("completed", 18)
+        steps = [r["step"] for r in loop.read_metrics(model_dir, "train")]
+        assert steps == sorted(set(steps)) and steps[-1] == 18 and 15 in steps
+        assert [(e["epoch"], e["step"]) for e in loop.read_metrics(model_dir, "eval")] == [(1, 6), (2, 12), (3, 18)]
+        assert [r["step"] for r in loop.read_metrics(model_dir, "final")] == [18]
+
+        again = train.run(recipe, model_dir, strategy=_one_device(), verbose=False)  # a rerun of the finished run
+        assert again["status"] == "completed"
+        assert [r["step"] for r in loop.read_metrics(model_dir, "final")] == [18]
+        assert len(loop.read_metrics(model_dir, "eval")) == 3
+
+
 class TestPreemptionInProcess:
     def test_sigterm_at_an_epoch_end_evaluates_that_epoch_on_resume(self, shapes_dir, make_recipe, tmp_path):
         recipe = make_recipe(f"folder:{shapes_dir}", **{"data.eval_examples": 8})
@@ -300,6 +328,38 @@ class TestResumeChoice:
         assert summary["step"] == 4
         assert sorted(checkpoint.list_checkpoints(ckpts)) == [4]
         assert len(os.listdir(os.path.join(ckpts, "before_restart"))) == 6
+
+    def test_a_finished_model_without_checkpoints_is_not_left_beside_a_new_run(self, trained, tmp_path, capsys):
+        recipe, model_dir, ckpts = _copy(trained, tmp_path)
+        summary, _, _ = _resume(recipe, model_dir, capsys)  # finish the run: final/ exists
+        assert summary["status"] == "completed" and os.path.isdir(os.path.join(model_dir, "final"))
+        finished = loop.read_metrics(model_dir)
+        shutil.rmtree(ckpts)  # e.g. deleted to start again
+        with pytest.raises(ValueError, match=r"run holds a finished run's model \(final\) but no checkpoint to "
+                                             r"resume.*--restart_from_scratch"):
+            train.run(recipe, model_dir, strategy=_one_device(), verbose=False, max_steps=2)
+        assert os.path.isdir(os.path.join(model_dir, "final")) and loop.read_metrics(model_dir) == finished
+
+        summary, _, err = _resume(recipe, model_dir, capsys, max_steps=4, restart_from_scratch=True)
+        aside = os.path.join(model_dir, "before_restart")
+        assert f"restart_from_scratch: moved final, metrics.jsonl to {aside}" in err
+        assert (summary["status"], summary["step"]) == ("stopped", 4)
+        assert not os.path.exists(os.path.join(model_dir, "final"))  # the new run is not taken for finished
+        assert sorted(os.listdir(aside)) == ["final", "metrics.jsonl"]
+        assert [r["step"] for r in loop.read_metrics(model_dir)] == [3, 4]  # only the new run's records
+        from pf_keras.weights.preset import model_folder
+
+        with pytest.raises(ValueError, match="neither a preset folder nor a finished training run"):
+            model_folder(model_dir)  # what evaluate and export resolve the run folder with
+
+    def test_restart_of_a_finished_run_sets_its_model_and_records_aside(self, trained, tmp_path, capsys):
+        recipe, model_dir, ckpts = _copy(trained, tmp_path)
+        _resume(recipe, model_dir, capsys)
+        summary, _, err = _resume(recipe, model_dir, capsys, max_steps=3, restart_from_scratch=True)
+        assert "restart_from_scratch: moved 3 old checkpoint(s) to" in err
+        assert f"and final, metrics.jsonl to {os.path.join(model_dir, 'before_restart')}" in err
+        assert summary["step"] == 3 and not os.path.exists(os.path.join(model_dir, "final"))
+        assert [r["step"] for r in loop.read_metrics(model_dir)] == [3]
 
     def test_rotation_never_deletes_an_intact_checkpoint_while_the_newest_is_damaged(self, trained, tmp_path, capsys):
         recipe, model_dir, ckpts = _copy(trained, tmp_path)

@@ -2,7 +2,7 @@
 
 SPEC: {"recipe": recipes.to_dict(...), "model_dir", "strategy", "deterministic",
 "pause_at_step" (optional: write "marker" there and wait until the test, having sent SIGTERM,
-deletes it),
+deletes it), "kill_at_step" (optional: SIGKILL this process at the end of the inner loop that reaches it),
 "weights_out" (optional: this process's final weights as .npz),
 "stall_marker" (optional: the training input never yields a batch; its generator writes this file
 when it starts, then blocks as a hung file system would), "sigterm_stall_s", "max_steps",
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -53,8 +54,8 @@ def _stalled_input(marker: str):
 class _Worker(TrainCallback):
     """Records the steps of every inner loop, pauses at ``pause`` until ``marker`` is deleted, keeps the trainer."""
 
-    def __init__(self, pause: int | None, marker: str | None) -> None:
-        self.pause, self.marker = pause, marker
+    def __init__(self, pause: int | None, marker: str | None, kill: int | None = None) -> None:
+        self.pause, self.marker, self.kill = pause, marker, kill
         self.seen: list[int] = []
         self.trainer = None
         self.summary = None
@@ -64,6 +65,8 @@ class _Worker(TrainCallback):
 
     def on_loop_end(self, step: int, metrics: dict) -> None:
         self.seen.append(step)
+        if step == self.kill:
+            os.kill(os.getpid(), signal.SIGKILL)  # no handler, no cleanup: as the OOM killer or a power loss
         if step == self.pause:
             with open(self.marker, "w") as f:
                 f.write(str(os.getpid()))
@@ -78,7 +81,7 @@ class _Worker(TrainCallback):
 def _run(spec: dict, strategy) -> dict:
     """One train.run of ``spec``; prints and returns its summary (+ "first_loop_step")."""
     recipe = recipes.from_dict(spec["recipe"])
-    worker = _Worker(spec.get("pause_at_step"), spec.get("marker"))
+    worker = _Worker(spec.get("pause_at_step"), spec.get("marker"), spec.get("kill_at_step"))
     extra = {k: spec[k] for k in ("sigterm_stall_s", "max_steps") if k in spec}
     summary = train.run(recipe, spec["model_dir"], strategy=strategy, deterministic=spec.get("deterministic", False),
                         callbacks=[worker], verbose=True, **extra)
