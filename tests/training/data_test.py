@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -354,6 +355,40 @@ print(sum(float(tf.reduce_sum(b["weights"])) for b in batches), sum(int(tf.reduc
             os.mkdir(os.path.join(os.fsencode(root / split), b"cl\xff"))
         with pytest.raises(ValueError, match=r"A class folder name is not valid UTF-8"):
             data.resolve_source(cfg)
+
+    def test_non_ascii_names_are_the_same_examples_in_every_locale(self, tmp_path, images):
+        # Under LC_ALL=C with PYTHONUTF8=0 Python decodes file names as ASCII (é becomes two surrogates): the
+        # listing must still see valid UTF-8 names as such (the same classes, files, order and skips).
+        root = tmp_path / "données"
+        for split in ("train", "val"):
+            for name in ("café", "b", "日本"):
+                (root / split / name).mkdir(parents=True)
+                for i, stem in enumerate(("x", "é_1", "z😀")):
+                    (root / split / name / f"{stem}.jpg").write_bytes(images.jpeg(_image(i, 24, 24)))
+            with open(os.path.join(os.fsencode(root / split / "b"), b"bad\xff.jpg"), "wb") as f:
+                f.write(images.jpeg(_image(9, 24, 24)))  # not UTF-8 in any locale: skipped and counted
+        script = (
+            "import json, sys\n"
+            "import tensorflow as tf\n"
+            "from pf_keras_training import data, recipes\n"
+            "source = data.resolve_source(recipes.DataConfig(dataset='folder:' + sys.argv[1]))\n"
+            "paths, labels = source.eval_files\n"
+            "read = [bool(p) and len(tf.io.read_file(p).numpy()) > 0 for p in paths]\n"
+            "print(json.dumps([sys.getfilesystemencoding(), source.class_names, paths, labels, read]))\n"
+        )
+        results = []
+        for env in ({"LC_ALL": "C.UTF-8"}, {"LC_ALL": "C", "PYTHONUTF8": "0"}):
+            out = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, timeout=300,
+                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+            assert out.returncode == 0, out.stderr[-2000:]
+            results.append(json.loads(out.stdout.decode().strip().splitlines()[-1]))
+        (utf8_encoding, *utf8), (c_encoding, *c_locale) = results
+        assert (utf8_encoding, c_encoding) == ("utf-8", "ascii")  # the second really lists names as ASCII
+        assert c_locale == utf8
+        names, paths, labels, read = utf8
+        assert names == ["b", "café", "日本"]
+        assert sum(read) == 9 and paths.count("") == 1 and len(paths) == 10
+        assert [os.path.basename(p) for p in paths if p][:3] == ["x.jpg", "z😀.jpg", "é_1.jpg"]
 
     def test_a_stalled_stream_of_a_vanished_folder_says_so(self, tmp_path, images):
         import shutil
