@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from pf_keras_export import quiet
+from pf_keras_export import startup
 
 
 class UsageError(ValueError):
@@ -124,8 +124,8 @@ def run_tool(tool: Callable[[list[str]], int | None], argv: Sequence[str] | None
     :func:`pf_keras.cli.run_cli` runs ``tool``: user errors are one line and exit 2.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    quiet.quiet_tensorflow(verbose="--verbose" in argv)
-    from pf_keras.cli import run_cli  # imports Keras, hence TensorFlow: after quiet_tensorflow
+    startup.start(argv, prog)
+    from pf_keras.cli import run_cli  # imports Keras, hence TensorFlow: after startup.start
 
     return run_cli(tool, argv, prog=prog)
 

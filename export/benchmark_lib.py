@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import json
 import os
 import platform
 import tempfile
@@ -566,18 +567,17 @@ def format_table(rows: list[dict], meta: dict, *, latency_label: str = "median (
     return "\n".join(header + lines)
 
 
-def write_csv(rows: list[dict], path: str) -> str:
-    """Writes the rows as CSV (:data:`CSV_FIELDS`), atomically."""
+def csv_text(rows: list[dict]) -> str:
+    """The rows as CSV (:data:`CSV_FIELDS`)."""
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    fileio.write_text(path, text.getvalue())
-    return path
+    return text.getvalue()
 
 
-def plot(rows: list[dict], path: str, *, title: str = "") -> str:
-    """Latency vs GMACs, one panel per thread count, marker per format, colour per model (PNG)."""
+def plot_png(rows: list[dict], *, title: str = "") -> bytes:
+    """Latency vs GMACs, one panel per thread count, marker per format, colour per model (PNG bytes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -605,16 +605,16 @@ def plot(rows: list[dict], path: str, *, title: str = "") -> str:
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
-    fileio.write_bytes(path, image.getvalue())
-    return path
+    return image.getvalue()
 
 
 def write_results(rows: list[dict], meta: dict, output_dir: str, *, prefix: str = "benchmark",
                   latency_label: str = "median (ms)") -> dict:
-    """Writes ``<prefix>.md``, ``.csv``, ``.png`` and ``.json``, each atomically; returns their paths.
+    """Writes ``<prefix>.md``, ``.csv``, ``.png`` and ``.json`` as one set (:func:`pf_keras.fileio.write_files`);
+    returns their paths.
 
     Raises:
-        pf_keras.fileio.WriteError: when a file cannot be written (its previous version is intact).
+        pf_keras.fileio.WriteError: when a file cannot be written (the previous files are intact).
     """
     add_speedups(rows)
     add_route_ratios(rows)
@@ -624,10 +624,12 @@ def write_results(rows: list[dict], meta: dict, output_dir: str, *, prefix: str 
         "png": os.path.join(output_dir, f"{prefix}.png"),
         "json": os.path.join(output_dir, f"{prefix}.json"),
     }
-    fileio.write_text(paths["markdown"], format_table(rows, meta, latency_label=latency_label) + "\n")
-    write_csv(rows, paths["csv"])
-    plot(rows, paths["png"], title=meta.get("device", meta.get("cpu", "")))
-    fileio.write_json(paths["json"], {"meta": meta, "rows": rows})
+    fileio.write_files({
+        paths["markdown"]: (format_table(rows, meta, latency_label=latency_label) + "\n").encode(),
+        paths["csv"]: csv_text(rows).encode(),
+        paths["png"]: plot_png(rows, title=meta.get("device", meta.get("cpu", ""))),
+        paths["json"]: (json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n").encode(),
+    })
     return paths
 
 

@@ -13,12 +13,14 @@ import tempfile
 from collections.abc import Sequence
 
 import pf_keras
+from pf_keras import fileio
 from pf_keras_export import formats as formats_lib
 from pf_keras_export import tflite, validate_lib
 from pf_keras_export.build import build_model, parse_model_kwargs
 from pf_keras_export.context import ExportContext
 from pf_keras_export.files import check_output_dir
 from pf_keras_export.images import load_images
+from pf_keras_training.lock import FolderLock
 
 
 def export_model(
@@ -84,7 +86,30 @@ def export_model(
     model = build_model(name, weights=weights, model_kwargs=model_kwargs, image_size=image_size, input_type=input_type)
     folder = os.path.join(output_dir, model.name)
     os.makedirs(folder, exist_ok=True)
+    with folder_lock(folder, output_dir):
+        return _export(model, folder, selected, name=name, weights=weights, model_kwargs=model_kwargs,
+                       input_type=input_type, dataset=dataset, data_dir=data_dir, num_calibration=num_calibration,
+                       int8_input_type=int8_input_type, int8_output_type=int8_output_type,
+                       require_full_delegation=require_full_delegation, batch_size=batch_size, verbose=verbose)
 
+
+def folder_lock(folder: str, output_dir: str) -> FolderLock:
+    """The export tools' lock on one model's folder (``OUT/NAME``), held while they write or check its files;
+    an interrupted writer's temporary files there are removed once it is held.
+
+    Raises:
+        pf_keras_training.lock.LockHeld: (a ValueError) another export or validate of this model is writing there.
+    """
+    held = FolderLock(folder, busy=(
+        f"{folder} is in use by another pf-keras-export or pf-keras-validate of this model; one at a time per "
+        f"folder. Wait for it to end, stop it, or use another --output_dir. Received: output_dir={output_dir!r}"))
+    fileio.remove_stale_temps(folder)
+    return held
+
+
+def _export(model, folder: str, selected, *, name, weights, model_kwargs, input_type, dataset, data_dir,
+            num_calibration, int8_input_type, int8_output_type, require_full_delegation, batch_size,
+            verbose) -> dict:
     files: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="pf_keras_export_") as scratch:
         context = ExportContext(

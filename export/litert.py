@@ -28,6 +28,7 @@ import numpy as np
 
 from pf_keras_export import quiet
 
+MAX_FLATBUFFER_BYTES = 2 << 30  # a flatbuffer addresses at most 2 GiB
 # Builtin ops the XNNPACK delegate takes, by the type of the op's data input. Read off the
 # delegate's op switch (ai-edge-litert 2.3.0) for the ops pf_keras graphs contain, and checked
 # against the runtime's own delegation in tests/export/litert_test.py. Not here (always on
@@ -227,10 +228,17 @@ def interpreter(path_or_content: str | bytes, *, num_threads: int = 1):
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    source = {"model_path": path_or_content} if isinstance(path_or_content, str) else {"model_content": path_or_content}
+    content = path_or_content
+    if isinstance(path_or_content, str):  # read here, not by LiteRT: bounded, never blocking, any file name
+        from pf_keras import safe_open  # as in _file_sha256 (LiteRT's C++ takes a path only as valid UTF-8)
+
+        try:
+            content = safe_open.read_bytes(path_or_content, MAX_FLATBUFFER_BYTES)
+        except OSError as error:
+            raise ValueError(f"LiteRT cannot load {path_or_content}: {error.strerror or error}") from None
     try:
         with quiet.silenced():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line
-            runner = Interpreter(**source, num_threads=num_threads)
+            runner = Interpreter(model_content=content, num_threads=num_threads)
             runner.allocate_tensors()
     except (ValueError, RuntimeError) as error:  # the runtime's load/allocate failures (unresolved ops, ...)
         name = path_or_content if isinstance(path_or_content, str) else "model"

@@ -60,7 +60,7 @@ _TF_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}
 # Default size of the int8 calibration set: a few hundred is the usual recommendation; 64
 # keeps the calibration of full-size models quick on a 2-core host (raise it for deployment).
 NUM_CALIBRATION_IMAGES = 64
-MAX_TFLITE_BYTES = 2 << 30  # a flatbuffer addresses at most 2 GiB
+MAX_TFLITE_BYTES = litert.MAX_FLATBUFFER_BYTES
 
 
 def check_io_type(value: str, arg: str) -> str:

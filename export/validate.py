@@ -35,6 +35,7 @@ def build_parser() -> args.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     """Parses ``argv``, validates; returns the exit status (ValueError for user errors)."""
+    import contextlib
     import json
     import os
 
@@ -42,6 +43,7 @@ def run(argv: list[str]) -> int:
 
     from pf_keras_export import validate_lib
     from pf_keras_export.build import build_model
+    from pf_keras_export.export_lib import folder_lock
 
     flags = build_parser().parse_args(argv)
     if flags.weights is None:
@@ -50,11 +52,12 @@ def run(argv: list[str]) -> int:
                         image_size=flags.image_size, input_type=flags.input_type)
     folder = os.path.join(flags.output_dir, model.name)
     report_path = os.path.join(folder, "report.json")
-    report = validate_lib.validate_files(
-        model, validate_lib.find_files(folder, model.name), input_type=flags.input_type, report_path=report_path,
-        extra=validate_lib.previous_fields(report_path, model), raise_on_failure=False,
-        require_full_delegation=flags.require_full_delegation, batch_size=flags.batch_size,
-    )
+    with folder_lock(folder, flags.output_dir) if os.path.isdir(folder) else contextlib.nullcontext():
+        report = validate_lib.validate_files(
+            model, validate_lib.find_files(folder, model.name), input_type=flags.input_type, report_path=report_path,
+            extra=validate_lib.previous_fields(report_path, model), raise_on_failure=False,
+            require_full_delegation=flags.require_full_delegation, batch_size=flags.batch_size,
+        )
     print(json.dumps(report, indent=2) if flags.json else validate_lib.format_table(report))
     if not report["passed"]:
         return args.check_failed(PROG, validate_lib.failure_message(report, report_path))

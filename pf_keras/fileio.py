@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,11 +138,44 @@ def _replace_dir(temp: str, path: str) -> None:
     _remove(old)  # the previous folder, or a file that stood in its place
 
 
+def remove_stale_temps(folder: str | os.PathLike) -> list[str]:
+    """Removes the temporary files and folders of :func:`atomic_path` left in ``folder`` by a killed writer.
+
+    Only for a caller that holds the folder's lock (:class:`pf_keras_training.lock.RunLock`): no other writer
+    can be in the middle of a write there. Symlinks are removed, never followed. Returns the names removed.
+    """
+    removed = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(".") and TEMP_MARK in name:
+            _remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as temp, open(temp, "wb") as f:
         f.write(data)
         f.flush()
+
+
+def write_files(contents: dict[str, bytes]) -> None:
+    """Writes several files as one set: every temporary file first, then the renames, one after another.
+
+    A kill or a full disk while writing leaves every previous file as it was (not some files of the new set
+    beside others of the old one); only a failure between two renames (microseconds) can split the set.
+
+    Raises:
+        WriteError: as :func:`atomic_path`; no temporary file is left.
+    """
+    with contextlib.ExitStack() as stack:
+        for path, data in contents.items():
+            with open(stack.enter_context(atomic_path(path)), "wb") as f:
+                f.write(data)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -168,9 +202,11 @@ def weights_bytes(model) -> bytes:
     from keras.src.saving import saving_lib  # noqa: PLC0415 (Keras' own writer; no public in-memory API)
 
     buffer = io.BytesIO()
-    store = saving_lib.H5IOStore(buffer, mode="w")
-    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
-    store.close()
+    with warnings.catch_warnings():  # Keras' own NumPy 2 DeprecationWarning (``__array__`` without ``copy``):
+        warnings.simplefilter("ignore", DeprecationWarning)  # not ours to fix, fatal under ``python -W error``
+        store = saving_lib.H5IOStore(buffer, mode="w")
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+        store.close()
     return buffer.getvalue()
 
 

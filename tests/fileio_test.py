@@ -80,3 +80,54 @@ def test_a_folder_replacing_a_file_leaves_nothing_behind(tmp_path):
     with fileio.atomic_path(tmp_path / "saved_model", directory=True) as temp:
         os.makedirs(temp)
     assert os.path.isdir(tmp_path / "saved_model") and os.listdir(tmp_path) == ["saved_model"]
+
+
+def test_save_weights_under_warnings_as_errors(tmp_path):
+    # ``python -W error`` (or PYTHONWARNINGS=error in CI): Keras' own NumPy 2 DeprecationWarning inside its weight
+    # writer ended a finished training run with a traceback and no final model.
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom pf_keras import create_model, fileio\n"
+              "model = create_model('resnet50_max', depths=(1, 1, 1, 1), width_mult=0.125, classes=4, "
+              "input_shape=(32, 32, 3))\nfileio.save_weights(model, sys.argv[1])\n")
+    path = tmp_path / "m.weights.h5"
+    result = subprocess.run([sys.executable, "-W", "error", "-c", script, str(path)], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert path.stat().st_size > 0
+
+
+def test_a_set_of_files_is_written_whole_or_not_at_all(small_disk):
+    # A benchmark's or study's .md/.csv/.png/.json: a full disk on the third file left the first two new beside
+    # the old third and fourth (a table that disagreed with its JSON).
+    old = {str(small_disk / f"result.{ext}"): f"old {ext}".encode() for ext in ("md", "csv", "png", "json")}
+    fileio.write_files(old)
+    fill_disk(small_disk, leave=8192)
+    new = dict.fromkeys(old, b"n" * 1024)
+    new[str(small_disk / "result.png")] = b"p" * 100_000  # does not fit
+    with pytest.raises(fileio.WriteError, match=r"cannot write .*result\.png \(ENOSPC"):
+        fileio.write_files(new)
+    assert {path: open(path, "rb").read() for path in old} == old
+    assert sorted(os.listdir(small_disk)) == ["filler.bin", "result.csv", "result.json", "result.md", "result.png"]
+    os.remove(small_disk / "filler.bin")
+    fileio.write_files(new)
+    assert {path: open(path, "rb").read() for path in new} == new
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    with fileio.atomic_path(tmp_path / "kept.txt") as temp:  # a writer killed here leaves its temporary
+        open(temp, "w").close()
+        os.link(temp, tmp_path / "left_behind")
+    os.rename(tmp_path / "left_behind", tmp_path / f".report.json{fileio.TEMP_MARK}abc.json")
+    (tmp_path / f".saved_model{fileio.TEMP_MARK}xyz").mkdir()
+    (tmp_path / f".saved_model{fileio.TEMP_MARK}xyz" / "saved_model.pb").write_bytes(b"x")
+    outside = tmp_path.parent / f"{tmp_path.name}_outside"
+    outside.mkdir()
+    os.symlink(outside, tmp_path / f".link{fileio.TEMP_MARK}q")
+    (tmp_path / "user.pf-tmp-notes.txt").write_text("not hidden: not ours")
+    removed = fileio.remove_stale_temps(tmp_path)
+    assert sorted(removed) == sorted([f".link{fileio.TEMP_MARK}q", f".report.json{fileio.TEMP_MARK}abc.json",
+                                      f".saved_model{fileio.TEMP_MARK}xyz"])
+    assert sorted(os.listdir(tmp_path)) == ["kept.txt", "user.pf-tmp-notes.txt"]
+    assert outside.is_dir()  # a symlink is removed, not followed

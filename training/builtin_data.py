@@ -42,6 +42,12 @@ def default_root() -> str:
     return os.path.join(cache, f"builtin_v{VERSION}")
 
 
+def _write_error(parent: str, error: OSError) -> fileio.WriteError:
+    return fileio.WriteError(f"cannot write the builtin dataset under {parent} "
+                             f"({errno.errorcode.get(error.errno or 0, 'OSError')}: {error.strerror or error}); "
+                             f"free some space or point PF_KERAS_CACHE elsewhere")
+
+
 def _draw(label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One (IMAGE_SIZE, IMAGE_SIZE, 3) uint8 image of class ``label`` and its boolean shape mask."""
     n = IMAGE_SIZE
@@ -137,8 +143,11 @@ def generate(root: str, *, train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
     if os.path.exists(os.path.join(root, "COMPLETE")):
         return root
     parent = os.path.dirname(os.path.abspath(root))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".builtin_tmp_", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".builtin_tmp_", dir=parent)
+    except OSError as error:  # HOME read-only or a file in the way: say where, and how to choose another place
+        raise _write_error(parent, error) from None
     try:
         for split, count in (("train", train_per_class), ("val", val_per_class)):
             for label, name in enumerate(CLASSES):
@@ -151,9 +160,7 @@ def generate(root: str, *, train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
             f.write(f"builtin v{VERSION}: {len(CLASSES)} classes, {train_per_class}/{val_per_class} per class\n")
     except OSError as error:  # a full or read-only disk: nothing half-written stays behind
         shutil.rmtree(tmp, ignore_errors=True)
-        raise fileio.WriteError(f"cannot write the builtin dataset under {parent} "
-                                f"({errno.errorcode.get(error.errno or 0, 'OSError')}: {error.strerror or error}); "
-                                f"free some space or point PF_KERAS_CACHE elsewhere") from None
+        raise _write_error(parent, error) from None
     try:
         os.rename(tmp, root)
     except OSError:  # another process finished first

@@ -23,9 +23,9 @@ import tempfile
 from typing import Any
 
 if __name__ == "__main__":  # run as a script: TensorFlow's start-up lines silenced before it loads (unless --verbose)
-    from pf_keras_export.quiet import quiet_tensorflow
+    from pf_keras_export import startup
 
-    quiet_tensorflow(verbose="--verbose" in sys.argv)
+    startup.start(sys.argv, "pf-keras-evaluate")
 
 import tensorflow as tf
 

@@ -121,3 +121,39 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class FolderLock:
+    """An exclusive ``flock`` on a folder itself, held until :meth:`release` (or the end of a ``with`` block).
+
+    For folders whose listing belongs to the user (an export's ``OUT/NAME/``): no lock file is added. The
+    operating system releases it when the holder exits or dies, like :class:`RunLock`; the holder's PID is not
+    recorded (there is no file to hold it).
+
+    Args:
+        folder: str. An existing folder.
+        busy: str. The message when another process holds it.
+
+    Raises:
+        LockHeld: (a ValueError) another process holds it.
+    """
+
+    def __init__(self, folder: str, *, busy: str) -> None:
+        self._fd: int | None = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise LockHeld(busy, "another process") from None
+
+    def release(self) -> None:
+        """Unlocks and closes the folder."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

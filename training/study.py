@@ -47,9 +47,9 @@ import time
 from typing import Any
 
 if __name__ == "__main__":  # run as a script: TensorFlow's start-up lines silenced before it loads (unless --verbose)
-    from pf_keras_export.quiet import quiet_tensorflow
+    from pf_keras_export import startup
 
-    quiet_tensorflow(verbose="--verbose" in sys.argv)
+    startup.start(sys.argv, "pf-keras-study")
 
 import numpy as np
 
@@ -299,16 +299,20 @@ def plot_png(results: list[dict], title: str) -> bytes:
 
 
 def write_outputs(results: list[dict], out_dir: str, *, title: str) -> dict[str, str]:
-    """Writes ``study.md``, ``study.csv``, ``study.json`` and ``study.png`` atomically; returns their paths."""
+    """Writes ``study.md``, ``study.csv``, ``study.json`` and ``study.png`` as one set
+    (:func:`pf_keras.fileio.write_files`); returns their paths."""
     paths = {ext: os.path.join(out_dir, f"study.{ext}") for ext in ("md", "csv", "json", "png")}
-    fileio.write_text(paths["md"], markdown_table(results))
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(COLUMNS)
     writer.writerows(table_rows(results))
-    fileio.write_text(paths["csv"], text.getvalue())
-    fileio.write_json(paths["json"], [{k: v for k, v in r.items() if k != "settings"} for r in results])
-    fileio.write_bytes(paths["png"], plot_png(results, title))
+    stored = [{k: v for k, v in r.items() if k != "settings"} for r in results]
+    fileio.write_files({
+        paths["md"]: markdown_table(results).encode(),
+        paths["csv"]: text.getvalue().encode(),
+        paths["json"]: (json.dumps(stored, indent=2) + "\n").encode(),
+        paths["png"]: plot_png(results, title),
+    })
     return paths
 
 
@@ -337,6 +341,7 @@ def run_study(cells: list[Cell], out_dir: str, base: recipes_lib.Recipe, *, tfli
         raise ValueError(f"Another study is running in this out_dir ({held.holder}). "
                          f"Received: out_dir={out_dir!r}") from None
     with study_lock:
+        fileio.remove_stale_temps(out_dir)  # a killed study's study.md/.csv/... temporaries
         results, trained = [], []
         for cell in cells:
             result, now = run_cell(cell, base, out_dir, tflite=tflite, verbose=verbose)

@@ -33,9 +33,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 if __name__ == "__main__":  # run as a script: TensorFlow's start-up lines silenced before it loads (unless --verbose)
-    from pf_keras_export.quiet import quiet_tensorflow
+    from pf_keras_export import startup
 
-    quiet_tensorflow(verbose="--verbose" in sys.argv)
+    startup.start(sys.argv, "pf-keras-train")
 
 import keras
 import tensorflow as tf
@@ -386,6 +386,8 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
     os.makedirs(model_dir, exist_ok=True)
     run_lock = lock_lib.RunLock(model_dir) if plan.chief else None  # the chief holds it for the whole run
     try:
+        if plan.chief:
+            fileio.remove_stale_temps(model_dir)  # of a killed run's final/, recipe.json, ... (none is being written)
         _check_recipe_file(model_dir, recipe, plan.chief)
         _check_settings(model_dir, {"mixed_precision": mixed_precision}, plan.chief)
         _check_run_folder(model_dir)

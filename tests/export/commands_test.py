@@ -159,6 +159,29 @@ class TestExportAndValidate:
             assert json.load(f)["passed"] is False
 
 
+class TestOneAtATime:
+    def test_one_export_or_validate_per_model_folder_and_stale_temporaries_go(self, tmp_path, capsys):
+        from pf_keras_training.lock import FolderLock
+
+        out = tmp_path / "out"
+        folder = out / "resnet50_max"
+        folder.mkdir(parents=True)
+        stale = folder / f".resnet50_max_fp32.tflite{fileio.TEMP_MARK}k1.tflite"  # a killed export's
+        stale.write_bytes(b"half a file")
+        with FolderLock(str(folder), busy="unused"):  # another export or validate writing there (its own fd)
+            assert export_cli.main(TINY + ["--formats", "fp32", "--output_dir", str(out)]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and re.search(r"out/resnet50_max is in use by another pf-keras-export or "
+                                               r"pf-keras-validate of this model", err[0]), err
+            assert sorted(os.listdir(folder)) == [stale.name]  # nothing written, nothing removed
+        assert export_cli.main(TINY + ["--formats", "fp32", "--output_dir", str(out)]) == 0
+        assert sorted(os.listdir(folder)) == ["report.json", "resnet50_max_fp32.tflite"]
+        with FolderLock(str(folder), busy="unused"):
+            assert validate.main(TINY + ["--output_dir", str(out)]) == 2
+            assert "is in use by another pf-keras-export or pf-keras-validate" in capsys.readouterr().err
+        assert validate.main(TINY + ["--output_dir", str(out)]) == 0
+
+
 def _temp_files(folder) -> list[str]:
     return [name for _, dirs, names in os.walk(folder) for name in dirs + names if fileio.TEMP_MARK in name]
 
@@ -204,6 +227,22 @@ class TestProcesses:
         assert result.returncode == 0, result.stderr[-3000:]
         assert "| int8 |" in result.stdout and (tmp_path / "out" / "resnet50_max" / "report.json").is_file()
         assert NOISE.search(result.stderr) is None and result.stderr == "", result.stderr
+
+    def test_a_foreign_keras_backend_and_an_ascii_terminal_change_nothing(self, tmp_path):
+        # A KERAS_BACKEND set for other work would build the model on JAX (a TFLite file of variable ops, "ok");
+        # an ASCII-only terminal failed the command after its files were written, on printing a path with é.
+        command = [os.path.join(os.path.dirname(sys.executable), "pf-keras-export"), *TINY, "--formats", "fp32",
+                   "--output_dir", "sortie_é"]
+        env = dict(_env_without_tf_settings(), KERAS_BACKEND="jax", PYTHONIOENCODING="ascii")
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, timeout=300)
+        stderr = result.stderr.decode()
+        assert result.returncode == 0, stderr[-3000:]
+        assert stderr == "pf-keras-export: note: KERAS_BACKEND=jax ignored: this command runs on TensorFlow\n"
+        assert b"sortie_\\xe9" in result.stdout  # escaped, not an error
+        report = json.loads((tmp_path / "sortie_é" / "resnet50_max" / "report.json").read_text())
+        (entry,) = report["files"]
+        assert entry["passed"] and entry["xnnpack"]["fully_delegated"]
+        assert not {"VAR_HANDLE", "READ_VARIABLE"} & set(entry["ops"])
 
     def test_repository_script(self):
         result = subprocess.run([sys.executable, "export/export.py", "--model", "resnet50", "--formats", "fp64",

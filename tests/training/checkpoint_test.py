@@ -192,8 +192,11 @@ class TestSigkill:
         assert loop.read_metrics(model_dir, "train")[-1]["step"] == 15
         assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-12")
 
+        stale = os.path.join(model_dir, f".final{fileio.TEMP_MARK}k2")  # what a kill inside the final save leaves
+        os.makedirs(stale)
         summary = train.run(recipe, model_dir, strategy=_one_device(), verbose=False)
         assert (summary["status"], summary["step"]) == ("completed", 18)
+        assert not os.path.exists(stale)
         steps = [r["step"] for r in loop.read_metrics(model_dir, "train")]
         assert steps == sorted(set(steps)) and steps[-1] == 18 and 15 in steps
         assert [(e["epoch"], e["step"]) for e in loop.read_metrics(model_dir, "eval")] == [(1, 6), (2, 12), (3, 18)]

@@ -227,6 +227,15 @@ class TestSources:
         assert os.listdir(small_disk) == []  # no half-written temporary folder
 
 
+    def test_a_cache_that_cannot_be_created_names_the_variable(self, tmp_path):
+        from pf_keras import fileio
+        from pf_keras_training import builtin_data
+
+        (tmp_path / "afile").write_text("a file where the cache folder would go")
+        with pytest.raises(fileio.WriteError, match=r"cannot write the builtin dataset under .*afile/cache "
+                                                     r"\((EEXIST|ENOTDIR): .*point PF_KERAS_CACHE elsewhere"):
+            builtin_data.generate(str(tmp_path / "afile" / "cache" / "builtin"))
+
 # ---------------------------------------------------------------- limits: pixels, skips, empty splits
 
 

@@ -199,6 +199,20 @@ def _one_error_line(capsys, prog: str = "pf-keras-train") -> str:
     return lines[0][len(f"{prog}: error: "):]
 
 
+class TestProcessStart:
+    @pytest.mark.parametrize("closed", [1, 2])
+    def test_a_closed_standard_stream_is_no_error(self, tmp_path, shapes_dir, closed):
+        # Started with stdout (or stderr) closed, as from a daemon: the run trains, writes its model and exits 0.
+        command = [os.path.join(os.path.dirname(sys.executable), "pf-keras-train"), "--recipe", "demo",
+                   "--model", "resnet50_max", "--model_kwargs", "depths=[1,1,1,1],width_mult=0.125", "--batch_size",
+                   "16", "--epochs", "1", "--steps_per_epoch", "2", "--set", "data.eval_examples=8",
+                   "--dataset", f"folder:{shapes_dir}", "--model_dir", "run"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+        result = subprocess.run(command, cwd=tmp_path, env=env, timeout=300, preexec_fn=lambda: os.close(closed))
+        assert result.returncode == 0
+        assert (tmp_path / "run" / "final" / "config.json").is_file()
+
+
 class TestCommandLineErrors:
     @pytest.mark.parametrize("flag, value, message", [
         ("--lr", "nan", "`optim.base_lr` must be a finite number. Received: optim.base_lr=nan"),
