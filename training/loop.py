@@ -597,37 +597,68 @@ def _after(record: dict, step: int, evaluated_epoch: int) -> bool:
     return at > step
 
 
+def _lines_backwards(fd: int, size: int, chunk: int = 1 << 20):
+    """(offset, line without its newline) of the file's lines, last first; stops at a line over the limit."""
+    pos, rest = size, b""
+    while pos > 0:
+        n = min(chunk, pos)
+        pos -= n
+        lines = (os.pread(fd, n, pos) + rest).split(b"\n")
+        rest = lines[0]  # may continue to the left
+        offset = pos + len(rest) + 1
+        found = []
+        for line in lines[1:]:
+            found.append((offset, line))
+            offset += len(line) + 1
+        yield from reversed(found)
+        if len(rest) > MAX_METRICS_LINE:
+            return
+    yield 0, rest
+
+
 def cut_metrics(model_dir: str, step: int, evaluated_epoch: int) -> int:
-    """Drops from ``metrics.jsonl`` the records a run resumed at ``step`` writes again; returns how many.
+    """Cuts from the end of ``metrics.jsonl`` the records a run resumed at ``step`` writes again; returns how many.
 
     A run killed without SIGTERM (SIGKILL, OOM, power loss) has appended records after its last checkpoint:
     the resumed run repeats those steps and evals, so without the cut each would appear twice (from two
-    timelines). Lines that are not JSON records are kept as they are; the file is rewritten atomically and
-    only when something is dropped.
+    timelines). They are the file's last records (it is written in time order), so the file is read backwards
+    only as far as the first record to keep, and truncated there: any size, one system call. A last line
+    without its newline (an append torn by a power loss) is cut too: the next record would be glued to it.
 
     Raises:
-        ValueError: the file cannot be read (see :func:`read_metrics`).
-        fileio.WriteError: it cannot be rewritten (a full disk); it is unchanged.
+        fileio.WriteError: the file cannot be opened or truncated (one line naming it).
     """
     path = os.path.join(model_dir, METRICS_FILE)
-    try:
-        content = safe_open.read_bytes(path, MAX_METRICS_BYTES)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return 0
+    try:
+        fd = lock_lib.open_own_file(path, os.O_RDWR)
     except OSError as error:
-        raise ValueError(f"{path} cannot be read ({error.strerror or one_line(error)})") from None
-    kept, dropped = [], 0
-    for line in content.splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):
-            record = None
-        if isinstance(record, dict) and _after(record, step, evaluated_epoch):
-            dropped += 1
-        else:
-            kept.append(line if line.endswith(b"\n") else line + b"\n")
-    if dropped:
-        fileio.write_bytes(path, b"".join(kept))
+        raise fileio.WriteError(f"cannot update {path} ({error.strerror or error})") from None
+    try:
+        size = os.fstat(fd).st_size
+        cut, dropped = size, 0
+        for offset, line in _lines_backwards(fd, size):
+            if not line.strip():
+                cut = offset
+                continue
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                record = None
+            torn = offset + len(line) == size  # no newline after it
+            if (isinstance(record, dict) and _after(record, step, evaluated_epoch)) or (record is None and torn):
+                cut, dropped = offset, dropped + 1
+                continue
+            break
+        if cut < size:
+            os.ftruncate(fd, cut)
+        elif size and os.pread(fd, 1, size - 1) != b"\n":  # a whole record torn just before its newline
+            os.pwrite(fd, b"\n", size)
+    except OSError as error:
+        raise fileio.WriteError(f"cannot update {path} ({error.strerror or error})") from None
+    finally:
+        os.close(fd)
     return dropped
 
 

@@ -203,3 +203,65 @@ class TestReadMetrics:
         (tmp_path / "metrics.jsonl").write_text('{"kind": "train"}\n[1, 2]\n')
         with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not a JSON object"):
             loop.read_metrics(str(tmp_path))
+
+
+class TestCutMetrics:
+    @staticmethod
+    def _write(path, records, tail=""):
+        text = "".join(json.dumps(r) + "\n" for r in records) + tail
+        path.write_text(text)
+        return text
+
+    def test_the_records_after_the_checkpoint_are_cut_and_nothing_before(self, tmp_path):
+        kept = [{"kind": "train", "step": s} for s in (3, 4)] + [{"kind": "eval", "epoch": 1, "step": 6}]
+        kept += [{"kind": "train", "step": 6}]  # ckpt-6 saved before epoch 1's eval in another timeline: kept
+        after = [{"kind": "train", "step": 8}, {"kind": "eval", "epoch": 2, "step": 12}, {"kind": "train", "step": 12},
+                 {"kind": "final", "step": 12}]
+        path = tmp_path / "metrics.jsonl"
+        before = self._write(path, kept + after, tail='{"kind": "train", "st')  # and an append torn by a crash
+        assert loop.cut_metrics(str(tmp_path), 6, 1) == len(after) + 1
+        assert path.read_text() == before[:len("".join(json.dumps(r) + "\n" for r in kept))]
+        assert loop.cut_metrics(str(tmp_path), 6, 1) == 0  # nothing more
+
+    def test_an_eval_the_checkpoint_does_not_record_is_cut(self, tmp_path):
+        path = tmp_path / "metrics.jsonl"
+        self._write(path, [{"kind": "train", "step": 6}, {"kind": "eval", "epoch": 1, "step": 6}])
+        assert loop.cut_metrics(str(tmp_path), 6, 0) == 1  # ckpt-6 was saved before the eval: it runs again
+        assert [r["kind"] for r in loop.read_metrics(str(tmp_path))] == ["train"]
+
+    def test_a_finished_run_rerun_keeps_its_evals_and_rewrites_only_final(self, tmp_path):
+        path = tmp_path / "metrics.jsonl"
+        self._write(path, [{"kind": "train", "step": 12}, {"kind": "eval", "epoch": 2, "step": 12},
+                           {"kind": "final", "step": 12}])
+        assert loop.cut_metrics(str(tmp_path), 12, 2) == 1
+        assert [r["kind"] for r in loop.read_metrics(str(tmp_path))] == ["train", "eval"]
+
+    def test_a_damaged_line_stops_the_cut_and_a_whole_last_record_gets_its_newline(self, tmp_path):
+        path = tmp_path / "metrics.jsonl"
+        self._write(path, [{"kind": "train", "step": 2}], tail='garbage\n{"kind": "train", "step": 9}\n')
+        assert loop.cut_metrics(str(tmp_path), 4, 0) == 1  # step 9 cut; the damaged line is not ours to judge
+        assert path.read_text().endswith("garbage\n")
+        self._write(path, [{"kind": "train", "step": 2}], tail='{"kind": "train", "step": 3}')
+        assert loop.cut_metrics(str(tmp_path), 4, 0) == 0
+        assert path.read_text().endswith('"step": 3}\n')
+
+    def test_only_the_tail_is_read(self, tmp_path):
+        path = tmp_path / "metrics.jsonl"
+        line = json.dumps({"kind": "train", "step": 1, "pad": "x" * 200}) + "\n"
+        with open(path, "w") as f:  # larger than read_metrics reads (MAX_METRICS_BYTES): still cut
+            f.write(line * ((loop.MAX_METRICS_BYTES // len(line)) + 1000))
+            f.write(json.dumps({"kind": "train", "step": 5}) + "\n")
+        size = path.stat().st_size
+        assert loop.cut_metrics(str(tmp_path), 1, 0) == 1
+        assert path.stat().st_size == size - len(json.dumps({"kind": "train", "step": 5}) + "\n")
+
+    def test_a_symlink_is_refused(self, tmp_path):
+        from pf_keras import fileio
+
+        outside = tmp_path / "outside.jsonl"
+        outside.write_text('{"kind": "train", "step": 9}\n')
+        (tmp_path / "run").mkdir()
+        os.symlink(outside, tmp_path / "run" / "metrics.jsonl")
+        with pytest.raises(fileio.WriteError, match=r"cannot update .*metrics.jsonl"):
+            loop.cut_metrics(str(tmp_path / "run"), 1, 0)
+        assert outside.read_text() == '{"kind": "train", "step": 9}\n'
