@@ -2,8 +2,9 @@
 
 Writes ``OUT/NAME/saved_model/``, ``OUT/NAME/NAME_<format>.tflite`` and ``OUT/NAME/report.json``
 (validation of every file, plus params, MACs and the build arguments), every file atomically;
-raises :class:`pf_keras_export.validate_lib.ValidationError` when a file fails. The command
-line over it is :mod:`pf_keras_export.export` (``pf-keras-export``).
+raises :class:`pf_keras_export.validate_lib.ValidationError` when a file fails. One export or
+validate at a time per model folder (:func:`folder_lock`). The command line over it is
+:mod:`pf_keras_export.export` (``pf-keras-export``).
 """
 
 from __future__ import annotations
@@ -87,10 +88,55 @@ def export_model(
     folder = os.path.join(output_dir, model.name)
     os.makedirs(folder, exist_ok=True)
     with folder_lock(folder, output_dir):
-        return _export(model, folder, selected, name=name, weights=weights, model_kwargs=model_kwargs,
-                       input_type=input_type, dataset=dataset, data_dir=data_dir, num_calibration=num_calibration,
-                       int8_input_type=int8_input_type, int8_output_type=int8_output_type,
-                       require_full_delegation=require_full_delegation, batch_size=batch_size, verbose=verbose)
+        files: dict[str, str] = {}
+        with tempfile.TemporaryDirectory(prefix="pf_keras_export_") as scratch:
+            context = ExportContext(
+                scratch_dir=scratch,
+                input_type=input_type,
+                calibration=lambda size: load_images(dataset, num_calibration, size, data_dir=data_dir),
+                int8_input_type=int8_input_type,
+                int8_output_type=int8_output_type,
+            )
+            for fmt in selected:
+                files[fmt.name] = fmt.convert(model, fmt.path_in(folder, model.name), context)
+        profile = pf_keras.profile(model)
+        extra = {
+            "build": {
+                "name": name,
+                "weights": weights,
+                "model_kwargs": {
+                    k: list(v) if isinstance(v, tuple) else v for k, v in parse_model_kwargs(model_kwargs).items()
+                },
+                "image_size": int(model.input_shape[1]),
+                "record": record.to_json() if (record := pf_keras.build_record(model)) else None,
+            },
+            "params": profile.params,
+            "macs": profile.macs,
+            "int8": {
+                "calibration_dataset": dataset or "builtin",
+                "calibration_images": num_calibration,
+                "average_pools_as_depthwise": tflite.int8_rewrites(model),
+            }
+            if "int8" in files
+            else None,
+        }
+        report_path = os.path.join(folder, "report.json")
+        report = validate_lib.validate_files(
+            model,
+            files,
+            input_type=input_type,
+            report_path=report_path,
+            extra=extra,
+            raise_on_failure=False,
+            require_full_delegation=require_full_delegation,
+            batch_size=batch_size,
+        )
+        if verbose:
+            print(validate_lib.format_table(report))
+            print(f"Report: {report_path}")
+        if not report["passed"]:
+            raise validate_lib.ValidationError(validate_lib.failure_message(report, report_path), report_path)
+        return report
 
 
 def folder_lock(folder: str, output_dir: str) -> FolderLock:
@@ -105,57 +151,3 @@ def folder_lock(folder: str, output_dir: str) -> FolderLock:
         f"folder. Wait for it to end, stop it, or use another --output_dir. Received: output_dir={output_dir!r}"))
     fileio.remove_stale_temps(folder)
     return held
-
-
-def _export(model, folder: str, selected, *, name, weights, model_kwargs, input_type, dataset, data_dir,
-            num_calibration, int8_input_type, int8_output_type, require_full_delegation, batch_size,
-            verbose) -> dict:
-    files: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="pf_keras_export_") as scratch:
-        context = ExportContext(
-            scratch_dir=scratch,
-            input_type=input_type,
-            calibration=lambda size: load_images(dataset, num_calibration, size, data_dir=data_dir),
-            int8_input_type=int8_input_type,
-            int8_output_type=int8_output_type,
-        )
-        for fmt in selected:
-            files[fmt.name] = fmt.convert(model, fmt.path_in(folder, model.name), context)
-    profile = pf_keras.profile(model)
-    extra = {
-        "build": {
-            "name": name,
-            "weights": weights,
-            "model_kwargs": {
-                k: list(v) if isinstance(v, tuple) else v for k, v in parse_model_kwargs(model_kwargs).items()
-            },
-            "image_size": int(model.input_shape[1]),
-            "record": record.to_json() if (record := pf_keras.build_record(model)) else None,
-        },
-        "params": profile.params,
-        "macs": profile.macs,
-        "int8": {
-            "calibration_dataset": dataset or "builtin",
-            "calibration_images": num_calibration,
-            "average_pools_as_depthwise": tflite.int8_rewrites(model),
-        }
-        if "int8" in files
-        else None,
-    }
-    report_path = os.path.join(folder, "report.json")
-    report = validate_lib.validate_files(
-        model,
-        files,
-        input_type=input_type,
-        report_path=report_path,
-        extra=extra,
-        raise_on_failure=False,
-        require_full_delegation=require_full_delegation,
-        batch_size=batch_size,
-    )
-    if verbose:
-        print(validate_lib.format_table(report))
-        print(f"Report: {report_path}")
-    if not report["passed"]:
-        raise validate_lib.ValidationError(validate_lib.failure_message(report, report_path), report_path)
-    return report
