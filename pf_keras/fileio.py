@@ -19,6 +19,7 @@ Python I/O, which reports a full disk as an ordinary error.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import io
 import json
@@ -88,7 +89,9 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None, directory
         suffix: str or None. Ending of the temporary name (writers that check the extension,
             e.g. ``".weights.h5"``). Defaults to the final name's extension.
         directory: bool. The block writes a folder (e.g. a SavedModel); the previous folder is
-            replaced only after the new one is complete.
+            replaced only after the new one is complete, in one step where Linux can swap the two
+            (``renameat2(RENAME_EXCHANGE)``: the folder is never missing, not even after a kill), else
+            by two renames.
 
     Raises:
         WriteError: on any OS error while writing or renaming; the temporary file is removed.
@@ -123,9 +126,31 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None, directory
         raise
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swaps two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or file system
+    cannot (the caller then renames twice)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28 / not Linux
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), b)
+
+
 def _replace_dir(temp: str, path: str) -> None:
     if not os.path.exists(path):
         os.replace(temp, path)
+        return
+    if _exchange(temp, path):  # ``path`` is never missing, not even for a moment or after a kill
+        _remove(temp)  # now the previous folder
         return
     old = _temp_name(path, ".old")
     os.remove(old)
