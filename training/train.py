@@ -315,8 +315,9 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
         deterministic: bool. TensorFlow op determinism (identical weights across resumes).
         resume_from: str. A checkpoint prefix to start from when model_dir has none.
         restart_from_scratch: bool. Start at step 0 although model_dir holds checkpoints (they are
-            moved to ``checkpoints/before_restart/``); without it a model_dir whose checkpoints are all
-            damaged is an error.
+            moved to ``checkpoints/before_restart/``; a finished run's ``final/``, EMA weights and
+            ``metrics.jsonl`` to ``model_dir/before_restart/``); without it a model_dir whose checkpoints are all
+            damaged, or one with ``final/`` but no checkpoint, is an error.
         max_steps: int. Stop (with a checkpoint, status "stopped") after this global step; 0 = run to the end.
         eval_at_end: bool. Evaluate after the last epoch even if eval_every_epochs skips it.
         verbose: bool. Progress bar and run summary on the chief.
@@ -338,7 +339,8 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
     Raises:
         ValueError: for impossible settings (batch not divisible by the replicas, a dataset
             smaller than one batch, an unknown precision, a recipe differing from model_dir's,
-            model_dir used by another run, no intact checkpoint, undecodable data).
+            model_dir used by another run, no intact checkpoint, a finished model without checkpoints,
+            undecodable data).
         TypeError: a callback that is not a TrainCallback.
         fileio.WriteError: (a ValueError) a result or checkpoint could not be written (full disk).
     """
@@ -774,7 +776,8 @@ def build_parser() -> args.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", help="Deterministic ops (bitwise-identical resumes).")
     p.add_argument("--resume_from", default="", help="Checkpoint prefix to start from if model_dir has none.")
     p.add_argument("--restart_from_scratch", action="store_true", help="Start at step 0 although model_dir holds "
-                   "checkpoints (they are moved to checkpoints/before_restart/).")
+                   "checkpoints (they are moved to checkpoints/before_restart/; a finished run's final/, EMA "
+                   "weights and metrics.jsonl to before_restart/).")
     p.add_argument("--max_image_pixels", type=int, default=data_lib.MAX_IMAGE_PIXELS, help="Skip images whose "
                    f"header declares more pixels (0 = no limit; default {data_lib.MAX_IMAGE_PIXELS}).")
     p.add_argument("--max_consecutive_skips", type=int, default=data_lib.MAX_CONSECUTIVE_SKIPS, help="Stop after "
