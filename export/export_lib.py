@@ -89,7 +89,9 @@ def export_model(
     os.makedirs(folder, exist_ok=True)
     with folder_lock(folder, output_dir):
         files: dict[str, str] = {}
-        with tempfile.TemporaryDirectory(prefix="pf_keras_export_") as scratch:
+        # The scratch folder (batch-1 SavedModels) in the locked folder, as a temporary of ours: a killed export's
+        # is removed by the next one (in $TMPDIR it stayed forever).
+        with tempfile.TemporaryDirectory(prefix=f".scratch{fileio.TEMP_MARK}", dir=folder) as scratch:
             context = ExportContext(
                 scratch_dir=scratch,
                 input_type=input_type,

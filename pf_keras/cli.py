@@ -9,6 +9,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -80,7 +81,8 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
     except (ValueError, OSError, MemoryError, RecursionError) as error:  # RecursionError: input nested too deep
         if debug:
             traceback.print_exc()
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # stderr on a full device: the exit status still says "user error"
+            print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
         return USER_ERROR_EXIT
 
 

@@ -270,13 +270,13 @@ def _list_folder(root: str, split: str, class_names: tuple[str, ...] | None) -> 
     listed_names = sorted(d for d in os.listdir(split_dir)
                           if not d.startswith(".") and os.path.isdir(os.path.join(split_dir, d)))
     for name in listed_names:
-        if _utf8_text(name) is None:
+        if utf8_text(name) is None:
             raise ValueError(f"A class folder name is not valid UTF-8 (class names go into the model's metadata): "
                              f"{os.path.join(split_dir, name)!r}. Rename it. Received: dataset='folder:{root}'")
     # Sorted by their UTF-8 bytes (code point order) whatever the locale: the same classes, labels and names
     # whether Python decodes file names as UTF-8 or (LC_ALL=C with PYTHONUTF8=0) as ASCII with surrogates.
     listed_names.sort(key=os.fsencode)
-    names = tuple(_utf8_text(name) for name in listed_names)
+    names = tuple(utf8_text(name) for name in listed_names)
     if class_names is not None and names != class_names:
         raise ValueError(
             f"The train and val class folders must be the same. Train classes: {list(class_names)}. "
@@ -291,7 +291,7 @@ def _list_folder(root: str, split: str, class_names: tuple[str, ...] | None) -> 
         for file in sorted(os.listdir(folder), key=os.fsencode):
             listed = None if file.startswith(".") else _listed_image(os.path.join(folder, file))
             if listed is not None:
-                paths.append(_utf8_text(listed) or "")  # tf.data takes UTF-8 paths: others skipped, counted
+                paths.append(utf8_text(listed) or "")  # tf.data takes UTF-8 paths: others skipped, counted
                 labels.append(label)
         if split == "train" and len(paths) == found:
             raise ValueError(f"The class folder {folder} holds no files: a class without training images would "
@@ -300,7 +300,7 @@ def _list_folder(root: str, split: str, class_names: tuple[str, ...] | None) -> 
     return tuple(paths), tuple(labels), names
 
 
-def _utf8_text(name: str) -> str | None:
+def utf8_text(name: str) -> str | None:
     """``name`` (a path or name from ``os.listdir``) as the text its bytes spell in UTF-8; None if they are not
     UTF-8. The bytes decide, not the locale: under ``LC_ALL=C`` with ``PYTHONUTF8=0`` Python lists ``é`` as two
     surrogates, which are valid UTF-8 bytes (the path TensorFlow needs is the UTF-8 text)."""

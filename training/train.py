@@ -51,6 +51,7 @@ from pf_keras_training import data as data_lib
 from pf_keras_training import lock as lock_lib
 from pf_keras_training import loop as loop_lib
 from pf_keras_training import recipes as recipes_lib
+from pf_keras_training import sources as sources_lib
 from pf_keras_training.callbacks import TrainCallback
 from pf_keras_training.recipes import Recipe
 
@@ -385,6 +386,12 @@ def run(recipe: Recipe, model_dir: str, *, strategy: tf.distribute.Strategy | No
         jit_compile=jit_compile, interpolation=interpolation, eval_at_end=eval_at_end, verbose=verbose,
         callbacks=callbacks, sigterm_stall_s=sigterm_stall_s,
         data_limits={"max_image_pixels": max_image_pixels, "max_consecutive_skips": max_consecutive_skips})
+    if sources_lib.utf8_text(os.fspath(model_dir)) != os.fspath(model_dir):  # before anything is written there
+        raise ValueError(
+            f"TensorFlow writes checkpoints and logs to UTF-8 paths, and `model_dir` is not UTF-8 text here (under "
+            f"LC_ALL=C with PYTHONUTF8=0 Python reads a non-ASCII path as ASCII): use an ASCII path or a UTF-8 "
+            f"locale. Received: model_dir={model_dir!r}"
+        )
     os.makedirs(model_dir, exist_ok=True)
     run_lock = lock_lib.RunLock(model_dir) if plan.chief else None  # the chief holds it for the whole run
     try:

@@ -168,12 +168,14 @@ class TestOneAtATime:
         folder.mkdir(parents=True)
         stale = folder / f".resnet50_max_fp32.tflite{fileio.TEMP_MARK}k1.tflite"  # a killed export's
         stale.write_bytes(b"half a file")
+        scratch = folder / f".scratch{fileio.TEMP_MARK}k2" / "batch1_0"  # and its batch-1 SavedModel
+        scratch.mkdir(parents=True)
         with FolderLock(str(folder), busy="unused"):  # another export or validate writing there (its own fd)
             assert export_cli.main(TINY + ["--formats", "fp32", "--output_dir", str(out)]) == 2
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and re.search(r"out/resnet50_max is in use by another pf-keras-export or "
                                                r"pf-keras-validate of this model", err[0]), err
-            assert sorted(os.listdir(folder)) == [stale.name]  # nothing written, nothing removed
+            assert sorted(os.listdir(folder)) == [stale.name, scratch.parent.name]  # nothing written or removed
         assert export_cli.main(TINY + ["--formats", "fp32", "--output_dir", str(out)]) == 0
         assert sorted(os.listdir(folder)) == ["report.json", "resnet50_max_fp32.tflite"]
         with FolderLock(str(folder), busy="unused"):

@@ -213,6 +213,29 @@ class TestProcessStart:
         assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 
+class TestProcessEnvironment:
+    def test_a_model_dir_tensorflow_cannot_name_is_refused_before_anything_is_written(self, tmp_path, shapes_dir):
+        # Under LC_ALL=C with PYTHONUTF8=0 Python reads run_é as ASCII with surrogates, which TensorFlow's
+        # writers cannot take: the run failed after writing recipe.json, settings.json and .lock, with a
+        # message about "converting unicode string".
+        command = [os.path.join(os.path.dirname(sys.executable), "pf-keras-train"), "--recipe", "demo",
+                   "--model", "resnet50_max", "--model_kwargs", "depths=[1,1,1,1],width_mult=0.125", "--batch_size",
+                   "16", "--epochs", "1", "--steps_per_epoch", "2", "--dataset", f"folder:{shapes_dir}",
+                   "--model_dir", "run_é"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "LC_", "LANG"))}
+        result = subprocess.run(command, cwd=tmp_path, env={**env, "LC_ALL": "C", "PYTHONUTF8": "0"},
+                                capture_output=True, timeout=300)
+        err = result.stderr.decode().strip().splitlines()
+        assert result.returncode == 2 and len(err) == 1, err
+        assert "`model_dir` is not UTF-8 text here" in err[0] and os.listdir(tmp_path) == []
+
+    def test_a_user_error_on_a_full_stderr_still_exits_2(self, tmp_path):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "pf-keras-train"), "--lr", "nan"],
+                                    cwd=tmp_path, stderr=full, stdout=subprocess.DEVNULL, timeout=300)
+        assert result.returncode == 2
+
+
 class TestCommandLineErrors:
     @pytest.mark.parametrize("flag, value, message", [
         ("--lr", "nan", "`optim.base_lr` must be a finite number. Received: optim.base_lr=nan"),
