@@ -134,15 +134,12 @@ def _exchange(a: str, b: str) -> bool:
     """Swaps two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or file system
     cannot (the caller then renames twice)."""
     try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        renameat2 = ctypes.CDLL(None).renameat2
     except (OSError, AttributeError):  # not glibc >= 2.28 / not Linux
         return False
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), b)
+    # Any failure (ENOSYS, EINVAL on a file system without it, ...) leaves both paths as they were: the two
+    # renames then run and report a real problem themselves.
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 def _replace_dir(temp: str, path: str) -> None:
