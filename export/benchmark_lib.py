@@ -43,7 +43,7 @@ import keras
 import numpy as np
 
 import pf_keras
-from pf_keras import fileio, safe_open
+from pf_keras import fileio
 from pf_keras_export import formats as formats_lib
 from pf_keras_export import litert
 from pf_keras_export import report as report_lib
@@ -53,7 +53,7 @@ from pf_keras_export.build import BASELINES, build_model, known_models, model_fo
 from pf_keras_export.context import ExportContext
 from pf_keras_export.files import check_output_dir
 from pf_keras_export.images import load_images
-from pf_keras_export.tflite import MAX_TFLITE_BYTES, calibration_inputs
+from pf_keras_export.tflite import calibration_inputs
 from pf_keras_export.validate_lib import versions
 
 DEFAULT_MODELS = (
@@ -153,7 +153,7 @@ def time_interleaved(
             f"threads={threads}, runs={runs}, warmup={warmup}"
         )
     rng = np.random.default_rng(seed)
-    contents = [_read_tflite(path) for path in paths]
+    contents = [path if isinstance(path, bytes) else litert.read_flatbuffer(path) for path in paths]
     interpreters = []
     for path, content in zip(paths, contents, strict=True):
         name = path if isinstance(path, str) else "model"
@@ -185,12 +185,6 @@ def time_interleaved(
         }
         for row, content in zip(times, contents, strict=True)
     ]
-
-
-def _read_tflite(path_or_content: str | bytes) -> bytes:
-    if isinstance(path_or_content, bytes):
-        return path_or_content
-    return safe_open.read_bytes(path_or_content, MAX_TFLITE_BYTES)
 
 
 def _parse_list(value: str | Sequence, kind=str) -> list:
@@ -432,7 +426,7 @@ def _check_proven(path: str, entry: dict, report_path: str) -> bytes:
         raise ValueError(f"{path} did not pass its validation in {report_path} ({failures}): it is not timed. "
                          f"Export it again (pf-keras-export).")
     try:
-        content = safe_open.read_bytes(path, MAX_TFLITE_BYTES)
+        content = litert.read_flatbuffer(path)
     except OSError as error:
         content, mismatch = b"", f"it cannot be read ({type(error).__name__}: {error.strerror or error})"
     else:

@@ -220,6 +220,19 @@ def xnnpack_coverage(content: bytes) -> dict:
     }
 
 
+def read_flatbuffer(path: str) -> bytes:
+    """The bytes of a ``.tflite`` file: a regular file, read without blocking, at most
+    :data:`MAX_FLATBUFFER_BYTES`.
+
+    Raises:
+        OSError: it cannot be read, is not a regular file (:class:`~pf_keras.safe_open.NotRegularFileError`) or is
+            larger (EFBIG).
+    """
+    from pf_keras import safe_open  # as in _file_sha256
+
+    return safe_open.read_bytes(path, MAX_FLATBUFFER_BYTES)
+
+
 def interpreter(path_or_content: str | bytes, *, num_threads: int = 1):
     """An allocated LiteRT ``Interpreter`` (XNNPACK applied, as deployed) for a file or its bytes.
 
@@ -229,11 +242,9 @@ def interpreter(path_or_content: str | bytes, *, num_threads: int = 1):
     from ai_edge_litert.interpreter import Interpreter
 
     content = path_or_content
-    if isinstance(path_or_content, str):  # read here, not by LiteRT: bounded, never blocking, any file name
-        from pf_keras import safe_open  # as in _file_sha256 (LiteRT's C++ takes a path only as valid UTF-8)
-
+    if isinstance(path_or_content, str):  # read here, not by LiteRT: its C++ takes a path only as valid UTF-8
         try:
-            content = safe_open.read_bytes(path_or_content, MAX_FLATBUFFER_BYTES)
+            content = read_flatbuffer(path_or_content)
         except OSError as error:
             raise ValueError(f"LiteRT cannot load {path_or_content}: {error.strerror or error}") from None
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 
 from pf_keras import safe_open
 from pf_keras.values import is_positive_int, is_real
@@ -89,19 +90,19 @@ def file_mismatch(path: str, entry: dict) -> str | None:
     """None when ``path`` holds the bytes ``entry`` was validated on (its SHA-256; reports written before the
     digest was recorded: its size); else why not. An unreadable file (a FIFO, a device) is a mismatch."""
     try:
-        if "sha256" in entry:
-            return None if litert.content_sha256(path) == entry["sha256"] else "its SHA-256 differs"
-        if "size_bytes" in entry:
-            return None if litert.file_size(path) == entry["size_bytes"] else "its size differs"
+        return _mismatch(entry, lambda: litert.content_sha256(path), lambda: litert.file_size(path))
     except OSError as error:
         return f"it cannot be read ({type(error).__name__}: {error.strerror or error})"
-    return "its report entry records neither a SHA-256 nor a size"
 
 
 def content_mismatch(content: bytes, entry: dict) -> str | None:
     """:func:`file_mismatch` for a file's bytes already read (one ``.tflite`` file; a SavedModel is a folder)."""
+    return _mismatch(entry, lambda: hashlib.sha256(content).hexdigest(), lambda: len(content))
+
+
+def _mismatch(entry: dict, sha256: Callable[[], str], size: Callable[[], int]) -> str | None:
     if "sha256" in entry:
-        return None if hashlib.sha256(content).hexdigest() == entry["sha256"] else "its SHA-256 differs"
+        return None if sha256() == entry["sha256"] else "its SHA-256 differs"
     if "size_bytes" in entry:
-        return None if len(content) == entry["size_bytes"] else "its size differs"
+        return None if size() == entry["size_bytes"] else "its size differs"
     return "its report entry records neither a SHA-256 nor a size"

@@ -45,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pf_keras import fileio, safe_open
+from pf_keras import fileio
 from pf_keras_export import litert, quiet
 from pf_keras_export import saved_model as saved_model_lib
 from pf_keras_export.images import model_inputs
@@ -60,7 +60,6 @@ _TF_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}
 # Default size of the int8 calibration set: a few hundred is the usual recommendation; 64
 # keeps the calibration of full-size models quick on a 2-core host (raise it for deployment).
 NUM_CALIBRATION_IMAGES = 64
-MAX_TFLITE_BYTES = litert.MAX_FLATBUFFER_BYTES
 
 
 def check_io_type(value: str, arg: str) -> str:
@@ -315,7 +314,7 @@ def inspect(path: str) -> tuple[dict, list[str]]:
         ValueError: when the file is not a readable ``.tflite`` flatbuffer.
     """
     try:
-        content = safe_open.read_bytes(path, MAX_TFLITE_BYTES)
+        content = litert.read_flatbuffer(path)
     except OSError as error:  # a FIFO, a device, a folder, a file over the flatbuffer limit
         raise ValueError(f"cannot read {path} ({type(error).__name__}: {error.strerror or error})") from None
     ops, custom_ops = litert.tflite_ops(content)

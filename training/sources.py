@@ -267,15 +267,14 @@ def _list_folder(root: str, split: str, class_names: tuple[str, ...] | None) -> 
             f"Received: dataset='folder:{root}'"
         )
     # hidden folders (.ipynb_checkpoints, .git) are no classes, as hidden files are no examples
-    listed_names = sorted(d for d in os.listdir(split_dir)
-                          if not d.startswith(".") and os.path.isdir(os.path.join(split_dir, d)))
+    # Sorted by their UTF-8 bytes (code point order) whatever the locale: the same classes, labels and names
+    # whether Python decodes file names as UTF-8 or (LC_ALL=C with PYTHONUTF8=0) as ASCII with surrogates.
+    listed_names = sorted((d for d in os.listdir(split_dir)
+                           if not d.startswith(".") and os.path.isdir(os.path.join(split_dir, d))), key=os.fsencode)
     for name in listed_names:
         if utf8_text(name) is None:
             raise ValueError(f"A class folder name is not valid UTF-8 (class names go into the model's metadata): "
                              f"{os.path.join(split_dir, name)!r}. Rename it. Received: dataset='folder:{root}'")
-    # Sorted by their UTF-8 bytes (code point order) whatever the locale: the same classes, labels and names
-    # whether Python decodes file names as UTF-8 or (LC_ALL=C with PYTHONUTF8=0) as ASCII with surrogates.
-    listed_names.sort(key=os.fsencode)
     names = tuple(utf8_text(name) for name in listed_names)
     if class_names is not None and names != class_names:
         raise ValueError(
