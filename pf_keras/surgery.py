@@ -41,6 +41,7 @@ import keras
 import numpy as np
 
 from pf_keras.blocks.conv import apply_max_pool_3x3
+from pf_keras.layers.conv import Conv2D
 from pf_keras.profiling import profile
 
 RULES = ("max", "hybrid")
@@ -99,7 +100,7 @@ def _is_relu(layer) -> bool:
 
 def _is_plain_conv(layer, kernel: int) -> bool:
     return (
-        type(layer) is keras.layers.Conv2D
+        type(layer) in (keras.layers.Conv2D, Conv2D)
         and tuple(layer.kernel_size) == (kernel, kernel)
         and tuple(layer.dilation_rate) == (1, 1)
         and layer.groups == 1

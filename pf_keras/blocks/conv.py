@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 
 from pf_keras.layers.batch_norm import BatchNormalization
+from pf_keras.layers.conv import Conv2D
 from pf_keras.layers.max_pool import MaxPool2D
 
 # PyTorch BatchNorm2d defaults (momentum 0.1 there is 1 - 0.9 here; eps 1e-5). The Keras
@@ -62,7 +63,8 @@ def apply_conv_bn(
             kernel_size, strides=strides, padding=padding, use_bias=False, name=f"{name}_dwconv"
         )(x)
     else:
-        x = keras.layers.Conv2D(
+        # Keras Conv2D; a 1x1 output map trains as one matmul on TensorFlow (pf_keras.layers.conv).
+        x = Conv2D(
             filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=f"{name}_conv"
         )(x)
     # Keras BatchNormalization, trained with TensorFlow's fused kernel (pf_keras.layers.batch_norm).

@@ -1,6 +1,7 @@
 """Parameter-free primitives, transformer layers and small utility layers."""
 
 from pf_keras.layers.batch_norm import BatchNormalization
+from pf_keras.layers.conv import Conv2D
 from pf_keras.layers.drop_path import DropPath
 from pf_keras.layers.max_pool import MaxPool2D, max_pool_2d
 from pf_keras.layers.max_pool_token_mixer import MaxPoolTokenMixer
@@ -13,6 +14,7 @@ __all__ = [
     "MIXER_KINDS",
     "MIXER_PATTERNS",
     "BatchNormalization",
+    "Conv2D",
     "DropPath",
     "MaxPool2D",
     "MaxPoolTokenMixer",
