@@ -90,8 +90,14 @@ class Conv2D(keras.layers.Conv2D):
         channels = inputs.shape[-1]
         # Tap (r, c) of the kernel reads input pixel (r - row0, c - col0): both flatten row-major
         # over (rows, cols, channels), so the product pairs each input value with its weight.
-        patch = ops.reshape(inputs[:, :rows, :cols, :], (-1, rows * cols * channels))
-        kernel = ops.reshape(self.kernel[row0:row1, col0:col1], (rows * cols * channels, self.filters))
+        # Slices only where they cut something (an identity slice still costs a gradient op).
+        if tuple(inputs.shape[1:3]) != (rows, cols):
+            inputs = inputs[:, :rows, :cols, :]
+        kernel = self.kernel
+        if tuple(self.kernel_size) != (rows, cols):
+            kernel = kernel[row0:row1, col0:col1]
+        patch = ops.reshape(inputs, (-1, rows * cols * channels))
+        kernel = ops.reshape(kernel, (rows * cols * channels, self.filters))
         outputs = ops.reshape(ops.matmul(patch, kernel), (-1, 1, 1, self.filters))
         if self.use_bias:
             outputs = ops.add(outputs, ops.reshape(self.bias, (1, 1, 1, self.filters)))
