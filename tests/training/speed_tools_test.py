@@ -1,4 +1,5 @@
-"""Tests of the speed tools: scripts/input_pipeline_benchmark.py and the PyTorch side of training/benchmark.py."""
+"""Tests of the speed tools: scripts/input_pipeline_benchmark.py, scripts/profile_train_step.py and the PyTorch side
+of training/benchmark.py."""
 
 from __future__ import annotations
 
@@ -46,6 +47,52 @@ class TestInputPipelineBenchmark:
         generated = tf.data.Dataset.from_generator(lambda: iter([1, 2]), output_signature=tf.TensorSpec([], tf.int32))
         assert "GeneratorDataset" in script.python_ops_in(generated)
         assert script.python_ops_in(tf.data.Dataset.range(3).map(lambda x: x + 1)) == []
+
+
+class TestProfileTrainStep:
+    def test_conv_rates_per_layer_and_kernel_slowest_first(self):
+        script = _load_script("profile_train_step")
+        events = [("model/stem_conv_1/convolution", "_MklNativeConv2D", 1000.0),
+                  ("gradient_tape/model/stem_conv_1/Conv2DBackpropFilter", "_MklNativeConv2DBackpropFilter", 4000.0),
+                  ("model/stem_bn/FusedBatchNormV3", "_MklNativeFusedBatchNormV3", 9999.0),  # not a conv kernel
+                  ("other_scope/MatMul", "_MklMatMul", 50.0)] * 2  # two steps; the last in no conv layer's scope
+        events += [("model/head_conv/MatMul", "_MklMatMul", 100.0)] * 6  # 3 matmuls per step
+        rows = script.conv_rates(events, {"stem_conv": 2_000_000, "head_conv": 300_000}, steps=2)
+        # stem: 2 MMAC in 1 ms forward (2 GMAC/s), in 4 ms filter gradient (0.5 GMAC/s); head: 3 x 0.3 MMAC in 0.3 ms
+        assert [(layer, kind) for _, layer, kind, _ in rows] == [
+            ("stem_conv", "Conv2DBackpropFilter"), ("stem_conv", "Conv2D"), ("head_conv", "MatMul")]
+        assert [round(rate, 3) for rate, *_ in rows] == [0.5, 2.0, 3.0]
+        assert [round(ms, 3) for *_, ms in rows] == [4.0, 1.0, 0.3]
+
+    def test_profiles_a_small_resnet_and_lists_its_matmul_convolutions(self, capsys):
+        script = _load_script("profile_train_step")
+        assert script.main(["--model", "resnet50_hybrid", "--model_kwargs", "depths=[1,1,1,1],width_mult=0.125",
+                            "--image_size", "32", "--batch_size", "4", "--steps", "1", "--top", "100"]) == 0
+        out = capsys.readouterr().out
+        assert "train_loop traced 1x" in out
+        table = out.split("slowest convolution kernels")[1]
+        rows = re.findall(r"^(\w+)\s+(\w+)\s+([\d.]+)\s+([\d.e+-]+)$", table, re.M)
+        rates = [float(r[3]) for r in rows]
+        assert rows and rates == sorted(rates) and min(rates) > 0
+        kernels = {(layer, kind) for layer, kind, _, _ in rows}
+        # At 32x32 the last stage's 1x1-output convolutions train as matmuls (pf_keras.layers.Conv2D) ...
+        assert {("stage4_block1_shortcut_conv", "MatMul"), ("stage4_block1_expand_conv", "MatMul")} <= kernels
+        assert not any(layer == "stage4_block1_expand_conv" and kind != "MatMul" for layer, kind in kernels)
+        # ... and the others as convolutions, the stem without an input gradient.
+        assert {("stem_conv", "Conv2D"), ("stem_conv", "Conv2DBackpropFilter")} <= kernels
+        assert ("stem_conv", "Conv2DBackpropInput") not in kernels
+
+    @pytest.mark.parametrize("argv,match", [
+        (["--model_kwargs", "{bad json"], "`model_kwargs` must be a JSON object"),
+        (["--model_kwargs", "depths=[1,1]"], "`depths` must be 4 positive ints"),
+        (["--model", "resnet51"], "resnet51"),
+        (["--steps", "0"], "must be >= 1"),
+    ])
+    def test_bad_arguments_are_one_line_and_exit_2(self, capsys, argv, match):
+        script = _load_script("profile_train_step")
+        assert script.main(["--image_size", "32", "--batch_size", "2", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("profile_train_step.py: ") and match in err
 
 
 class TestTorchSide:
