@@ -14,7 +14,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.11,<3.13",  # keras>=3.13 itself requires Python>=3.11
+    python_requires=">=3.11,<3.14",  # keras>=3.13 itself requires Python>=3.11
     packages=[*find_packages(include=["pf_keras", "pf_keras.*"]), "pf_keras_export", "pf_keras_training"],
     package_dir={"pf_keras_export": "export", "pf_keras_training": "training"},
     install_requires=[
@@ -54,6 +54,7 @@ setup(
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )
