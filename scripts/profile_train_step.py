@@ -92,8 +92,8 @@ def conv_rates(events: list[tuple[str, str, float]], macs: dict[str, int],
         if layer is not None:
             times[(layer, kind)] += t / steps  # microseconds per step
             counts[(layer, kind)] += 1
-    rows = [(macs[layer] * counts[key] / steps / us / 1e3, layer, kind, us / 1e3)
-            for key, us in times.items() if us > 0 for layer, kind in [key]]
+    rows = [(macs[layer] * counts[layer, kind] / steps / us / 1e3, layer, kind, us / 1e3)
+            for (layer, kind), us in times.items() if us > 0]
     return sorted(rows)
 
 
