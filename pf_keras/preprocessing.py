@@ -4,9 +4,11 @@ timm's eval pipeline for the PfLayer checkpoints (``transforms.Resize(int(size /
 ``CenterCrop(size)``, ``ToTensor``, ``Normalize(mean, std)``): the shorter side goes to
 ``floor(size / crop_fraction)`` (256 for 224 / 0.875) and the longer side to
 ``int(resize * long / short)``, as torchvision computes it; the crop offset is
-``round((side - size) / 2)`` (round half to even, as torchvision's Python ``round``). The
-resize is TensorFlow's antialiased one, which follows PIL's (used by timm) to about one
-grey level on natural images (tested against PIL).
+``round((side - size) / 2)`` (round half to even, as torchvision's Python ``round``). For uint8
+images (what a decoder gives) and bilinear or bicubic interpolation the resize is PIL's, bit for
+bit (:mod:`pf_keras.pil_resample`, computed for the crop window only), so the crop holds exactly
+the levels timm's PIL pipeline gives; float images, "nearest" and "area" use TensorFlow's
+antialiased resize, within about one grey level of PIL's.
 
 The defaults come from each model's spec (``pf_keras.get_spec(name).eval``): bilinear for the
 ResNets, bicubic for ViT/PiT, 224 and 0.875 for all. :func:`eval_transform` runs on one
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pf_keras import pil_resample
 from pf_keras.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from pf_keras.values import is_positive_int, is_real
 
@@ -90,12 +93,16 @@ def resize_and_crop(image, *, size: int = 224, crop_fraction: float = 0.875, int
     _check(size, crop_fraction, interpolation)
     image = tf.convert_to_tensor(image)
     resize = int(size / crop_fraction)  # math.floor, as timm
-    hw = tf.shape(image)[:2]
+    hw = tf.shape(image, out_type=tf.int64)[:2]
     height, width = hw[0], hw[1]
     short, long = tf.minimum(height, width), tf.maximum(height, width)
-    new_long = (resize * long) // short  # torchvision: int(size * long / short)
+    new_long = (resize * long) // short  # torchvision: int(size * long / short); int64: no overflow
     new_hw = tf.where(height <= width, tf.stack([resize, new_long]), tf.stack([new_long, resize]))
-    offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float32) / 2.0), tf.int32)  # half to even, as Python
+    # half to even, as Python's round; float64: exact for any side
+    offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float64) / 2.0), tf.int64)
+    if image.dtype == tf.uint8 and interpolation in pil_resample.SUPPORT:
+        return tf.cast(pil_resample.resize_window(image, new_hw, offsets, (size, size), interpolation), tf.float32)
+    new_hw, offsets, hw = tf.cast(new_hw, tf.int32), tf.cast(offsets, tf.int32), tf.cast(hw, tf.int32)
     image = tf.cast(image, tf.float32)
 
     def whole():

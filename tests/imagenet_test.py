@@ -102,7 +102,9 @@ class TestEvalTransform:
         # shows: up to 3 grey levels with bicubic).
         coarse = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
         image = np.asarray(Image.fromarray(coarse).resize(shape[1::-1], Image.BICUBIC))
-        out = pf_keras.eval_transform(image, size=32, crop_fraction=0.875, interpolation=interpolation)
+        # float input takes TensorFlow's antialiased resize (uint8 input is PIL's exactly: pil_parity_test.py)
+        out = pf_keras.eval_transform(image.astype(np.float32), size=32, crop_fraction=0.875,
+                                      interpolation=interpolation)
         assert isinstance(out, np.ndarray) and out.shape == (32, 32, 3) and out.dtype == np.float32
         diff = np.abs(out - _pil_reference(image, 32, 0.875, interpolation)) * np.array(IMAGENET_STD) * 255.0
         # PIL rounds to uint8 (0.25 grey levels on average); measured max 0.95, mean 0.29.
@@ -128,7 +130,7 @@ class TestEvalTransform:
 
         rng = np.random.default_rng(1)
         for shape in ((75, 100, 3), (300, 40, 3), (5, 900, 3)):
-            image = rng.integers(0, 256, shape).astype(np.uint8)
+            image = rng.integers(0, 256, shape).astype(np.float32)  # float: TensorFlow's resize (uint8: PIL's)
             whole = resize_and_crop(image, size=32, interpolation=interpolation).numpy()
             monkeypatch.setattr(preprocessing, "MAX_RESIZED_PIXELS", 0)
             window = resize_and_crop(image, size=32, interpolation=interpolation).numpy()

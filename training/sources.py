@@ -214,7 +214,7 @@ def _export_pixels(encoded, size: int) -> np.ndarray | None:
         encoded = tf.convert_to_tensor(encoded, tf.string)
         if not 0 <= int(data.header_pixels(encoded)) <= data.MAX_IMAGE_PIXELS:
             return None
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image = data.decode_full(encoded)
     except tf.errors.OpError:  # truncated, empty, not an image, unreadable
         return None
     return eval_pixels(image, size)
