@@ -12,10 +12,13 @@ antialiased resize, within about one grey level of PIL's.
 
 The defaults come from each model's spec (``pf_keras.get_spec(name).eval``): bilinear for the
 ResNets, bicubic for ViT/PiT, 224 and 0.875 for all. :func:`eval_transform` runs on one
-image, eagerly or inside ``tf.data``; :func:`normalize` is the one normalisation of the package.
+image, eagerly or inside ``tf.data``; :func:`normalize` is the one normalisation of the package
+(:func:`normalize_levels`: the same by table, for integer levels).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -68,6 +71,31 @@ def normalize(image_255, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     return (x / np.float32(255.0) - mean) / std
 
 
+@functools.cache
+def _levels_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    return normalize(np.arange(256, dtype=np.float32)[:, None], mean, std).reshape(-1)  # [256 * 3], level-major
+
+
+def normalize_levels(levels, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """:func:`normalize` of integer levels 0..255 ``(..., 3)`` (any int or float dtype holding integers), with
+    the float32 bits of torch's ``ToTensor`` + ``Normalize`` everywhere: a table lookup, so graph mode, XLA and
+    eager agree (Grappler and XLA each rewrite the arithmetic differently, in the last bit).
+
+    Returns:
+        float32 TensorFlow tensor.
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    table = _levels_table(tuple(float(m) for m in np.ravel(mean)), tuple(float(s) for s in np.ravel(std)))
+    index = tf.cast(levels, tf.int32) * 3 + tf.range(3)
+    return tf.gather(tf.constant(table), index)
+
+
+def _exact(image, interpolation: str) -> bool:
+    """Whether :func:`resize_and_crop` resizes ``image`` with PIL's arithmetic (uint8, bilinear or bicubic)."""
+    return image.dtype == np.uint8 and interpolation in pil_resample.SUPPORT
+
+
 def _check(size, crop_fraction, interpolation) -> None:
     if not is_positive_int(size):
         raise ValueError(f"`size` must be a positive int. Received: size={size!r}")
@@ -100,7 +128,7 @@ def resize_and_crop(image, *, size: int = 224, crop_fraction: float = 0.875, int
     new_hw = tf.where(height <= width, tf.stack([resize, new_long]), tf.stack([new_long, resize]))
     # half to even, as Python's round; float64: exact for any side
     offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float64) / 2.0), tf.int64)
-    if image.dtype == tf.uint8 and interpolation in pil_resample.SUPPORT:
+    if _exact(image, interpolation):
         return tf.cast(pil_resample.resize_window(image, new_hw, offsets, (size, size), interpolation), tf.float32)
     new_hw, offsets, hw = tf.cast(new_hw, tf.int32), tf.cast(offsets, tf.int32), tf.cast(hw, tf.int32)
     image = tf.cast(image, tf.float32)
@@ -159,10 +187,14 @@ def eval_transform(
         >>> eval_transform(np.zeros((300, 400, 3), np.uint8), size=224).shape
         (224, 224, 3)
     """
+    import tensorflow as tf  # noqa: PLC0415
+
     numpy_in = isinstance(image, np.ndarray)
-    image = normalize(resize_and_crop(image, size=size, crop_fraction=crop_fraction, interpolation=interpolation),
-                      mean, std)
+    image = tf.convert_to_tensor(image)
+    pixels = resize_and_crop(image, size=size, crop_fraction=crop_fraction, interpolation=interpolation)
+    # PIL's integer levels: normalised by table, the same float32 bits as timm's in every execution mode
+    image = normalize_levels(pixels, mean, std) if _exact(image, interpolation) else normalize(pixels, mean, std)
     return image.numpy() if numpy_in else image
 
 
-__all__ = ["INTERPOLATIONS", "eval_transform", "normalize", "resize_and_crop"]
+__all__ = ["INTERPOLATIONS", "eval_transform", "normalize", "normalize_levels", "resize_and_crop"]

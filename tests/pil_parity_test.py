@@ -171,9 +171,15 @@ class TestEvalTransform:
                 continue  # Pillow 12 resizes such a tall image in the other pass order
             out = pf_keras.eval_transform(image, size=224, interpolation=interpolation)
             np.testing.assert_array_equal(out, _timm_eval(image, 224, 0.875, interpolation), err_msg=f"{(h, w)}")
-        # resize_and_crop gives the integer levels
+        # resize_and_crop gives the integer levels; graph mode and XLA give the same floats (normalised by table)
         levels = resize_and_crop(tf.constant(image), size=32, interpolation=interpolation).numpy()
         assert levels.dtype == np.float32 and np.array_equal(levels, np.round(levels))
+        expected = _timm_eval(image, 224, 0.875, interpolation)
+        for jit in (False, True):
+            fn = tf.function(lambda x: pf_keras.eval_transform(x, interpolation=interpolation), jit_compile=jit)
+            np.testing.assert_array_equal(fn(tf.constant(image)).numpy(), expected)
+        ds = tf.data.Dataset.from_tensors(image).map(lambda x: pf_keras.eval_transform(x, interpolation=interpolation))
+        np.testing.assert_array_equal(next(iter(ds)).numpy(), expected)
 
     def test_a_thin_image_costs_its_window(self):
         # 2 x 40,000: resized whole it would be 256 x 5,120,000 (3.9 GB as uint8 RGB in Pillow)

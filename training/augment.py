@@ -22,10 +22,10 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
 import tensorflow as tf
 
 import pf_keras
+from pf_keras import preprocessing
 
 # timm's _RAND_INCREASING_TRANSFORMS ("inc1"), in timm's order.
 OP_NAMES = (
@@ -287,17 +287,7 @@ def jitter_batch(images: tf.Tensor, factors: tf.Tensor, orders: tf.Tensor) -> tf
 # ---------------------------------------------------------------- normalisation, the batched finish
 
 
-@functools.cache
-def _levels_table() -> np.ndarray:
-    return pf_keras.normalize(np.arange(256, dtype=np.float32)[:, None]).reshape(-1)  # [256 * 3], level-major
-
-
-def normalize_levels(image: tf.Tensor) -> tf.Tensor:
-    """``(x / 255 - mean) / std`` of integer levels 0..255 [..., 3], with the float32 bits of torch's
-    ``ToTensor`` + ``Normalize``: a table lookup, so graph mode, XLA and eager give the same bits (Grappler
-    and XLA each rewrite the arithmetic differently, in the last bit)."""
-    index = tf.cast(image, tf.int32) * 3 + tf.range(3)
-    return tf.gather(tf.constant(_levels_table()), index)
+normalize_levels = preprocessing.normalize_levels  # table lookup: torch's float32 bits in every execution mode
 
 
 @functools.cache
