@@ -22,6 +22,8 @@ whatever the scale.
 
 from __future__ import annotations
 
+import functools
+
 # Pillow's filters: support in input samples at scale 1 (widened by the scale when downsampling).
 SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
 PRECISION_BITS = 22  # Pillow: 32 - 8 - 2
@@ -104,25 +106,10 @@ def vertical_first(in_hw, out_hw):
     return (shrink_h > 0) & (shrink_h > (in_hw[1] - out_hw[1]) * 2)
 
 
-def resize_window(image, out_hw, offset, size_hw, interpolation: str, *, horizontal_first=None):
-    """The ``size_hw`` window at ``offset`` of Pillow's ``resize`` of ``image`` to ``out_hw``.
-
-    Args:
-        image: (height, width, channels) uint8 tensor.
-        out_hw: 2 ints (tensor). The resized image's height and width.
-        offset: 2 ints (tensor). The window's top-left corner in the resized image.
-        size_hw: 2 Python ints. The window's height and width.
-        interpolation: "bilinear" or "bicubic".
-        horizontal_first: None (Pillow 13's order, :func:`vertical_first`) or a bool (True: Pillow 12's).
-
-    Returns:
-        (size_hw[0], size_hw[1], channels) uint8: ``Image.resize((out_w, out_h), filter)`` cropped,
-        exactly.
-    """
+def _resize_window(image, out_hw, offset, size_hw, interpolation: str, horizontal_first):
+    """The graph of :func:`resize_window`."""
     import tensorflow as tf  # noqa: PLC0415
 
-    if interpolation not in SUPPORT:
-        raise ValueError(f"`interpolation` must be one of {tuple(SUPPORT)}. Received: interpolation={interpolation!r}")
     hw = tf.shape(image)[:2]
     out_hw = tf.cast(out_hw, tf.int64)  # an extreme aspect ratio resized can pass 2**31 along its long side
     offset = tf.cast(offset, tf.int64)
@@ -153,6 +140,42 @@ def resize_window(image, out_hw, offset, size_hw, interpolation: str, *, horizon
     else:
         out = h_first() if horizontal_first else v_first()
     return out
+
+
+@functools.cache
+def _compiled(size_hw: tuple[int, int], interpolation: str, horizontal_first):
+    # one graph per window size and filter, traced once: eagerly, the taps' while loops would run op by op
+    import tensorflow as tf  # noqa: PLC0415
+
+    signature = [tf.TensorSpec([None, None, None], tf.uint8), tf.TensorSpec([2], tf.int64),
+                 tf.TensorSpec([2], tf.int64)]
+    return tf.function(lambda image, out_hw, offset: _resize_window(image, out_hw, offset, size_hw, interpolation,
+                                                                    horizontal_first),
+                       input_signature=signature, autograph=False)
+
+
+def resize_window(image, out_hw, offset, size_hw, interpolation: str, *, horizontal_first=None):
+    """The ``size_hw`` window at ``offset`` of Pillow's ``resize`` of ``image`` to ``out_hw``.
+
+    Args:
+        image: (height, width, channels) uint8 tensor.
+        out_hw: 2 ints (tensor). The resized image's height and width.
+        offset: 2 ints (tensor). The window's top-left corner in the resized image.
+        size_hw: 2 Python ints. The window's height and width.
+        interpolation: "bilinear" or "bicubic".
+        horizontal_first: None (Pillow 13's order, :func:`vertical_first`) or a bool (True: Pillow 12's).
+
+    Returns:
+        (size_hw[0], size_hw[1], channels) uint8: ``Image.resize((out_w, out_h), filter)`` cropped,
+        exactly.
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    if interpolation not in SUPPORT:
+        raise ValueError(f"`interpolation` must be one of {tuple(SUPPORT)}. Received: interpolation={interpolation!r}")
+    size_hw = (int(size_hw[0]), int(size_hw[1]))
+    fn = _compiled(size_hw, interpolation, None if horizontal_first is None else bool(horizontal_first))
+    return fn(tf.convert_to_tensor(image, tf.uint8), tf.cast(out_hw, tf.int64), tf.cast(offset, tf.int64))
 
 
 __all__ = ["PRECISION_BITS", "SUPPORT", "coefficients", "resize_window", "vertical_first"]
