@@ -138,6 +138,36 @@ def decode_jpeg_window(image_bytes: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
     return tf.slice(image, [inner[0], inner[1], 0], [window[2], window[3], 3])
 
 
+def _le(header: tf.Tensor, offset: int, size: int) -> tf.Tensor:
+    """The little-endian unsigned int of ``size`` bytes at ``offset`` of a uint8 vector (int64)."""
+    weights = tf.constant([256 ** i for i in range(size)], tf.int64)
+    return tf.reduce_sum(tf.cast(header[offset:offset + size], tf.int64) * weights)
+
+
+def _bmp_palette(image_bytes: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+    """An 8-bit BMP's colours: TensorFlow's decoder returns its palette indices as grey levels (a photo saved as an
+    indexed BMP became noise). The indices through the colour table (B, G, R, 0 entries after the DIB header;
+    ``biClrUsed`` of them, 256 if 0; indices past the table are black, as in PIL)."""
+    header = tf.io.decode_raw(tf.strings.substr(tf.strings.join([image_bytes, "\0" * 54]), 0, 54), tf.uint8)
+    start = 14 + _le(header, 14, 4)
+    used = _le(header, 46, 4)
+    entries = tf.where((used > 0) & (used < 256), used, 256)
+    # the file's bytes from the table on, padded: a table cut short by the pixel data or the file's end reads
+    # what is there (as PIL), and a table offset past the end fails the substr, so the file is skipped
+    table = tf.strings.substr(tf.strings.join([tf.strings.substr(image_bytes, start, 1024), "\0" * 1024]), 0, 1024)
+    table = tf.reshape(tf.io.decode_raw(table, tf.uint8), [256, 4])[:, 2::-1]
+    table = tf.where(tf.range(256, dtype=tf.int64)[:, None] < entries, table, tf.zeros_like(table))
+    return tf.gather(table, tf.cast(image[..., 0], tf.int32))
+
+
+def _decode_other(image_bytes: tf.Tensor) -> tf.Tensor:
+    """A PNG, GIF (first frame), BMP or WebP as uint8 RGB."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    header = tf.io.decode_raw(tf.strings.substr(tf.strings.join([image_bytes, "\0" * 30]), 0, 30), tf.uint8)
+    indexed_bmp = tf.equal(tf.strings.substr(image_bytes, 0, 2), "BM") & tf.equal(_le(header, 28, 2), 8)
+    return tf.cond(indexed_bmp, lambda: _bmp_palette(image_bytes, image), lambda: image)
+
+
 def decode_random_crop(image_bytes: tf.Tensor, seed: tf.Tensor, scale: tuple[float, float],
                        ratio: tuple[float, float]) -> tf.Tensor:
     """Decodes only the sampled crop of a JPEG (:func:`decode_jpeg_window`); other formats in full, then crops."""
@@ -147,7 +177,7 @@ def decode_random_crop(image_bytes: tf.Tensor, seed: tf.Tensor, scale: tuple[flo
         return decode_jpeg_window(image_bytes, window)
 
     def other():
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        image = _decode_other(image_bytes)
         window = sample_crop(tf.shape(image)[:2], seed, scale, ratio)
         return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
 
@@ -158,7 +188,7 @@ def decode_full(image_bytes: tf.Tensor) -> tf.Tensor:
     """Decodes any image format to uint8 RGB (CMYK and greyscale JPEGs included); JPEGs as PIL decodes them."""
     image = tf.cond(tf.io.is_jpeg(image_bytes),
                     lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method=JPEG_DCT_METHOD),
-                    lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
+                    lambda: _decode_other(image_bytes))
     image.set_shape([None, None, 3])
     return image
 

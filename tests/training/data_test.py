@@ -125,6 +125,35 @@ class TestDecoding:
         partial = data.decode_random_crop(jpeg, seed, (0.08, 1.0), (0.75, 4 / 3)).numpy()
         np.testing.assert_array_equal(partial, full[y:y + ch, x:x + cw])
 
+    def test_indexed_bmp_decodes_to_its_palette_colours(self):
+        # TensorFlow's BMP decoder returns an 8-bit BMP's palette indices as grey levels
+        import io
+        import struct
+
+        from PIL import Image
+
+        rng = np.random.default_rng(13)
+        photo = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(photo).convert("P").save(buf, "BMP")
+        indexed = buf.getvalue()
+        # a hand-written one: 4 table entries (biClrUsed = 4), indices up to 15 (past the table: black in PIL)
+        h, w = 5, 6
+        index = rng.integers(0, 16, (h, w), dtype=np.uint8)
+        table = b"".join(bytes([b, g, r, 0]) for r, g, b in rng.integers(0, 256, (4, 3)).tolist())
+        rows = b"".join(bytes(index[y]) + b"\0" * (-w % 4) for y in range(h - 1, -1, -1))
+        offset = 14 + 40 + len(table)
+        short = (b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset)
+                 + struct.pack("<IiiHHIIiiII", 40, w, h, 1, 8, 0, len(rows), 2835, 2835, 4, 0) + table + rows)
+        for bmp in (indexed, short):
+            expected = np.asarray(Image.open(io.BytesIO(bmp)).convert("RGB"))
+            assert len(np.unique(expected.reshape(-1, 3), axis=0)) > 3  # colours, not greys
+            np.testing.assert_array_equal(data.decode_full(tf.constant(bmp)).numpy(), expected)
+            crop = data.decode_random_crop(tf.constant(bmp), tf.constant([1, 2], tf.int64), (1.0, 1.0), (1.0, 1.0))
+            y, x = (np.array(expected.shape[:2]) - crop.shape[:2]) // 2
+            np.testing.assert_array_equal(crop.numpy(), expected[y:y + crop.shape[0], x:x + crop.shape[1]])
+        assert (np.asarray(Image.open(io.BytesIO(short)).convert("RGB"))[index >= 4] == 0).all()
+
     def test_bad_files_are_skipped_and_counted(self, bad_folder):
         cfg = recipes.DataConfig(dataset=f"folder:{bad_folder}", global_batch_size=4, image_size=32)
         source = data.resolve_source(cfg)
