@@ -160,11 +160,33 @@ def _bmp_palette(image_bytes: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
     return tf.gather(table, tf.cast(image[..., 0], tf.int32))
 
 
+def _webp_alpha(padded: tf.Tensor, header: tf.Tensor) -> tf.Tensor:
+    """Whether a still WebP has an alpha channel (libwebp's ``has_alpha``: the VP8X header's alpha flag, or the
+    VP8L header's alpha bit). TensorFlow decodes such a file only as 4 channels (asked for 3 it fails, and the
+    file was skipped; PIL reads it and ``convert("RGB")`` drops the alpha). An animation is False: asked for 3
+    channels TensorFlow refuses it cleanly (asked for 0, TF 2.21 corrupts its heap and the process dies)."""
+    riff = tf.equal(tf.strings.substr(padded, 0, 4), "RIFF") & tf.equal(tf.strings.substr(padded, 8, 4), "WEBP")
+    chunk = tf.strings.substr(padded, 12, 4)
+    flags = tf.cast(header[20], tf.int32)
+    still_alpha = tf.equal(tf.bitwise.bitwise_and(flags, 0x12), 0x10)  # alpha flag set, animation flag clear
+    extended = tf.equal(chunk, "VP8X") & still_alpha
+    lossless = tf.equal(chunk, "VP8L") & tf.equal(tf.bitwise.bitwise_and(tf.cast(header[24], tf.int32), 0x10), 0x10)
+    return riff & (extended | lossless)
+
+
 def _decode_other(image_bytes: tf.Tensor) -> tf.Tensor:
-    """A PNG, GIF (first frame), BMP or WebP as uint8 RGB."""
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    header = tf.io.decode_raw(tf.strings.substr(tf.strings.join([image_bytes, "\0" * 30]), 0, 30), tf.uint8)
-    indexed_bmp = tf.equal(tf.strings.substr(image_bytes, 0, 2), "BM") & tf.equal(_le(header, 28, 2), 8)
+    """A PNG, GIF (first frame), BMP or still WebP as uint8 RGB, as PIL's ``convert("RGB")`` gives it."""
+    padded = tf.strings.substr(tf.strings.join([image_bytes, "\0" * 30]), 0, 30)  # the header, never short
+    header = tf.io.decode_raw(padded, tf.uint8)
+
+    def decode():
+        return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+
+    def without_alpha():
+        return tf.io.decode_image(image_bytes, channels=4, expand_animations=False)[..., :3]
+
+    image = tf.cond(_webp_alpha(padded, header), without_alpha, decode)
+    indexed_bmp = tf.equal(tf.strings.substr(padded, 0, 2), "BM") & tf.equal(_le(header, 28, 2), 8)
     return tf.cond(indexed_bmp, lambda: _bmp_palette(image_bytes, image), lambda: image)
 
 

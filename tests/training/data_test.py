@@ -154,6 +154,31 @@ class TestDecoding:
             np.testing.assert_array_equal(crop.numpy(), expected[y:y + crop.shape[0], x:x + crop.shape[1]])
         assert (np.asarray(Image.open(io.BytesIO(short)).convert("RGB"))[index >= 4] == 0).all()
 
+    def test_webp_with_alpha_decodes_and_animations_are_refused_cleanly(self):
+        # TensorFlow decodes a WebP with alpha only as 4 channels (asked for 3 it failed: the file was skipped);
+        # an animated WebP asked for 0 channels corrupts TensorFlow's heap, asked for 3 it is refused cleanly
+        import io
+
+        from PIL import Image
+
+        rng = np.random.default_rng(14)
+        rgba = rng.integers(0, 256, (21, 17, 4), dtype=np.uint8)
+        for kwargs in (dict(lossless=True), dict(quality=80)):  # VP8L with its alpha bit; VP8X + ALPH + VP8
+            buf = io.BytesIO()
+            Image.fromarray(rgba).save(buf, "WEBP", **kwargs)
+            expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+            np.testing.assert_array_equal(data.decode_full(tf.constant(buf.getvalue())).numpy(), expected)
+        for mode in ("RGB", "RGBA"):
+            frames = [Image.fromarray(rng.integers(0, 256, (9, 8, 4), dtype=np.uint8)).convert(mode) for _ in range(3)]
+            buf = io.BytesIO()
+            frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+            for _ in range(3):
+                with pytest.raises(tf.errors.InvalidArgumentError):
+                    data.decode_full(tf.constant(buf.getvalue()))
+            with pytest.raises(tf.errors.InvalidArgumentError):
+                data.decode_random_crop(tf.constant(buf.getvalue()), tf.constant([1, 2], tf.int64), (0.5, 1.0),
+                                        (0.75, 4 / 3))
+
     def test_bad_files_are_skipped_and_counted(self, bad_folder):
         cfg = recipes.DataConfig(dataset=f"folder:{bad_folder}", global_batch_size=4, image_size=32)
         source = data.resolve_source(cfg)
