@@ -531,20 +531,22 @@ class TfdsSource(DataSource):
                 f"({self.train_examples if split == 'train' else self.eval_examples} examples)")
 
     def images(self, num, size, *, seed=0):
-        """The first ``num`` images of the validation split (else ``train``), TFDS's own order."""
+        """The first ``num`` decodable images of the validation split (else ``train``), TFDS's own order: the
+        encoded bytes through the pipelines' decoder and pixel limit (TFDS's own decoding has neither)."""
         import tensorflow_datasets as tfds
 
         del seed  # TFDS order is already deterministic with shuffle_files=False
         try:
             builder = tfds.builder(self.argument, data_dir=self.data_dir)
             split = "validation" if "validation" in builder.info.splits else "train"
-            dataset = tfds.load(self.argument, split=split, shuffle_files=False, data_dir=self.data_dir)
+            dataset = tfds.load(self.argument, split=split, shuffle_files=False, data_dir=self.data_dir,
+                                decoders={"image": tfds.decode.SkipDecoding()})
         except Exception as error:  # noqa: BLE001 (TFDS raises many types: unknown name, not prepared, no network)
             raise ValueError(
                 f"`dataset` must be {', '.join(repr(f) for f in forms())} or a TFDS dataset that is available here "
                 f"({type(error).__name__}: {error}). Received: dataset={self.name!r}"
             ) from error
-        images = [eval_pixels(example["image"], size) for example in dataset.take(num)]
+        images = _first_decodable((lambda example=example: example["image"] for example in dataset), num, size)
         if not images:
             raise ValueError(f"`dataset` has no images in split {split!r}. Received: dataset={self.name!r}")
         return _repeat_to(images, num, self.name)

@@ -149,7 +149,34 @@ PfTinyColours = tiny_tfds.builder(  # 3 flat-colour validation images, 2 classes
     image=lambda split, i: np.full((SIDE, SIDE + 6, 3), _colour(split, i), np.uint8))
 
 
+def _photo(split: int, index: int) -> np.ndarray:
+    from PIL import Image
+
+    coarse = np.random.default_rng([split, index]).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((37 + index, 45), Image.BICUBIC))
+
+
+PfTinyPhotos = tiny_tfds.builder(  # 2 smooth JPEG photos per split
+    "PfTinyPhotos", num_classes=2, encoding="jpeg", sizes={"train": 2, "validation": 2}, image=_photo)
+
+
 class TestBuiltinKinds:
+    def test_tfds_export_images_are_pils_eval_pixels(self, tmp_path):
+        # the stored JPEG bytes through the pipelines' decoder (PIL's pixels) and PIL's resize, not TFDS's decoder
+        import tensorflow_datasets as tfds
+        from PIL import Image
+
+        PfTinyPhotos(data_dir=str(tmp_path)).download_and_prepare()
+        images = load_images("pf_tiny_photos", 2, 12, data_dir=str(tmp_path))
+        stored = tfds.load("pf_tiny_photos", split="validation", shuffle_files=False, data_dir=str(tmp_path),
+                           decoders={"image": tfds.decode.SkipDecoding()})
+        for image, example in zip(images, stored, strict=True):
+            photo = Image.open(io.BytesIO(example["image"].numpy())).convert("RGB")
+            w, h = photo.size
+            resized = np.asarray(photo.resize((13, int(13 * h / w)), Image.BILINEAR))  # 12 / 0.875 -> 13
+            top = int(round((resized.shape[0] - 12) / 2.0))
+            np.testing.assert_array_equal(image, resized[top:top + 12, :12])
+
     def test_tfds_export_images_are_the_validation_split_repeated_in_order(self, tmp_path):
         PfTinyColours(data_dir=str(tmp_path)).download_and_prepare()
         for dataset in ("pf_tiny_colours", "tfds:pf_tiny_colours"):
