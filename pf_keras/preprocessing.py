@@ -114,12 +114,18 @@ def resize_and_crop(image, *, size: int = 224, crop_fraction: float = 0.875, int
     Args and Raises: as :func:`eval_transform`.
 
     Returns:
-        (size, size, 3) float32 TensorFlow tensor.
+        (size, size, channels) float32 TensorFlow tensor.
     """
     import tensorflow as tf  # noqa: PLC0415 (the transform runs inside tf.data pipelines)
 
     _check(size, crop_fraction, interpolation)
     image = tf.convert_to_tensor(image)
+    shape = image.shape
+    if shape.rank is not None and (shape.rank != 3 or 0 in shape or shape[2] not in (None, 1, 3, 4)):
+        raise ValueError("`image` must be (height, width, channels) with 1, 3 or 4 channels and height and width "
+                         f">= 1. Received: shape={tuple(shape)}")
+    if shape.rank == 3 and shape[2] == 4:
+        image = image[..., :3]  # RGBA: the alpha dropped, as PIL's convert("RGB") (timm's loader) does
     resize = int(size / crop_fraction)  # math.floor, as timm
     hw = tf.shape(image, out_type=tf.int64)[:2]
     height, width = hw[0], hw[1]
@@ -135,13 +141,13 @@ def resize_and_crop(image, *, size: int = 224, crop_fraction: float = 0.875, int
 
     def whole():
         resized = tf.image.resize(image, new_hw, method=interpolation, antialias=True)
-        return tf.slice(resized, [offsets[0], offsets[1], 0], [size, size, 3])
+        return tf.slice(resized, [offsets[0], offsets[1], 0], [size, size, -1])
 
     def window():
         if interpolation not in _WINDOW_KERNELS:
             with tf.control_dependencies([tf.debugging.Assert(False, [
                     f"resized image over {MAX_RESIZED_PIXELS} pixels; {interpolation} cannot resample a window"])]):
-                return tf.zeros([size, size, 3])
+                return tf.zeros([size, size, tf.shape(image)[2]])
         scale = tf.cast(new_hw, tf.float32) / tf.cast(hw, tf.float32)  # as tf.image.resize computes it
         # Only the input rows and columns under the window's kernels (the kernel widens when downscaling), with
         # a margin: ScaleAndTranslate keeps an (output rows x input columns) intermediate.
@@ -149,7 +155,7 @@ def resize_and_crop(image, *, size: int = 224, crop_fraction: float = 0.875, int
         first = tf.cast(offsets, tf.float32)
         start = tf.maximum(0, tf.cast(tf.floor(first / scale - reach), tf.int32))
         end = tf.minimum(hw, tf.cast(tf.math.ceil((first + size) / scale + reach), tf.int32))
-        part = tf.slice(image, [start[0], start[1], 0], [end[0] - start[0], end[1] - start[1], 3])
+        part = tf.slice(image, [start[0], start[1], 0], [end[0] - start[0], end[1] - start[1], -1])
         return tf.raw_ops.ScaleAndTranslate(
             images=part[None], size=[size, size], scale=scale, translation=tf.cast(start, tf.float32) * scale - first,
             kernel_type=_WINDOW_KERNELS[interpolation], antialias=True)[0]
@@ -171,7 +177,8 @@ def eval_transform(
     """Resizes the shorter side to ``floor(size / crop_fraction)``, centre crops ``size``, normalises.
 
     Args:
-        image: (height, width, 3) RGB in [0, 255], uint8 or float (NumPy or TensorFlow).
+        image: (height, width, 3) RGB in [0, 255], uint8 or float (NumPy or TensorFlow); (height, width, 1)
+            grey is normalised as grey RGB, (height, width, 4) RGBA without its alpha.
         size: int. Side of the square crop. Defaults to 224.
         crop_fraction: float in (0, 1]. Crop side over the resized shorter side. Defaults to 0.875.
         interpolation: str. "bilinear", "bicubic", "nearest" or "area". Defaults to "bilinear".
@@ -181,7 +188,8 @@ def eval_transform(
         (size, size, 3) float32: NumPy for NumPy input, else a TensorFlow tensor.
 
     Raises:
-        ValueError: for a bad size, crop fraction or interpolation.
+        ValueError: for a bad size, crop fraction or interpolation, or an image of another rank or channel
+            count or with no pixels (where its shape is known; a tensor of unknown shape fails inside the graph).
 
     Example:
         >>> eval_transform(np.zeros((300, 400, 3), np.uint8), size=224).shape

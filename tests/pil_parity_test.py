@@ -6,6 +6,8 @@ transcription of Pillow's coefficient loop checks the weights alone.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import PIL
 import pytest
@@ -197,3 +199,21 @@ class TestEvalTransform:
         expected = np.clip((step[0, taps, 0].astype(np.int64) * weights).sum(1) + (1 << 21) >> 22, 0, 255)
         assert expected[0] == 13 and expected[-1] == 187  # the window lies inside the step's one-pixel ramp
         np.testing.assert_array_equal(out, np.broadcast_to(expected[None, :, None], (224, 224, 3)))
+
+
+class TestImageShapes:
+    def test_grey_rgba_and_bad_shapes(self):
+        rng = np.random.default_rng(6)
+        rgb = rng.integers(0, 256, (40, 30, 3), np.uint8)
+        expected = _timm_eval(rgb, 16, 0.875, "bilinear")
+        rgba = np.concatenate([rgb, rng.integers(0, 256, (40, 30, 1), np.uint8)], -1)
+        np.testing.assert_array_equal(pf_keras.eval_transform(rgba, size=16), expected)  # alpha dropped, as PIL
+        grey = rgb[..., :1]
+        as_rgb = _timm_eval(np.repeat(grey, 3, -1), 16, 0.875, "bilinear")
+        np.testing.assert_array_equal(pf_keras.eval_transform(grey, size=16), as_rgb)
+        np.testing.assert_allclose(pf_keras.eval_transform(grey.astype(np.float32), size=16), as_rgb, atol=0.03)
+        for shape in [(0, 5, 3), (5, 0, 3), (3, 4), (3, 4, 2), (2, 3, 4, 3)]:
+            for dtype in (np.uint8, np.float32):
+                with pytest.raises(ValueError, match=re.escape(f"1, 3 or 4 channels and height and width >= 1. "
+                                                               f"Received: shape={shape}")):
+                    pf_keras.eval_transform(np.zeros(shape, dtype), size=16)
