@@ -136,31 +136,33 @@ def resize_and_crop(image, *, size: int = 224, crop_fraction: float = 0.875, int
     offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float64) / 2.0), tf.int64)
     if _exact(image, interpolation):
         return tf.cast(pil_resample.resize_window(image, new_hw, offsets, (size, size), interpolation), tf.float32)
-    new_hw, offsets, hw = tf.cast(new_hw, tf.int32), tf.cast(offsets, tf.int32), tf.cast(hw, tf.int32)
     image = tf.cast(image, tf.float32)
 
-    def whole():
-        resized = tf.image.resize(image, new_hw, method=interpolation, antialias=True)
-        return tf.slice(resized, [offsets[0], offsets[1], 0], [size, size, -1])
+    def whole():  # the resized image is at most MAX_RESIZED_PIXELS: int32 sizes
+        resized = tf.image.resize(image, tf.cast(new_hw, tf.int32), method=interpolation, antialias=True)
+        return tf.slice(resized, tf.cast(tf.concat([offsets, [0]], 0), tf.int32), [size, size, -1])
 
     def window():
         if interpolation not in _WINDOW_KERNELS:
             with tf.control_dependencies([tf.debugging.Assert(False, [
                     f"resized image over {MAX_RESIZED_PIXELS} pixels; {interpolation} cannot resample a window"])]):
                 return tf.zeros([size, size, tf.shape(image)[2]])
-        scale = tf.cast(new_hw, tf.float32) / tf.cast(hw, tf.float32)  # as tf.image.resize computes it
+        # float64 positions: a side resized past 2**24 pixels keeps whole-pixel offsets
+        scale = tf.cast(new_hw, tf.float64) / tf.cast(hw, tf.float64)  # as tf.image.resize computes it
         # Only the input rows and columns under the window's kernels (the kernel widens when downscaling), with
         # a margin: ScaleAndTranslate keeps an (output rows x input columns) intermediate.
         reach = _KERNEL_RADIUS[interpolation] * tf.maximum(1.0, 1.0 / scale) + 2.0
-        first = tf.cast(offsets, tf.float32)
-        start = tf.maximum(0, tf.cast(tf.floor(first / scale - reach), tf.int32))
-        end = tf.minimum(hw, tf.cast(tf.math.ceil((first + size) / scale + reach), tf.int32))
-        part = tf.slice(image, [start[0], start[1], 0], [end[0] - start[0], end[1] - start[1], -1])
+        first = tf.cast(offsets, tf.float64)
+        start = tf.maximum(tf.constant(0, tf.int64), tf.cast(tf.floor(first / scale - reach), tf.int64))
+        end = tf.minimum(hw, tf.cast(tf.math.ceil((first + size) / scale + reach), tf.int64))
+        part = tf.slice(image, tf.cast(tf.concat([start, [0]], 0), tf.int32),
+                        tf.cast(tf.concat([end - start, [-1]], 0), tf.int32))
         return tf.raw_ops.ScaleAndTranslate(
-            images=part[None], size=[size, size], scale=scale, translation=tf.cast(start, tf.float32) * scale - first,
+            images=part[None], size=[size, size], scale=tf.cast(scale, tf.float32),
+            translation=tf.cast(tf.cast(start, tf.float64) * scale - first, tf.float32),
             kernel_type=_WINDOW_KERNELS[interpolation], antialias=True)[0]
 
-    big = tf.cast(new_hw[0], tf.int64) * tf.cast(new_hw[1], tf.int64) > MAX_RESIZED_PIXELS
+    big = new_hw[0] * new_hw[1] > MAX_RESIZED_PIXELS
     image = tf.cond(big, window, whole)
     return tf.clip_by_value(image, 0.0, 255.0)  # bicubic overshoots; PIL clips to uint8
 

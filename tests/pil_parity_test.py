@@ -199,6 +199,10 @@ class TestEvalTransform:
         expected = np.clip((step[0, taps, 0].astype(np.int64) * weights).sum(1) + (1 << 21) >> 22, 0, 255)
         assert expected[0] == 13 and expected[-1] == 187  # the window lies inside the step's one-pixel ramp
         np.testing.assert_array_equal(out, np.broadcast_to(expected[None, :, None], (224, 224, 3)))
+        # a float image takes TensorFlow's resize of the window, positioned in float64 (in int32 / float32 the
+        # resized width overflowed: "Dimension -1990967296 must be >= 0")
+        floats = resize_and_crop(tf.constant(step.astype(np.float32)), size=224, interpolation="bilinear").numpy()
+        np.testing.assert_allclose(floats, out, atol=0.5)
 
 
 class TestImageShapes:
