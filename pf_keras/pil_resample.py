@@ -3,8 +3,8 @@
 timm evaluates the official checkpoints on ``PIL.Image.resize`` of uint8 RGB images (bilinear for the
 ResNets, bicubic for ViT/PiT). Pillow resamples in two passes (horizontal first, unless the height
 shrinks by more than twice as many pixels as the width: Pillow 13's rule; Pillow 12 and earlier always
-ran the horizontal pass first, which ``horizontal_first=True`` reproduces), each with fixed-point
-weights and a uint8 result: per output sample a window of input samples starting at
+ran the horizontal pass first; the order changes a level here and there, since each pass rounds), each
+with fixed-point weights and a uint8 result: per output sample a window of input samples starting at
 ``xmin``, weights ``filter((x + xmin - centre + 0.5) / filterscale)`` normalised to sum 1 (double
 precision), rounded to integers with 22 fraction bits, then ``clip((sum + 2**21) >> 22, 0, 255)``
 (Pillow's ``Resample.c``: ``precompute_coeffs``, ``normalize_coeffs_8bpc``, ``ImagingResample*_8bpc``).
@@ -106,6 +106,22 @@ def vertical_first(in_hw, out_hw):
     return (shrink_h > 0) & (shrink_h > (in_hw[1] - out_hw[1]) * 2)
 
 
+PASS_ORDERS = ("auto", "pillow13", "pillow12")
+
+
+@functools.cache
+def installed_pass_order() -> str:
+    """The pass order of the Pillow installed beside pf-keras (timm's, in a shared environment): "pillow12" for
+    Pillow < 13, else "pillow13" (also without Pillow). Read from the package metadata; Pillow is not imported."""
+    from importlib import metadata  # noqa: PLC0415
+
+    try:
+        major = int(metadata.version("pillow").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError, TypeError, AttributeError, OSError):
+        return "pillow13"
+    return "pillow12" if major < 13 else "pillow13"
+
+
 def _resize_window(image, out_hw, offset, size_hw, interpolation: str, horizontal_first):
     """The graph of :func:`resize_window`."""
     import tensorflow as tf  # noqa: PLC0415
@@ -154,7 +170,7 @@ def _compiled(size_hw: tuple[int, int], interpolation: str, horizontal_first):
                        input_signature=signature, autograph=False)
 
 
-def resize_window(image, out_hw, offset, size_hw, interpolation: str, *, horizontal_first=None):
+def resize_window(image, out_hw, offset, size_hw, interpolation: str, *, pass_order: str = "auto"):
     """The ``size_hw`` window at ``offset`` of Pillow's ``resize`` of ``image`` to ``out_hw``.
 
     Args:
@@ -163,7 +179,8 @@ def resize_window(image, out_hw, offset, size_hw, interpolation: str, *, horizon
         offset: 2 ints (tensor). The window's top-left corner in the resized image.
         size_hw: 2 Python ints. The window's height and width.
         interpolation: "bilinear" or "bicubic".
-        horizontal_first: None (Pillow 13's order, :func:`vertical_first`) or a bool (True: Pillow 12's).
+        pass_order: "pillow13" (:func:`vertical_first`), "pillow12" (horizontal first always) or "auto"
+            (:func:`installed_pass_order`). Defaults to "auto".
 
     Returns:
         (size_hw[0], size_hw[1], channels) uint8: ``Image.resize((out_w, out_h), filter)`` cropped,
@@ -173,9 +190,14 @@ def resize_window(image, out_hw, offset, size_hw, interpolation: str, *, horizon
 
     if interpolation not in SUPPORT:
         raise ValueError(f"`interpolation` must be one of {tuple(SUPPORT)}. Received: interpolation={interpolation!r}")
+    if pass_order not in PASS_ORDERS:
+        raise ValueError(f"`pass_order` must be one of {PASS_ORDERS}. Received: pass_order={pass_order!r}")
+    if pass_order == "auto":
+        pass_order = installed_pass_order()
     size_hw = (int(size_hw[0]), int(size_hw[1]))
-    fn = _compiled(size_hw, interpolation, None if horizontal_first is None else bool(horizontal_first))
+    fn = _compiled(size_hw, interpolation, True if pass_order == "pillow12" else None)
     return fn(tf.convert_to_tensor(image, tf.uint8), tf.cast(out_hw, tf.int64), tf.cast(offset, tf.int64))
 
 
-__all__ = ["PRECISION_BITS", "SUPPORT", "coefficients", "resize_window", "vertical_first"]
+__all__ = ["PASS_ORDERS", "PRECISION_BITS", "SUPPORT", "coefficients", "installed_pass_order", "resize_window",
+           "vertical_first"]

@@ -106,7 +106,7 @@ class TestResizeWindow:
                    (int(rng.integers(1, 400)), int(rng.integers(1, 400)))) for _ in range(30)]
         for i, ((h, w), (oh, ow)) in enumerate(cases):
             image = rng.integers(0, 256, (h, w, 3), np.uint8) if i % 2 else _smooth(rng, h, w)
-            expected = _pil_resize(image, (oh, ow), interpolation, horizontal_first=None if PILLOW_13 else True)
+            expected = _pil_resize(image, (oh, ow), interpolation)  # the installed Pillow: "auto" follows it
             sh, sw = int(rng.integers(1, oh + 1)), int(rng.integers(1, ow + 1))
             y, x = int(rng.integers(0, oh - sh + 1)), int(rng.integers(0, ow - sw + 1))
             get = fn if i % 3 else pil_resample.resize_window
@@ -123,17 +123,42 @@ class TestResizeWindow:
         assert bool(pil_resample.vertical_first(tf.constant([151, 142]), tf.constant([6, 81])))
         assert not bool(pil_resample.vertical_first(tf.constant([375, 500]), tf.constant([256, 341])))
         assert not bool(pil_resample.vertical_first(tf.constant([10, 10]), tf.constant([20, 20])))
-        old = _pil_resize(image, (6, 81), interpolation, horizontal_first=True)
-        v_first = pil_resample.resize_window(tf.constant(image), [6, 81], [0, 0], (6, 81), interpolation,
-                                             horizontal_first=False).numpy()
-        assert not np.array_equal(old, v_first)  # the case tells the orders apart
-        h_first = pil_resample.resize_window(tf.constant(image), [6, 81], [0, 0], (6, 81), interpolation,
-                                             horizontal_first=True).numpy()
-        np.testing.assert_array_equal(h_first, old)
-        default = pil_resample.resize_window(tf.constant(image), [6, 81], [0, 0], (6, 81), interpolation).numpy()
-        np.testing.assert_array_equal(default, v_first)
+
+        def resized(order):
+            return pil_resample.resize_window(tf.constant(image), [6, 81], [0, 0], (6, 81), interpolation,
+                                              pass_order=order).numpy()
+
+        old, new = resized("pillow12"), resized("pillow13")
+        assert not np.array_equal(old, new)  # the case tells the orders apart
+        np.testing.assert_array_equal(old, _pil_resize(image, (6, 81), interpolation, horizontal_first=True))
         if PILLOW_13:
-            np.testing.assert_array_equal(default, _pil_resize(image, (6, 81), interpolation))
+            np.testing.assert_array_equal(new, _pil_resize(image, (6, 81), interpolation))
+        # "auto" follows the installed Pillow (read from its metadata)
+        assert pil_resample.installed_pass_order() == ("pillow13" if PILLOW_13 else "pillow12")
+        np.testing.assert_array_equal(resized("auto"), _pil_resize(image, (6, 81), interpolation))
+        with pytest.raises(ValueError, match="Received: pass_order='pillow11'"):
+            resized("pillow11")
+
+    @pytest.mark.parametrize("version,order", [("12.2.0", "pillow12"), ("9.5.0", "pillow12"), ("13.0.0", "pillow13"),
+                                               ("14.1", "pillow13"), (None, "pillow13"), ("garbled", "pillow13")])
+    def test_auto_order_follows_the_installed_pillow(self, monkeypatch, version, order):
+        from importlib import metadata
+
+        def fake_version(name):
+            if version is None:
+                raise metadata.PackageNotFoundError(name)
+            return version
+
+        monkeypatch.setattr(metadata, "version", fake_version)
+        pil_resample.installed_pass_order.cache_clear()
+        try:
+            assert pil_resample.installed_pass_order() == order
+            image = np.random.default_rng(3).integers(0, 256, (151, 142, 3), np.uint8)
+            auto = pil_resample.resize_window(image, [6, 81], [0, 0], (6, 81), "bilinear").numpy()
+            chosen = pil_resample.resize_window(image, [6, 81], [0, 0], (6, 81), "bilinear", pass_order=order).numpy()
+            np.testing.assert_array_equal(auto, chosen)
+        finally:
+            pil_resample.installed_pass_order.cache_clear()
 
     def test_inside_tf_data(self):
         rng = np.random.default_rng(4)
@@ -169,8 +194,6 @@ class TestEvalTransform:
         shapes = [(375, 500), (500, 375), (224, 224), (256, 300), (61, 61), (150, 40), (33, 1000), (1000, 33)]
         for i, (h, w) in enumerate(shapes):
             image = _smooth(rng, h, w) if i % 2 else rng.integers(0, 256, (h, w, 3), np.uint8)
-            if not PILLOW_13 and h - 256 > 2 * (w - 256 * w // h):
-                continue  # Pillow 12 resizes such a tall image in the other pass order
             out = pf_keras.eval_transform(image, size=224, interpolation=interpolation)
             np.testing.assert_array_equal(out, _timm_eval(image, 224, 0.875, interpolation), err_msg=f"{(h, w)}")
         # resize_and_crop gives the integer levels; graph mode and XLA give the same floats (normalised by table)
