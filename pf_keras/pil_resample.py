@@ -122,13 +122,12 @@ def installed_pass_order() -> str:
     return "pillow12" if major < 13 else "pillow13"
 
 
-def _resize_window(image, out_hw, offset, size_hw, interpolation: str, horizontal_first):
-    """The graph of :func:`resize_window`."""
+def _resize_window(image, out_hw, offset, size_hw, interpolation: str, pass_order: str):
+    """The graph of :func:`resize_window` (``out_hw`` and ``offset`` int64: an extreme aspect ratio resized can
+    pass 2**31 along its long side)."""
     import tensorflow as tf  # noqa: PLC0415
 
     hw = tf.shape(image)[:2]
-    out_hw = tf.cast(out_hw, tf.int64)  # an extreme aspect ratio resized can pass 2**31 along its long side
-    offset = tf.cast(offset, tf.int64)
     rows = coefficients(hw[0], out_hw[0], offset[0], size_hw[0], interpolation)
     cols = coefficients(hw[1], out_hw[1], offset[1], size_hw[1], interpolation)
 
@@ -151,22 +150,20 @@ def _resize_window(image, out_hw, offset, size_hw, interpolation: str, horizonta
         part = _pass(image[:, first:last], *rows)  # (out rows, cols, channels)
         return swap(_pass(swap(part), col_starts, cols[1]))
 
-    if horizontal_first is None:
-        out = tf.cond(vertical_first(tf.cast(hw, tf.int64), out_hw), v_first, h_first)
-    else:
-        out = h_first() if horizontal_first else v_first()
-    return out
+    if pass_order == "pillow12":
+        return h_first()
+    return tf.cond(vertical_first(tf.cast(hw, tf.int64), out_hw), v_first, h_first)
 
 
 @functools.cache
-def _compiled(size_hw: tuple[int, int], interpolation: str, horizontal_first):
+def _compiled(size_hw: tuple[int, int], interpolation: str, pass_order: str):
     # one graph per window size and filter, traced once: eagerly, the taps' while loops would run op by op
     import tensorflow as tf  # noqa: PLC0415
 
     signature = [tf.TensorSpec([None, None, None], tf.uint8), tf.TensorSpec([2], tf.int64),
                  tf.TensorSpec([2], tf.int64)]
     return tf.function(lambda image, out_hw, offset: _resize_window(image, out_hw, offset, size_hw, interpolation,
-                                                                    horizontal_first),
+                                                                    pass_order),
                        input_signature=signature, autograph=False)
 
 
@@ -195,7 +192,7 @@ def resize_window(image, out_hw, offset, size_hw, interpolation: str, *, pass_or
     if pass_order == "auto":
         pass_order = installed_pass_order()
     size_hw = (int(size_hw[0]), int(size_hw[1]))
-    fn = _compiled(size_hw, interpolation, True if pass_order == "pillow12" else None)
+    fn = _compiled(size_hw, interpolation, pass_order)
     return fn(tf.convert_to_tensor(image, tf.uint8), tf.cast(out_hw, tf.int64), tf.cast(offset, tf.int64))
 
 

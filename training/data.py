@@ -126,10 +126,10 @@ JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 JPEG_CROP_MARGIN = 2
 
 
-def decode_jpeg_window(image_bytes: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+def decode_jpeg_window(image_bytes: tf.Tensor, window: tf.Tensor, shape_hw: tf.Tensor | None = None) -> tf.Tensor:
     """The ``[y, x, height, width]`` window of a JPEG, decoding only it (and a margin): the pixels a full
-    decode (PIL's) has there."""
-    shape = tf.image.extract_jpeg_shape(image_bytes)[:2]
+    decode (PIL's) has there. ``shape_hw``: the JPEG's (height, width), if the caller has read it already."""
+    shape = tf.image.extract_jpeg_shape(image_bytes)[:2] if shape_hw is None else shape_hw
     start = tf.maximum(window[:2] - JPEG_CROP_MARGIN, 0)
     end = tf.minimum(window[:2] + window[2:] + JPEG_CROP_MARGIN, shape)
     image = tf.image.decode_and_crop_jpeg(image_bytes, tf.concat([start, end - start], 0), channels=3,
@@ -144,11 +144,11 @@ def _le(header: tf.Tensor, offset: int, size: int) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(header[offset:offset + size], tf.int64) * weights)
 
 
-def _bmp_palette(image_bytes: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+def _bmp_palette(image_bytes: tf.Tensor, header: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
     """An 8-bit BMP's colours: TensorFlow's decoder returns its palette indices as grey levels (a photo saved as an
     indexed BMP became noise). The indices through the colour table (B, G, R, 0 entries after the DIB header;
-    ``biClrUsed`` of them, 256 if 0; indices past the table are black, as in PIL)."""
-    header = tf.io.decode_raw(tf.strings.substr(tf.strings.join([image_bytes, "\0" * 54]), 0, 54), tf.uint8)
+    ``biClrUsed`` of them, 256 if 0; indices past the table are black, as in PIL). ``header``: the file's
+    first 54 bytes, zero-padded (uint8)."""
     start = 14 + _le(header, 14, 4)
     used = _le(header, 46, 4)
     entries = tf.where((used > 0) & (used < 256), used, 256)
@@ -176,7 +176,7 @@ def _webp_alpha(padded: tf.Tensor, header: tf.Tensor) -> tf.Tensor:
 
 def _decode_other(image_bytes: tf.Tensor) -> tf.Tensor:
     """A PNG, GIF (first frame), BMP or still WebP as uint8 RGB, as PIL's ``convert("RGB")`` gives it."""
-    padded = tf.strings.substr(tf.strings.join([image_bytes, "\0" * 30]), 0, 30)  # the header, never short
+    padded = tf.strings.substr(tf.strings.join([image_bytes, "\0" * 54]), 0, 54)  # the header, never short
     header = tf.io.decode_raw(padded, tf.uint8)
 
     def decode():
@@ -187,22 +187,13 @@ def _decode_other(image_bytes: tf.Tensor) -> tf.Tensor:
 
     image = tf.cond(_webp_alpha(padded, header), without_alpha, decode)
     indexed_bmp = tf.equal(tf.strings.substr(padded, 0, 2), "BM") & tf.equal(_le(header, 28, 2), 8)
-    return tf.cond(indexed_bmp, lambda: _bmp_palette(image_bytes, image), lambda: image)
+    return tf.cond(indexed_bmp, lambda: _bmp_palette(image_bytes, header, image), lambda: image)
 
 
-@functools.cache
-def _other_crop(scale: tuple[float, float], ratio: tuple[float, float]):
-    """The non-JPEG branch of :func:`decode_random_crop` as one call op, not inlined: the train map takes it only
-    for non-JPEG files, so every JPEG's cond carries one untaken op instead of the branch's ~60 (untaken ops
-    still run, as dead ops; the difference was within this machine's noise, ~0.1 ms per image)."""
-
-    def crop(image_bytes, seed):
-        image = _decode_other(image_bytes)
-        window = sample_crop(tf.shape(image)[:2], seed, scale, ratio)
-        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
-
-    return tf.function(crop, input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int64)],
-                       autograph=False, experimental_attributes={"_noinline": True})
+# :func:`_decode_other` as one call op (not inlined, as :func:`_gif_pixels`): the untaken side of every JPEG's cond,
+# and each eval file's pipeline instantiation, carry one op instead of its ~60
+_decode_other_call = tf.function(_decode_other, input_signature=[tf.TensorSpec([], tf.string)], autograph=False,
+                                 experimental_attributes={"_noinline": True})
 
 
 def decode_random_crop(image_bytes: tf.Tensor, seed: tf.Tensor, scale: tuple[float, float],
@@ -210,16 +201,15 @@ def decode_random_crop(image_bytes: tf.Tensor, seed: tf.Tensor, scale: tuple[flo
     """Decodes only the sampled crop of a JPEG (:func:`decode_jpeg_window`); other formats in full, then crops."""
 
     def jpeg():
-        window = sample_crop(tf.image.extract_jpeg_shape(image_bytes)[:2], seed, scale, ratio)
-        return decode_jpeg_window(image_bytes, window)
+        shape = tf.image.extract_jpeg_shape(image_bytes)[:2]
+        return decode_jpeg_window(image_bytes, sample_crop(shape, seed, scale, ratio), shape)
 
-    other = _other_crop(tuple(float(v) for v in scale), tuple(float(v) for v in ratio))
-    return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, lambda: other(image_bytes, tf.cast(seed, tf.int64)))
+    def other():
+        image = _decode_other_call(image_bytes)
+        window = sample_crop(tf.shape(image)[:2], seed, scale, ratio)
+        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
 
-
-# :func:`_decode_other` as one call op, for the same reason as :func:`_other_crop`
-_decode_other_call = tf.function(_decode_other, input_signature=[tf.TensorSpec([], tf.string)], autograph=False,
-                                 experimental_attributes={"_noinline": True})
+    return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
 
 
 def decode_full(image_bytes: tf.Tensor) -> tf.Tensor:
