@@ -153,8 +153,13 @@ def _bmp_palette(image_bytes: tf.Tensor, header: tf.Tensor, image: tf.Tensor) ->
     used = _le(header, 46, 4)
     entries = tf.where((used > 0) & (used < 256), used, 256)
     # the file's bytes from the table on, padded: a table cut short by the pixel data or the file's end reads
-    # what is there (as PIL), and a table offset past the end fails the substr, so the file is skipped
-    table = tf.strings.substr(tf.strings.join([tf.strings.substr(image_bytes, start, 1024), "\0" * 1024]), 0, 1024)
+    # what is there (as PIL); a table offset past the end fails the file (it is skipped). Checked by an assert:
+    # substr's own out-of-range error quotes the file's bytes, which eagerly raised UnicodeDecodeError
+    inside = tf.debugging.assert_less_equal(start, tf.cast(tf.strings.length(image_bytes), tf.int64),
+                                            message="BMP colour table past the end of the file")
+    with tf.control_dependencies([inside]):
+        table = tf.strings.substr(image_bytes, start, 1024)
+    table = tf.strings.substr(tf.strings.join([table, "\0" * 1024]), 0, 1024)
     table = tf.reshape(tf.io.decode_raw(table, tf.uint8), [256, 4])[:, 2::-1]
     table = tf.where(tf.range(256, dtype=tf.int64)[:, None] < entries, table, tf.zeros_like(table))
     return tf.gather(table, tf.cast(image[..., 0], tf.int32))

@@ -154,6 +154,26 @@ class TestDecoding:
             np.testing.assert_array_equal(crop.numpy(), expected[y:y + crop.shape[0], x:x + crop.shape[1]])
         assert (np.asarray(Image.open(io.BytesIO(short)).convert("RGB"))[index >= 4] == 0).all()
 
+    def test_broken_indexed_bmps_fail_as_bad_files(self):
+        # a colour table past the file's end: an error naming no bytes (substr's own error quoted the file, and
+        # eagerly that was a UnicodeDecodeError past export's except clause), so the file is skipped
+        import io
+        import struct
+
+        from PIL import Image
+
+        from pf_keras_training import sources
+
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(15).integers(0, 256, (5, 6, 3), np.uint8)).convert("P").save(buf, "BMP")
+        good = bytearray(buf.getvalue())
+        past_end = bytearray(good)
+        past_end[14:18] = struct.pack("<I", 0xFFFFFFF0)  # DIB header size
+        for bad in (bytes(past_end), bytes(good[:30]), bytes(good[:80])):
+            with pytest.raises(tf.errors.InvalidArgumentError):
+                data.decode_full(tf.constant(bad))
+            assert sources._export_pixels(bad, 8) is None
+
     def test_webp_with_alpha_decodes_and_animations_are_refused_cleanly(self):
         # TensorFlow decodes a WebP with alpha only as 4 channels (asked for 3 it failed: the file was skipped);
         # an animated WebP asked for 0 channels corrupts TensorFlow's heap, asked for 3 it is refused cleanly
