@@ -96,6 +96,13 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
     def count(name, item):
         if isinstance(item, h5py.Dataset):
             datasets.append(name)
+            # values stored outside the file: Keras refuses them when it loads, but the checks below would read
+            # them first (another file on the machine; a FIFO or a device: a hang)
+            if item.is_virtual or item.external:
+                kind = ("a virtual dataset (mapped from other files)" if item.is_virtual
+                        else "an external dataset (raw data in another file)")
+                problems.append(f"{name}: {kind}; weights must be stored in the file itself")
+                return
             embedding = position.search(name) is not None
             stored.update([POSITION_EMBEDDING if embedding else tuple(item.shape)])
             if item.dtype.kind != "f":

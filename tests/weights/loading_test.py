@@ -128,6 +128,69 @@ class TestKerasWeightsValues:
             pf_keras.create_model("vit_ti_max", weights=path, **kwargs)
 
 
+class TestKerasWeightsStoredElsewhere:
+    """A dataset whose values live outside the file (HDF5 external storage, a virtual dataset) is refused before
+    anything reads it: the value checks ran before Keras' own refusal, so they read another file of the machine,
+    and a FIFO there hung the load."""
+
+    @staticmethod
+    def _rewritten(saved, tmp_path, make) -> str:
+        import h5py
+
+        path = str(tmp_path / "elsewhere.weights.h5")
+        with open(path, "wb") as f:
+            f.write(saved[1])
+        with h5py.File(path, "r+") as f:
+            name = "layers/batch_normalization/vars/0"
+            shape = f[name].shape
+            del f[name]
+            make(f, name, shape)
+        return path
+
+    def test_external_storage_is_refused_unread(self, saved, tmp_path):
+        outside = tmp_path / "outside.bin"
+        outside.write_bytes(np.full(64, 7.0, np.float32).tobytes())
+        path = self._rewritten(saved, tmp_path, lambda f, name, shape: f.create_dataset(
+            name, shape=shape, dtype="float32", external=[(str(outside), 0, 4 * int(np.prod(shape)))]))
+        with pytest.raises(CheckpointError, match=r"layers/batch_normalization/vars/0: an external dataset \(raw data "
+                           r"in another file\); weights must be stored in the file itself"):
+            pf_keras.create_model("resnet50_max", weights=path, **SMALL)
+
+    def test_external_fifo_does_not_hang(self, saved, tmp_path):
+        import os
+        import threading
+
+        fifo = str(tmp_path / "fifo")
+        os.mkfifo(fifo)
+        path = self._rewritten(saved, tmp_path, lambda f, name, shape: f.create_dataset(
+            name, shape=shape, dtype="float32", external=[(fifo, 0, 4 * int(np.prod(shape)))]))
+        stop = threading.Event()
+
+        def unblock():  # a reader of the FIFO (the old behaviour) gets zeros after 20 s instead of hanging the suite
+            if not stop.wait(20):
+                with open(fifo, "wb") as writer:
+                    writer.write(bytes(4096))
+
+        threading.Thread(target=unblock, daemon=True).start()
+        try:
+            with pytest.raises(CheckpointError, match=r"an external dataset \(raw data in another file\)"):
+                pf_keras.create_model("resnet50_max", weights=path, **SMALL)
+        finally:
+            stop.set()
+
+    def test_virtual_dataset_is_refused(self, saved, tmp_path):
+        import h5py
+
+        def virtual(f, name, shape):
+            layout = h5py.VirtualLayout(shape=shape, dtype="float32")
+            layout[:] = h5py.VirtualSource(saved[0], name, shape=shape)
+            f.create_virtual_dataset(name, layout, fillvalue=0)
+
+        path = self._rewritten(saved, tmp_path, virtual)
+        with pytest.raises(CheckpointError, match=r"vars/0: a virtual dataset \(mapped from other files\)"):
+            pf_keras.create_model("resnet50_max", weights=path, **SMALL)
+
+
 def _datasets(f) -> list[str]:
     import h5py
 
