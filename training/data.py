@@ -2,7 +2,7 @@
 
 Sources (``DataConfig.dataset``) are the registry of :mod:`pf_keras_training.sources`: a TFDS
 name (``imagenet2012``; raw JPEG bytes through ``SkipDecoding`` so the train crop is decoded
-partially), ``folder:PATH`` (``PATH/train/<class>/*``, ``PATH/val/<class>/*``, any format
+partially), ``folder:PATH`` (``PATH/train/<class>/...``, ``PATH/val/<class>/...``, any format
 ``tf.io.decode_image`` reads), ``builtin`` (:mod:`builtin_data`, generated on first use) and
 ``synthetic`` (random tensors, for throughput). This module decodes what a source's
 ``encoded`` stream yields; it knows no kind by name.

@@ -5,7 +5,7 @@ registered kind is a TFDS name (``imagenet2012``, ``imagenet2012:5.1.0``, ``cifa
 
 - ``builtin``: the builtin dataset (:mod:`builtin_data`, generated on first use);
 - ``synthetic``: random tensors held in memory (throughput runs; export: uniform random pixels);
-- ``folder:PATH``: ``PATH/train/<class>/*`` and ``PATH/val/<class>/*`` for training, any image
+- ``folder:PATH``: ``PATH/train/<class>/...`` and ``PATH/val/<class>/...`` for training, any image
   file under ``PATH`` for export;
 - ``tfds:NAME`` or just ``NAME``: a prepared TFDS dataset (``--data_dir``).
 
@@ -287,8 +287,8 @@ def _list_folder(root: str, split: str, class_names: tuple[str, ...] | None) -> 
     for label, name in enumerate(listed_names):
         folder = os.path.join(split_dir, name)
         found = len(paths)
-        for file in sorted(os.listdir(folder), key=os.fsencode):
-            listed = None if file.startswith(".") else _listed_image(os.path.join(folder, file))
+        for file in _class_files(folder):
+            listed = _listed_image(file)
             if listed is not None:
                 paths.append(utf8_text(listed) or "")  # tf.data takes UTF-8 paths: others skipped, counted
                 labels.append(label)
@@ -297,6 +297,35 @@ def _list_folder(root: str, split: str, class_names: tuple[str, ...] | None) -> 
                              f"still get an output. Remove it (from val too) or add images. "
                              f"Received: dataset='folder:{root}'")
     return tuple(paths), tuple(labels), names
+
+
+def _class_files(folder: str) -> list[str]:
+    """The paths of the non-hidden entries that are no folders in ``folder`` and, as torchvision's
+    ``ImageFolder`` reads them, in its sub-folders at any depth (symlinked ones included, each folder listed
+    once: a link cycle ends); sorted by their path below ``folder`` as UTF-8 bytes (a flat class folder: by
+    name, as before). Hidden sub-folders are skipped as hidden files are."""
+    found: list[tuple[bytes, str]] = []
+    seen: set[tuple[int, int]] = set()
+    pending = [(folder, b"")]
+    while pending:
+        current, relative = pending.pop()
+        try:
+            info = os.stat(current)
+            names = os.listdir(current)
+        except (OSError, ValueError):  # vanished, unreadable, a name too long: nothing listed there
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        for name in names:
+            if name.startswith("."):
+                continue
+            path, key = os.path.join(current, name), relative + os.fsencode(name)
+            if os.path.isdir(path):
+                pending.append((path, key + b"/"))
+            else:
+                found.append((key, path))
+    return [path for _, path in sorted(found)]
 
 
 def utf8_text(name: str) -> str | None:
@@ -319,8 +348,8 @@ def _subset(paths: tuple, labels: tuple, count: int) -> tuple[tuple, tuple]:
 
 @dataclasses.dataclass(frozen=True)
 class FolderSource(DataSource):
-    """``folder:PATH``: one class per sub-folder of ``PATH/train`` and ``PATH/val``; any format
-    ``tf.io.decode_image`` reads. Files are read inside the pipeline, so one that vanished is skipped."""
+    """``folder:PATH``: one class per sub-folder of ``PATH/train`` and ``PATH/val`` (its files at any depth);
+    any format ``tf.io.decode_image`` reads. Files are read inside the pipeline, so one that vanished is skipped."""
 
     kind: ClassVar[str] = "folder"
     form: ClassVar[str] = "folder:PATH"

@@ -492,6 +492,33 @@ print(sum(float(tf.reduce_sum(b["weights"])) for b in batches), sum(int(tf.reduc
         with pytest.raises(ValueError, match=r"A class folder name is not valid UTF-8"):
             data.resolve_source(cfg)
 
+    def test_images_in_sub_folders_of_a_class_are_its_examples_as_in_torchvision(self, tmp_path, images):
+        # torchvision's ImageFolder (DeiT's loader) walks a class folder at any depth, following links: images
+        # in class/sub/... were silently left out. Each folder is listed once, so a link cycle ends.
+        root = tmp_path / "nested"
+        for split in ("train", "val"):
+            for name in ("a", "b"):
+                (root / split / name / "sub" / "deeper").mkdir(parents=True)
+                (root / split / name / "x.jpg").write_bytes(images.jpeg(_image(0, 24, 24)))
+                (root / split / name / "sub" / "y.jpg").write_bytes(images.jpeg(_image(1, 24, 24)))
+                (root / split / name / "sub" / "deeper" / "z.jpg").write_bytes(images.jpeg(_image(2, 24, 24)))
+                (root / split / name / ".cache").mkdir()  # hidden: not read, as hidden files
+                (root / split / name / ".cache" / "w.jpg").write_bytes(images.jpeg(_image(3, 24, 24)))
+                os.symlink(root / split / name, root / split / name / "sub" / "deeper" / "loop")
+            only_nested = root / split / "c" / "2024"
+            only_nested.mkdir(parents=True)  # a class whose images are all one level down
+            (only_nested / "p.jpg").write_bytes(images.jpeg(_image(4, 24, 24)))
+        cfg = recipes.DataConfig(dataset=f"folder:{root}", global_batch_size=2, image_size=32)
+        source = data.resolve_source(cfg)
+        assert source.class_names == ("a", "b", "c")
+        paths, labels = source.eval_files
+        assert [os.path.relpath(p, root / "val") for p in paths] == [
+            "a/sub/deeper/z.jpg", "a/sub/y.jpg", "a/x.jpg", "b/sub/deeper/z.jpg", "b/sub/y.jpg", "b/x.jpg",
+            "c/2024/p.jpg"]
+        assert list(labels) == [0, 0, 0, 1, 1, 1, 2] and source.train_examples == 7
+        batches = list(data.make_eval_dataset_fn(source, cfg, interpolation="bilinear")(CTX))
+        assert sum(float(tf.reduce_sum(b["weights"])) for b in batches) == 7.0
+
     def test_non_ascii_names_are_the_same_examples_in_every_locale(self, tmp_path, images):
         # Under LC_ALL=C with PYTHONUTF8=0 Python decodes file names as ASCII (é becomes two surrogates): the
         # listing must still see valid UTF-8 names as such (the same classes, files, order and skips).
