@@ -311,20 +311,24 @@ def _class_files(folder: str) -> list[str]:
         current, relative = pending.pop()
         try:
             info = os.stat(current)
-            names = os.listdir(current)
-        except (OSError, ValueError):  # vanished, unreadable, a name too long: nothing listed there
-            continue
-        if (info.st_dev, info.st_ino) in seen:
-            continue
-        seen.add((info.st_dev, info.st_ino))
-        for name in names:
-            if name.startswith("."):
+            if (info.st_dev, info.st_ino) in seen:
                 continue
-            path, key = os.path.join(current, name), relative + os.fsencode(name)
-            if os.path.isdir(path):
-                pending.append((path, key + b"/"))
-            else:
-                found.append((key, path))
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(current) as entries:  # the entry types from the listing: no stat per file
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    key = relative + os.fsencode(entry.name)
+                    try:
+                        folder_entry = entry.is_dir()  # follows a link
+                    except OSError:
+                        folder_entry = False
+                    if folder_entry:
+                        pending.append((entry.path, key + b"/"))
+                    else:
+                        found.append((key, entry.path))
+        except (OSError, ValueError):  # vanished, unreadable, a name too long: nothing (more) listed there
+            continue
     return [path for _, path in sorted(found)]
 
 
