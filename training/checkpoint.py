@@ -50,6 +50,7 @@ import tensorflow as tf
 
 from pf_keras import fileio, safe_open
 from pf_keras.cli import one_line
+from pf_keras_training import bundle_check
 
 POINTER = "checkpoint"
 MAX_POINTER_BYTES = 1 << 16  # ours holds a few lines
@@ -114,8 +115,9 @@ def verify(prefix: str) -> str | None:
     """None if the checkpoint ``prefix`` is intact, else why not (one line).
 
     Intact: the ``.index`` and every ``.data`` shard it names exist and are regular files (checked before
-    TensorFlow opens any: a FIFO would block it), and every tensor reads back (TensorFlow checks each one
-    against the CRC32C stored in the index).
+    TensorFlow opens any: a FIFO would block it), the index and its entries pass
+    :func:`bundle_check.problem` (nothing TensorFlow's reader would abort on or over-allocate for), and every
+    tensor reads back (TensorFlow checks each one against the CRC32C stored in the index).
     """
     folder, base = os.path.split(prefix)
     index = prefix + ".index"
@@ -139,6 +141,10 @@ def verify(prefix: str) -> str | None:
         problem = _file_problem(f"{prefix}.{suffix}", f".{suffix}")
         if problem:
             return problem
+    # a crafted index can abort TensorFlow's reader or make it allocate gigabytes: checked in Python first
+    problem = bundle_check.problem(prefix, {shard: f"{prefix}.{suffix}" for shard, suffix in shards.items()})
+    if problem:
+        return problem
     try:
         reader = tf.train.load_checkpoint(prefix)
         for key in reader.get_variable_to_shape_map():
@@ -343,7 +349,7 @@ class Checkpointer:
         """
         try:
             self.checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
-        except (tf.errors.OpError, AssertionError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - also a damaged object graph: IndexError, DecodeError, TypeError
             raise ValueError(
                 f"The checkpoint {path} does not fit this run (another model, optimizer or precision?): "
                 f"{one_line(error)[:400]}. Received: checkpoint={path!r}"
