@@ -43,6 +43,7 @@ import numpy as np
 
 from pf_keras import fileio, safe_open
 from pf_keras.cli import ArgumentParser, run_cli
+from pf_keras.preprocessing import MAX_JPEG_SCANS
 
 MAX_IMAGE_PIXELS = 40_000_000  # as the training pipeline: above any ImageNet image (the largest is ~26 MP)
 
@@ -214,13 +215,20 @@ def read_image(path: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
 
     Raises:
         ValueError: one line for a file that is not a readable image, not a regular file (a FIFO, a
-            device), or declares more than :data:`MAX_IMAGE_PIXELS` pixels (checked before decoding).
+            device), declares more than :data:`MAX_IMAGE_PIXELS` pixels, or is a JPEG of more than
+            ``MAX_JPEG_SCANS`` scans (checked before decoding).
     """
     from PIL import Image
 
     try:
         with warnings.catch_warnings(), os.fdopen(safe_open.open_fd(path), "rb") as f:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is lower
+            if f.read(2) == b"\xff\xd8":
+                scans = f.read().count(b"\xff\xda")
+                if scans > MAX_JPEG_SCANS:
+                    raise ValueError(f"a JPEG of {scans:,} scans, over the limit of {MAX_JPEG_SCANS} (its decoding "
+                                     f"time grows with scans x pixels)")
+            f.seek(0)
             with Image.open(f) as img:
                 width, height = img.size
                 if width * height > MAX_IMAGE_PIXELS:

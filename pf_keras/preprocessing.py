@@ -27,6 +27,11 @@ from pf_keras.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from pf_keras.values import is_positive_int, is_real
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+# Start-of-scan markers a JPEG may hold. libjpeg decodes every scan over the whole image, even an empty one, so
+# the time to decode grows with scans x pixels, not with the file's size (a 30 KB file of 3,000 empty scans took
+# 20 s): more is refused before decoding. Progressive JPEGs have ~10 (libjpeg's script), mozjpeg's up to ~20; the
+# markers are counted anywhere in the file (entropy-coded data never holds FF DA; an EXIF thumbnail adds its own).
+MAX_JPEG_SCANS = 256
 MAX_RESIZE = 65_536  # pixels of the shorter side before the centre crop (size / crop_fraction)
 # Above this many pixels the resized image is not made whole: a 1x5000 PNG (96 bytes) resized to a 256 shorter
 # side is 256x1,280,000 (3.9 GB in float32). Bilinear and bicubic then resample only the crop window (the same

@@ -223,6 +223,21 @@ class TestCommandInputs:
         overlays = [np.asarray(Image.open(tmp_path / "o" / name)) for name in ("x_gradcam.png", "x_2_gradcam.png")]
         assert overlays[0].mean() < overlays[1].mean()  # the black image's overlay, then the white one's
 
+    def test_a_jpeg_of_too_many_scans_is_one_line_before_decoding(self, tmp_path, model_path, capsys):
+        from hostile_images import scan_bomb_jpeg
+
+        from pf_keras.gradcam import read_image
+        from pf_keras.preprocessing import MAX_JPEG_SCANS
+
+        (tmp_path / "ok.jpg").write_bytes(scan_bomb_jpeg(MAX_JPEG_SCANS, 32))
+        assert read_image(str(tmp_path / "ok.jpg"), (16, 16))[0].shape == (32, 32, 3)
+        (tmp_path / "bomb.jpg").write_bytes(scan_bomb_jpeg(3000, 9459))  # ~20 s of libjpeg (Pillow's too)
+        code = run_cli(main, ["--model", model_path, "--output_dir", str(tmp_path / "o"), str(tmp_path / "bomb.jpg")],
+                       prog="pf-keras-gradcam")
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert "a JPEG of 3,000 scans, over the limit of 256" in err
+
     def test_oversized_fifo_and_flag_errors_are_one_line(self, tmp_path, model_path, capsys):
         import warnings
 

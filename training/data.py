@@ -57,6 +57,7 @@ from pf_keras_training.augment import color_jitter, mix_batch, rand_augment, ran
 from pf_keras_training.recipes import DataConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
+MAX_JPEG_SCANS = pf_keras.preprocessing.MAX_JPEG_SCANS  # more start-of-scan markers: the file is refused (why: there)
 MAX_IMAGE_PIXELS = 40_000_000  # 40 MP: above any ImageNet image (the largest is ~ 4300x6000 = 26 MP)
 MAX_CONSECUTIVE_SKIPS = 1000  # consecutive undecodable training files that stop a run (0 = no limit)
 _STALL_MARK = "pf-keras: no decodable image in a row of files"
@@ -328,10 +329,15 @@ def header_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
 
     Reads headers only (the first 32 bytes; JPEG: its markers, via ``extract_jpeg_shape``; GIF:
     its block structure, in a bounded loop), so a file that would inflate to gigabytes is
-    measured before anything is allocated.
+    measured before anything is allocated. A JPEG of more than :data:`MAX_JPEG_SCANS` scans is
+    unknown (-1): its decode time grows with scans x pixels, not with its size.
     """
     def jpeg():
-        return tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64))
+        pixels = tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64))
+        # libjpeg decodes every scan over the whole image, even an empty one: a 30 KB file of 3,000 empty scans
+        # took 20 s to decode (9459x9459), a 1 MB one would take minutes (MAX_JPEG_SCANS)
+        scans = tf.size(tf.strings.split(image_bytes, sep=b"\xff\xda")) - 1
+        return tf.where(scans <= MAX_JPEG_SCANS, pixels, tf.constant(-1, tf.int64))
 
     def other():
         head = tf.strings.substr(tf.strings.join([tf.strings.substr(image_bytes, 0, 32), "\0" * 32]), 0, 32)
@@ -350,8 +356,9 @@ def header_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
             return tf.abs(tf.where(v >= 2 ** 31, v - 2 ** 32, v))
 
         def bmp():
-            core = tf.equal(le(14, 4), 12)  # BITMAPCOREHEADER: 16-bit sizes
-            return tf.where(core, le(18, 2) * le(20, 2), signed32(le(18, 4)) * signed32(le(22, 4)))
+            # the 32-bit width and height at 18 and 22, whatever the header's declared size: TensorFlow's decoder
+            # reads them so (a BITMAPCOREHEADER's 16-bit sizes counted 0 pixels for a file TF decoded whole)
+            return signed32(le(18, 4)) * signed32(le(22, 4))
 
         def webp():
             vp8l = le(21, 4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tiny_tfds
+from hostile_images import scan_bomb_jpeg
 
 from pf_keras_training import data, recipes
 
@@ -128,7 +130,6 @@ class TestDecoding:
     def test_indexed_bmp_decodes_to_its_palette_colours(self):
         # TensorFlow's BMP decoder returns an 8-bit BMP's palette indices as grey levels
         import io
-        import struct
 
         from PIL import Image
 
@@ -158,7 +159,6 @@ class TestDecoding:
         # a colour table past the file's end: an error naming no bytes (substr's own error quoted the file, and
         # eagerly that was a UnicodeDecodeError past export's except clause), so the file is skipped
         import io
-        import struct
 
         from PIL import Image
 
@@ -368,7 +368,6 @@ class TestSources:
 
 def _huge_png(side: int = 20000) -> bytes:
     """A valid greyscale PNG of side x side pixels (~0.4 MB: all zeros compress ~1000:1)."""
-    import struct
     import zlib
 
     def chunk(kind: bytes, body: bytes) -> bytes:
@@ -403,6 +402,30 @@ class TestLimits:
         assert decoded.shape == (37, 53, 3)
         with pytest.raises(tf.errors.InvalidArgumentError, match="too large or of unknown format"):
             data.checked(tf.constant(encoded), 37 * 53 - 1)
+
+    def test_a_jpeg_of_many_empty_scans_is_refused_before_decoding(self):
+        # libjpeg decodes every scan over the whole image: 3,000 empty scans of 10 bytes each (a 30 KB file,
+        # 9459x9459, under the pixel limit) took 20 s to decode, and the time grows with the file's size
+        limit = data.MAX_JPEG_SCANS
+        assert int(data.header_pixels(tf.constant(scan_bomb_jpeg(limit, 64)))) == 64 * 64
+        assert data.decode_full(data.checked(tf.constant(scan_bomb_jpeg(limit, 64)), 10**6)).shape == (64, 64, 3)
+        for scans, side in ((limit + 1, 64), (3000, 9459)):
+            bomb = tf.constant(scan_bomb_jpeg(scans, side))
+            assert int(data.header_pixels(bomb)) == -1
+            with pytest.raises(tf.errors.InvalidArgumentError, match="too large or of unknown format"):
+                data.checked(bomb, data.MAX_IMAGE_PIXELS)
+        photo = _encoded(_image(3, 64, 48), "JPEG", progressive=True, optimize=True)  # Pillow's script
+        assert int(data.header_pixels(tf.constant(photo))) == 64 * 48
+
+    def test_a_bmp_declaring_a_core_header_counts_the_pixels_tensorflow_decodes(self):
+        # TensorFlow reads a BMP's 32-bit width and height whatever the header size says; counting the 16-bit
+        # sizes of a 12-byte core header gave 0 pixels, and such a file passed any pixel limit
+        bmp = bytearray(_encoded(_image(2, 23, 37), "BMP"))
+        bmp[14:18] = struct.pack("<I", 12)
+        assert int(data.header_pixels(tf.constant(bytes(bmp)))) == 23 * 37
+        assert data.decode_full(tf.constant(bytes(bmp))).shape == (23, 37, 3)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="too large or of unknown format"):
+            data.checked(tf.constant(bytes(bmp)), 23 * 37 - 1)
 
     def test_unknown_format_and_short_files_are_refused(self):
         for raw in (b"", b"\x89PN", b"II*\0" + b"\0" * 40, b"RIFF\0\0\0\0WEBPXXXX" + b"\0" * 20):
