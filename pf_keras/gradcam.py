@@ -210,6 +210,19 @@ def write_overlay(path: str | os.PathLike, image: np.ndarray, heatmap: np.ndarra
     return str(path)
 
 
+def _jpeg_scans_over_limit(f) -> bool:
+    """Whether the rest of the JPEG file ``f`` holds more than ``MAX_JPEG_SCANS`` start-of-scan markers (read
+    in 1 MiB blocks, stopping there)."""
+    count, last = 0, b""
+    while count <= MAX_JPEG_SCANS:
+        block = f.read(1 << 20)
+        if not block:
+            return False
+        count += (last + block).count(b"\xff\xda")  # one byte carried over: a marker across blocks counts once
+        last = block[-1:]
+    return True
+
+
 def read_image(path: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """An image file as RGB uint8, as stored and resized to ``size`` (h, w).
 
@@ -223,11 +236,9 @@ def read_image(path: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
     try:
         with warnings.catch_warnings(), os.fdopen(safe_open.open_fd(path), "rb") as f:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is lower
-            if f.read(2) == b"\xff\xd8":
-                scans = f.read().count(b"\xff\xda")
-                if scans > MAX_JPEG_SCANS:
-                    raise ValueError(f"a JPEG of {scans:,} scans, over the limit of {MAX_JPEG_SCANS} (its decoding "
-                                     f"time grows with scans x pixels)")
+            if f.read(2) == b"\xff\xd8" and _jpeg_scans_over_limit(f):
+                raise ValueError(f"a JPEG of more than {MAX_JPEG_SCANS} scans (its decoding time grows with scans "
+                                 f"x pixels)")
             f.seek(0)
             with Image.open(f) as img:
                 width, height = img.size

@@ -236,7 +236,17 @@ class TestCommandInputs:
                        prog="pf-keras-gradcam")
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1, err
-        assert "a JPEG of 3,000 scans, over the limit of 256" in err
+        assert "a JPEG of more than 256 scans (its decoding time grows with scans x pixels)" in err
+
+    def test_scan_markers_are_counted_across_read_blocks(self):
+        import io
+
+        from pf_keras.gradcam import _jpeg_scans_over_limit
+
+        across = b"\0" * ((1 << 20) - 1) + b"\xff\xda"  # the first marker spans the first two 1 MiB blocks
+        assert _jpeg_scans_over_limit(io.BytesIO(across + b"\xff\xda" * 256))
+        assert not _jpeg_scans_over_limit(io.BytesIO(across + b"\xff\xda" * 255))
+        assert not _jpeg_scans_over_limit(io.BytesIO(b"\xff\xda" * 250 + b"\0" * (1 << 20) + b"\xff\xda" * 6))
 
     def test_oversized_fifo_and_flag_errors_are_one_line(self, tmp_path, model_path, capsys):
         import warnings
