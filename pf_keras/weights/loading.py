@@ -10,7 +10,7 @@ from collections import Counter
 import keras
 
 from pf_keras.layers.position_embedding import PositionEmbedding
-from pf_keras.weights import torch_convert
+from pf_keras.weights import h5_probe, torch_convert
 from pf_keras.weights.errors import CheckpointError, describe
 from pf_keras.weights.torch_convert import NameMap, load_torch_state_dict
 from pf_keras.weights.torch_reader import read_state_dict
@@ -96,12 +96,10 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
     def count(name, item):
         if isinstance(item, h5py.Dataset):
             datasets.append(name)
-            # values stored outside the file: Keras refuses them when it loads, but the checks below would read
-            # them first (another file on the machine; a FIFO or a device: a hang)
-            if item.is_virtual or item.external:
-                kind = ("a virtual dataset (mapped from other files)" if item.is_virtual
-                        else "an external dataset (raw data in another file)")
-                problems.append(f"{name}: {kind}; weights must be stored in the file itself")
+            # values outside the file (another file of the machine; a FIFO: a hang) or in chunks that inflate
+            refused = h5_probe.refusal(name, item)
+            if refused:
+                problems.append(refused)
                 return
             embedding = position.search(name) is not None
             stored.update([POSITION_EMBEDDING if embedding else tuple(item.shape)])
@@ -112,6 +110,10 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
                                 f"{MAX_POSITION_EMBEDDING} values in (1, tokens, width) or (1, height, width, "
                                 f"channels))")
 
+    # walked first in a child process: a damaged file can crash the HDF5 library (h5_probe)
+    crashed = h5_probe.problem(path, read=False)
+    if crashed:
+        raise CheckpointError(f"{path}: {crashed}. Received: weights={path!r}")
     try:
         with h5py.File(path, "r") as f:
             f.visititems(count)
@@ -131,6 +133,9 @@ def load_keras_weights(model: keras.Model, path: str) -> None:
             f"has {sum(expected.values())} weights (shapes only in the model: {only_model}; only in the file: "
             f"{only_file}). {hint} Received: weights={path!r}"
         )
+    crashed = h5_probe.problem(path, read=True)  # the model's shapes: what the child reads is the model's size
+    if crashed:
+        raise CheckpointError(f"{path}: {crashed}. Received: weights={path!r}")
     _check_values(path, datasets)
     try:
         with warnings.catch_warnings():

@@ -191,6 +191,80 @@ class TestKerasWeightsStoredElsewhere:
             pf_keras.create_model("resnet50_max", weights=path, **SMALL)
 
 
+class TestKerasWeightsThatCrashHDF5:
+    """A damaged file can crash libhdf5 itself (SIGSEGV/SIGABRT, no exception to catch): the loader walks and
+    reads the file in child processes first (pf_keras/weights/h5_probe.py), so it is one CheckpointError."""
+
+    def test_a_damaged_link_b_tree_in_the_newest_format_is_one_error(self, saved, tmp_path):
+        import h5py
+
+        path = str(tmp_path / "latest.weights.h5")
+        def rebuild(source, target):  # the newest format: a group of more than 8 links keeps them in a v2 B-tree
+            target.attrs.update(source.attrs)
+            for name, item in source.items():
+                if isinstance(item, h5py.Group):
+                    rebuild(item, target.create_group(name))
+                else:
+                    target.create_dataset(name, data=item[()]).attrs.update(item.attrs)
+
+        with h5py.File(saved[0], "r") as source, h5py.File(path, "w", libver="latest") as f:
+            rebuild(source, f)
+        pf_keras.create_model("resnet50_max", weights=path, **SMALL)  # intact, it loads
+        data = bytearray(open(path, "rb").read())
+        leaf = data.find(b"BTLF")
+        assert leaf > 0
+        data[leaf] = ord("J")  # one byte of a B-tree leaf: libhdf5 frees an invalid pointer walking the file
+        with open(path, "wb") as f:
+            f.write(data)
+        with pytest.raises(CheckpointError, match=r"the HDF5 library crashed reading it \(SIG[A-Z]+\): a damaged "
+                           r"file"):
+            pf_keras.create_model("resnet50_max", weights=path, **SMALL)
+
+    def test_a_fletcher32_chunk_stored_short_is_one_error(self, saved, tmp_path):
+        import struct
+
+        import h5py
+
+        path = str(tmp_path / "fletcher.weights.h5")
+        with open(path, "wb") as f:
+            f.write(saved[1])
+        with h5py.File(path, "r+") as f:
+            name = "layers/batch_normalization/vars/0"
+            values = f[name][()]
+            del f[name]
+            info = f.create_dataset(name, data=values, chunks=values.shape, fletcher32=True).id.get_chunk_info(0)
+        data = bytearray(open(path, "rb").read())
+        key = data.find(struct.pack("<IIQQ", info.size, 0, 0, 0))  # the chunk's B-tree key: its stored size
+        assert key > 0
+        data[key:key + 4] = struct.pack("<I", 2)  # fewer bytes than its checksum: the read crashed libhdf5
+        with open(path, "wb") as f:
+            f.write(data)
+        with pytest.raises(CheckpointError, match=r"the HDF5 library crashed reading it \(SIG[A-Z]+\)"):
+            pf_keras.create_model("resnet50_max", weights=path, **SMALL)
+
+    def test_chunks_larger_than_their_dataset_are_refused_before_reading(self, saved, tmp_path):
+        import zlib
+
+        import h5py
+
+        path = str(tmp_path / "chunks.weights.h5")
+        with open(path, "wb") as f:
+            f.write(saved[1])
+        with h5py.File(path, "r+") as f:
+            name = "layers/batch_normalization/vars/0"
+            values = f[name][()]
+            del f[name]
+            chunk = (1 << 24,)  # 64 MiB inflated, ~64 KB stored, for 64 values (a 4 GiB chunk took 4.8 GB and 16 s)
+            dataset = f.create_dataset(name, shape=values.shape, maxshape=(None,), dtype="float32", chunks=chunk,
+                                       compression="gzip")
+            inflated = np.zeros(chunk, np.float32)
+            inflated[:values.size] = values
+            dataset.id.write_direct_chunk((0,), zlib.compress(inflated.tobytes(), 1))
+        with pytest.raises(CheckpointError, match=r"vars/0: stored in chunks of 67,108,864 bytes for a dataset of "
+                           r"shape \(64,\) \(reading it would inflate them\)"):
+            pf_keras.create_model("resnet50_max", weights=path, **SMALL)
+
+
 def _datasets(f) -> list[str]:
     import h5py
 
