@@ -26,7 +26,7 @@ from tensorflow.core.protobuf import tensor_bundle_pb2
 
 from pf_keras import safe_open
 
-MAX_INDEX_BYTES = 256 << 20  # a ViT-B run's index (weights, EMA, optimizer slots) is well under 1 MB
+MAX_INDEX_BYTES = 8 << 20  # a ViT-B run's index (weights, EMA, optimizer slots) is ~0.1 MB; bounds the entries parsed
 MAX_RANK = 32
 _MAGIC = 0xDB4775248B80FB57  # the SSTable footer's magic number
 _FOOTER = 48
