@@ -133,25 +133,11 @@ class TestKerasWeightsStoredElsewhere:
     anything reads it: the value checks ran before Keras' own refusal, so they read another file of the machine,
     and a FIFO there hung the load."""
 
-    @staticmethod
-    def _rewritten(saved, tmp_path, make) -> str:
-        import h5py
-
-        path = str(tmp_path / "elsewhere.weights.h5")
-        with open(path, "wb") as f:
-            f.write(saved[1])
-        with h5py.File(path, "r+") as f:
-            name = "layers/batch_normalization/vars/0"
-            shape = f[name].shape
-            del f[name]
-            make(f, name, shape)
-        return path
-
     def test_external_storage_is_refused_unread(self, saved, tmp_path):
         outside = tmp_path / "outside.bin"
         outside.write_bytes(np.full(64, 7.0, np.float32).tobytes())
-        path = self._rewritten(saved, tmp_path, lambda f, name, shape: f.create_dataset(
-            name, shape=shape, dtype="float32", external=[(str(outside), 0, 4 * int(np.prod(shape)))]))
+        path = _rewritten(saved, tmp_path, lambda f, name, values: f.create_dataset(
+            name, shape=values.shape, dtype="float32", external=[(str(outside), 0, 4 * values.size)]))
         with pytest.raises(CheckpointError, match=r"layers/batch_normalization/vars/0: an external dataset \(raw data "
                            r"in another file\); weights must be stored in the file itself"):
             pf_keras.create_model("resnet50_max", weights=path, **SMALL)
@@ -162,8 +148,8 @@ class TestKerasWeightsStoredElsewhere:
 
         fifo = str(tmp_path / "fifo")
         os.mkfifo(fifo)
-        path = self._rewritten(saved, tmp_path, lambda f, name, shape: f.create_dataset(
-            name, shape=shape, dtype="float32", external=[(fifo, 0, 4 * int(np.prod(shape)))]))
+        path = _rewritten(saved, tmp_path, lambda f, name, values: f.create_dataset(
+            name, shape=values.shape, dtype="float32", external=[(fifo, 0, 4 * values.size)]))
         stop = threading.Event()
 
         def unblock():  # a reader of the FIFO (the old behaviour) gets zeros after 20 s instead of hanging the suite
@@ -181,12 +167,12 @@ class TestKerasWeightsStoredElsewhere:
     def test_virtual_dataset_is_refused(self, saved, tmp_path):
         import h5py
 
-        def virtual(f, name, shape):
-            layout = h5py.VirtualLayout(shape=shape, dtype="float32")
-            layout[:] = h5py.VirtualSource(saved[0], name, shape=shape)
+        def virtual(f, name, values):
+            layout = h5py.VirtualLayout(shape=values.shape, dtype="float32")
+            layout[:] = h5py.VirtualSource(saved[0], name, shape=values.shape)
             f.create_virtual_dataset(name, layout, fillvalue=0)
 
-        path = self._rewritten(saved, tmp_path, virtual)
+        path = _rewritten(saved, tmp_path, virtual)
         with pytest.raises(CheckpointError, match=r"vars/0: a virtual dataset \(mapped from other files\)"):
             pf_keras.create_model("resnet50_max", weights=path, **SMALL)
 
@@ -225,14 +211,10 @@ class TestKerasWeightsThatCrashHDF5:
 
         import h5py
 
-        path = str(tmp_path / "fletcher.weights.h5")
-        with open(path, "wb") as f:
-            f.write(saved[1])
-        with h5py.File(path, "r+") as f:
-            name = "layers/batch_normalization/vars/0"
-            values = f[name][()]
-            del f[name]
-            info = f.create_dataset(name, data=values, chunks=values.shape, fletcher32=True).id.get_chunk_info(0)
+        path = _rewritten(saved, tmp_path, lambda f, name, values: f.create_dataset(
+            name, data=values, chunks=values.shape, fletcher32=True))
+        with h5py.File(path, "r") as f:
+            info = f["layers/batch_normalization/vars/0"].id.get_chunk_info(0)
         data = bytearray(open(path, "rb").read())
         key = data.find(struct.pack("<IIQQ", info.size, 0, 0, 0))  # the chunk's B-tree key: its stored size
         assert key > 0
@@ -245,24 +227,34 @@ class TestKerasWeightsThatCrashHDF5:
     def test_chunks_larger_than_their_dataset_are_refused_before_reading(self, saved, tmp_path):
         import zlib
 
-        import h5py
 
-        path = str(tmp_path / "chunks.weights.h5")
-        with open(path, "wb") as f:
-            f.write(saved[1])
-        with h5py.File(path, "r+") as f:
-            name = "layers/batch_normalization/vars/0"
-            values = f[name][()]
-            del f[name]
+        def huge_chunk(f, name, values):
             chunk = (1 << 24,)  # 64 MiB inflated, ~64 KB stored, for 64 values (a 4 GiB chunk took 4.8 GB and 16 s)
             dataset = f.create_dataset(name, shape=values.shape, maxshape=(None,), dtype="float32", chunks=chunk,
                                        compression="gzip")
             inflated = np.zeros(chunk, np.float32)
             inflated[:values.size] = values
             dataset.id.write_direct_chunk((0,), zlib.compress(inflated.tobytes(), 1))
+
+        path = _rewritten(saved, tmp_path, huge_chunk)
         with pytest.raises(CheckpointError, match=r"vars/0: stored in chunks of 67,108,864 bytes for a dataset of "
                            r"shape \(64,\) \(reading it would inflate them\)"):
             pf_keras.create_model("resnet50_max", weights=path, **SMALL)
+
+
+def _rewritten(saved, tmp_path, make) -> str:
+    """A copy of the saved file whose first BatchNorm variable is stored anew by ``make(file, name, values)``."""
+    import h5py
+
+    path = str(tmp_path / "rewritten.weights.h5")
+    with open(path, "wb") as f:
+        f.write(saved[1])
+    with h5py.File(path, "r+") as f:
+        name = "layers/batch_normalization/vars/0"
+        values = f[name][()]
+        del f[name]
+        make(f, name, values)
+    return path
 
 
 def _datasets(f) -> list[str]:
